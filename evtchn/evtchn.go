@@ -1,0 +1,40 @@
+// Package evtchn binds, signals and waits on Xen event channels.
+//
+// Handle is one open of /dev/xen/evtchn (Open); Sim is a host-wide simulated
+// event channel table with Xen's semantics (NewSim). Errors wrap the errno Xen
+// or Linux would return (syscall.EINVAL for a bad port or binding,
+// syscall.ESRCH for an unknown domain) so callers branch the same way on both.
+package evtchn
+
+import (
+	"context"
+	"errors"
+)
+
+// Port is an event channel port number, local to one domain.
+type Port uint32
+
+// ErrClosed is returned by every Handle method after Close (or after the
+// handle's domain was destroyed in the simulator).
+var ErrClosed = errors.New("evtchn: handle closed")
+
+// Handle is one open of the event channel device; ports bound through it
+// belong to it and are unbound by Close.
+type Handle interface {
+	// BindInterdomain binds a new local port to remotePort of remoteDom,
+	// which must be unbound and offered to this domain. It returns the local port.
+	BindInterdomain(remoteDom uint16, remotePort Port) (Port, error)
+	// BindUnbound allocates an unbound port that only remoteDom may bind to.
+	BindUnbound(remoteDom uint16) (Port, error)
+	// Notify signals the remote end of local.
+	Notify(local Port) error
+	// Unmask re-enables delivery of local after Wait returned it.
+	Unmask(local Port) error
+	// Unbind closes local; its remote end falls back to unbound.
+	Unbind(local Port) error
+	// Wait blocks until at least one port is pending, fills ports and returns
+	// how many. A delivered port stays masked until Unmask. It returns
+	// ctx.Err() when ctx ends and ErrClosed after Close.
+	Wait(ctx context.Context, ports []Port) (int, error)
+	Close() error
+}
