@@ -105,6 +105,7 @@ var (
 var errnoSentinel = map[string]error{
 	"ENOENT": ErrNotExist,
 	"EACCES": ErrPermission,
+	"EPERM":  ErrPermission,
 	"EAGAIN": ErrAgain,
 	"EINVAL": ErrInvalid,
 	"EEXIST": ErrExist,
