@@ -1,0 +1,178 @@
+package xenbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"drvdom/xenstore"
+)
+
+// Dev is one backend device: backend/<Type>/<FrontDom>/<DevID> in the driver
+// domain's xenstore tree, and the frontend directory it serves.
+type Dev struct {
+	Store     *xenstore.Client
+	Type      string // "vbd" | "vif"
+	FrontDom  uint16
+	DevID     uint32
+	BackPath  string // /local/domain/<self>/backend/<type>/<frontdom>/<devid>
+	FrontPath string // read from the backend's "frontend" key
+	Log       *slog.Logger
+
+	mu      sync.Mutex
+	lastErr string // last message WriteError wrote, to log it once
+}
+
+// Name is the device's short name for logs and errors: "vbd 4/51744".
+func (d *Dev) Name() string {
+	return d.Type + " " + strconv.Itoa(int(d.FrontDom)) + "/" + strconv.FormatUint(uint64(d.DevID), 10)
+}
+
+func (d *Dev) logger() *slog.Logger {
+	if d.Log != nil {
+		return d.Log
+	}
+	return slog.Default()
+}
+
+// ReadBack reads BackPath/key.
+func (d *Dev) ReadBack(ctx context.Context, key string) (string, error) {
+	v, err := d.Store.Read(ctx, d.BackPath+"/"+key)
+	if err != nil {
+		return "", fmt.Errorf("%s: read backend %s: %w", d.Name(), key, err)
+	}
+	return v, nil
+}
+
+// ReadFront reads FrontPath/key. The value is frontend-controlled: callers
+// validate it.
+func (d *Dev) ReadFront(ctx context.Context, key string) (string, error) {
+	v, err := d.Store.Read(ctx, d.FrontPath+"/"+key)
+	if err != nil {
+		return "", fmt.Errorf("%s: read frontend %s: %w", d.Name(), key, err)
+	}
+	return v, nil
+}
+
+// WriteBack writes BackPath/key.
+func (d *Dev) WriteBack(ctx context.Context, key, val string) error {
+	if err := d.Store.Write(ctx, d.BackPath+"/"+key, val); err != nil {
+		return fmt.Errorf("%s: write backend %s: %w", d.Name(), key, err)
+	}
+	return nil
+}
+
+// FrontState reads the frontend's state node. A missing node is Unknown with
+// no error (as Linux's xenbus_read_driver_state); a value that is not a
+// XenbusState is Unknown with an error.
+func (d *Dev) FrontState(ctx context.Context) (State, error) {
+	v, err := d.Store.Read(ctx, d.FrontPath+"/state")
+	if errors.Is(err, xenstore.ErrNotExist) {
+		return Unknown, nil
+	}
+	if err != nil {
+		return Unknown, fmt.Errorf("%s: read frontend state: %w", d.Name(), err)
+	}
+	s, ok := ParseState(v)
+	if !ok {
+		return Unknown, fmt.Errorf("%s: frontend state %q is not a XenbusState", d.Name(), truncate(v, 16))
+	}
+	return s, nil
+}
+
+// BackState reads the backend's own state node (the toolstack writes it too:
+// Initialising at creation, Closing when it removes the device).
+func (d *Dev) BackState(ctx context.Context) (State, error) {
+	v, err := d.Store.Read(ctx, d.BackPath+"/state")
+	if err != nil {
+		return Unknown, fmt.Errorf("%s: read backend state: %w", d.Name(), err)
+	}
+	s, ok := ParseState(v)
+	if !ok {
+		return Unknown, fmt.Errorf("%s: backend state %q is not a XenbusState", d.Name(), truncate(v, 16))
+	}
+	return s, nil
+}
+
+// SwitchState writes the backend's state node in a transaction, as
+// xenbus_switch_state does: if the node is gone the device is being removed
+// and nothing is written (a removed directory must not reappear); writing the
+// state it already has is a no-op.
+func (d *Dev) SwitchState(ctx context.Context, s State) error {
+	p := d.BackPath + "/state"
+	val := strconv.Itoa(int(s))
+	err := d.Store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		cur, err := tx.Read(ctx, p)
+		if errors.Is(err, xenstore.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(cur) == val {
+			return nil
+		}
+		return tx.Write(ctx, p, val)
+	})
+	if err != nil {
+		return fmt.Errorf("%s: switch state to %v: %w", d.Name(), s, err)
+	}
+	d.logger().Debug("xenbus: state", "dev", d.Name(), "state", s.String())
+	return nil
+}
+
+// ErrorPath is where WriteError writes: error/<backend node>/error under the
+// driver domain's home, as Linux's xenbus_dev_error does with the device's
+// nodename relative to /local/domain/<self>.
+func (d *Dev) ErrorPath() string {
+	rest := strings.TrimPrefix(d.BackPath, "/")
+	// /local/domain/<self>/backend/... -> /local/domain/<self>/error/backend/...
+	if strings.HasPrefix(rest, "local/domain/") {
+		parts := strings.SplitN(rest, "/", 4)
+		if len(parts) == 4 {
+			return "/local/domain/" + parts[2] + "/error/" + parts[3] + "/error"
+		}
+	}
+	return "error/" + rest + "/error"
+}
+
+// WriteError records err for the toolstack the way xenbus_dev_fatal does
+// ("<positive errno> <message>" at ErrorPath; EIO unless err wraps a
+// syscall.Errno) and logs it, once per distinct message.
+// It never fails: a device in trouble must not get into more trouble by
+// reporting it.
+func (d *Dev) WriteError(ctx context.Context, err error) {
+	if err == nil {
+		return
+	}
+	errno := int(syscall.EIO)
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		errno = int(en)
+	}
+	msg := truncate(err.Error(), 1024)
+	val := strconv.Itoa(errno) + " " + msg
+	d.mu.Lock()
+	dup := d.lastErr == val
+	d.lastErr = val
+	d.mu.Unlock()
+	if dup {
+		return
+	}
+	d.logger().Error("xenbus: device error", "dev", d.Name(), "err", msg)
+	if werr := d.Store.Write(ctx, d.ErrorPath(), val); werr != nil {
+		d.logger().Warn("xenbus: cannot write error node", "dev", d.Name(), "path", d.ErrorPath(), "err", werr)
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

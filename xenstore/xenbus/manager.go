@@ -1,0 +1,596 @@
+package xenbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"drvdom/xenstore"
+)
+
+// Driver is one backend type ("vbd", "vif").
+type Driver interface {
+	Type() string
+	// Probe runs when backend/<type>/<frontdom>/<devid> appears with
+	// online=1: read the backend keys, set up the host side, publish
+	// features, write hotplug-status=connected. The lifecycle then switches
+	// to InitWait. ctx lives as long as the device.
+	Probe(ctx context.Context, d *Dev) (Instance, error)
+}
+
+// Instance is a probed device.
+type Instance interface {
+	// Connect maps the frontend's rings, binds its event channels and starts
+	// serving; the lifecycle then switches to Connected. ctx lives as long
+	// as the device.
+	Connect(ctx context.Context) error
+	// Disconnect stops serving and unmaps everything; Connect may follow.
+	Disconnect() error
+	// Close frees the host side: the device is gone.
+	Close() error
+}
+
+// ConnectPolicy is an optional Driver extension naming the frontend states in
+// which Connect runs. Without it a "vbd" connects when the frontend is
+// Initialised or Connected (blkfront answers InitWait with Initialised) and
+// every other type when it is Connected (netfront answers with Connected).
+type ConnectPolicy interface {
+	ConnectOn(front State) bool
+}
+
+func connectsOn(drv Driver, fs State) bool {
+	if p, ok := drv.(ConnectPolicy); ok {
+		return p.ConnectOn(fs)
+	}
+	if drv.Type() == "vbd" {
+		return fs == Initialised || fs == Connected
+	}
+	return fs == Connected
+}
+
+// DefaultResync is how often Run rescans each backend tree, in case a watch
+// event was coalesced or dropped.
+const DefaultResync = 10 * time.Second
+
+// Manager runs the backend lifecycle for a set of drivers. It watches
+// /local/domain/<self>/backend/<type> for each driver, and each device's
+// frontend state. Every device has one goroutine, owned by Run's context.
+type Manager struct {
+	store   *xenstore.Client
+	self    uint16
+	log     *slog.Logger
+	drivers []Driver
+
+	// Resync is the rescan period (DefaultResync if zero). Set before Run.
+	Resync time.Duration
+
+	running atomic.Bool
+	seq     atomic.Uint64
+	devWG   sync.WaitGroup
+
+	mu      sync.Mutex
+	devs    map[devKey]*device
+	exiting map[devKey]chan struct{} // done channels of devices still tearing down
+}
+
+type devKey struct {
+	typ   string
+	front uint16
+	id    uint32
+}
+
+// NewManager returns a Manager for the driver domain self.
+func NewManager(store *xenstore.Client, self uint16, log *slog.Logger, drivers ...Driver) *Manager {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Manager{
+		store:   store,
+		self:    self,
+		log:     log,
+		drivers: drivers,
+		devs:    make(map[devKey]*device),
+		exiting: make(map[devKey]chan struct{}),
+	}
+}
+
+// BackendBase is /local/domain/<self>/backend/<typ>.
+func BackendBase(self uint16, typ string) string {
+	return "/local/domain/" + strconv.Itoa(int(self)) + "/backend/" + typ
+}
+
+// Devices returns the number of devices the manager is running now.
+func (m *Manager) Devices() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.devs)
+}
+
+// Run serves until ctx ends or a backend watch fails. On return every device
+// goroutine has stopped and every Instance is closed; xenstore is left as it
+// was (a restarted daemon resumes Connected devices without disturbing the
+// frontends). Run returns nil when ctx ended.
+func (m *Manager) Run(ctx context.Context) error {
+	if !m.running.CompareAndSwap(false, true) {
+		return errors.New("xenbus: Manager.Run called twice")
+	}
+	if len(m.drivers) == 0 {
+		return errors.New("xenbus: no drivers")
+	}
+	parent := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	errc := make(chan error, len(m.drivers))
+	var startErr error
+	seen := map[string]bool{}
+	for _, drv := range m.drivers {
+		typ := drv.Type()
+		if typ == "" || strings.Contains(typ, "/") || seen[typ] {
+			startErr = fmt.Errorf("xenbus: bad or duplicate driver type %q", typ)
+			break
+		}
+		seen[typ] = true
+		base := BackendBase(m.self, typ)
+		w, err := m.store.Watch(ctx, base, "xenbus/backend/"+typ)
+		if err != nil {
+			startErr = fmt.Errorf("xenbus: watch %s: %w", base, err)
+			break
+		}
+		m.log.Info("xenbus: watching", "type", typ, "path", base)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- m.watchType(ctx, drv, base, w)
+		}()
+	}
+	err := startErr
+	if err == nil {
+		select {
+		case <-ctx.Done():
+		case err = <-errc:
+		}
+	}
+	cancel()
+	wg.Wait()
+	m.devWG.Wait()
+	if parent.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return nil
+	}
+	return err
+}
+
+func (m *Manager) resync() time.Duration {
+	if m.Resync > 0 {
+		return m.Resync
+	}
+	return DefaultResync
+}
+
+func (m *Manager) watchType(ctx context.Context, drv Driver, base string, w *xenstore.Watch) error {
+	defer w.Close()
+	m.rescan(ctx, drv, base)
+	tick := time.NewTicker(m.resync())
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev, ok := <-w.Events():
+			if !ok {
+				return fmt.Errorf("xenbus: watch on %s ended", base)
+			}
+			m.handleEvent(ctx, drv, base, ev.Path)
+		case <-tick.C:
+			m.rescan(ctx, drv, base)
+		}
+	}
+}
+
+func (m *Manager) handleEvent(ctx context.Context, drv Driver, base, path string) {
+	if path == base {
+		m.rescan(ctx, drv, base)
+		return
+	}
+	rel, ok := strings.CutPrefix(path, base+"/")
+	if !ok {
+		return
+	}
+	parts := strings.SplitN(rel, "/", 3)
+	if len(parts) < 2 {
+		// A frontend domain's directory came or went: look at all of it.
+		m.rescan(ctx, drv, base)
+		return
+	}
+	fd, ok1 := parseDomid(parts[0])
+	id, ok2 := parseDevID(parts[1])
+	if !ok1 || !ok2 {
+		return
+	}
+	m.ensure(ctx, drv, base, fd, id)
+}
+
+// rescan looks at the whole backend/<type> tree: it starts devices that are
+// online and kicks every known one, so a device whose directory vanished
+// notices.
+func (m *Manager) rescan(ctx context.Context, drv Driver, base string) {
+	typ := drv.Type()
+	fds, err := m.store.Directory(ctx, base)
+	if err != nil && !errors.Is(err, xenstore.ErrNotExist) {
+		if ctx.Err() == nil {
+			m.log.Warn("xenbus: list backends", "path", base, "err", err)
+		}
+		return
+	}
+	for _, f := range fds {
+		fd, ok := parseDomid(f)
+		if !ok {
+			continue
+		}
+		ids, err := m.store.Directory(ctx, base+"/"+f)
+		if err != nil {
+			continue
+		}
+		for _, s := range ids {
+			id, ok := parseDevID(s)
+			if !ok {
+				continue
+			}
+			m.ensure(ctx, drv, base, fd, id)
+		}
+	}
+	m.mu.Lock()
+	for k, d := range m.devs {
+		if k.typ == typ {
+			d.kick()
+		}
+	}
+	m.mu.Unlock()
+}
+
+// ensure kicks the device if it runs, or starts it if its backend directory
+// says online=1 and names a frontend.
+func (m *Manager) ensure(ctx context.Context, drv Driver, base string, fd uint16, id uint32) {
+	key := devKey{typ: drv.Type(), front: fd, id: id}
+	m.mu.Lock()
+	d := m.devs[key]
+	m.mu.Unlock()
+	if d != nil {
+		d.kick()
+		return
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	back := base + "/" + strconv.Itoa(int(fd)) + "/" + strconv.FormatUint(uint64(id), 10)
+	online, err := m.store.Read(ctx, back+"/online")
+	if err != nil || strings.TrimSpace(online) != "1" {
+		return
+	}
+	front, err := m.store.Read(ctx, back+"/frontend")
+	if err != nil {
+		return
+	}
+	front = strings.TrimSpace(front)
+	if !validFrontPath(front) {
+		m.log.Warn("xenbus: backend names a bad frontend path", "backend", back, "frontend", truncate(front, 64))
+		return
+	}
+	dev := &Dev{
+		Store:     m.store,
+		Type:      key.typ,
+		FrontDom:  fd,
+		DevID:     id,
+		BackPath:  back,
+		FrontPath: front,
+	}
+	dev.Log = m.log.With("dev", dev.Name())
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.devs[key] != nil || ctx.Err() != nil {
+		return
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	d = &device{
+		m:      m,
+		key:    key,
+		dev:    dev,
+		drv:    drv,
+		poke:   make(chan struct{}, 1),
+		cancel: cancel,
+		done:   make(chan struct{}),
+		state:  Unknown,
+	}
+	prev := m.exiting[key]
+	m.devs[key] = d
+	m.devWG.Add(1)
+	go d.run(dctx, prev)
+}
+
+// forget takes d out of the running set (it is tearing down); a device that
+// appears again under the same key waits for d to finish first.
+func (m *Manager) forget(d *device) {
+	m.mu.Lock()
+	if m.devs[d.key] == d {
+		delete(m.devs, d.key)
+		m.exiting[d.key] = d.done
+	}
+	m.mu.Unlock()
+}
+
+func (m *Manager) finished(d *device) {
+	m.mu.Lock()
+	if m.exiting[d.key] == d.done {
+		delete(m.exiting, d.key)
+	}
+	m.mu.Unlock()
+}
+
+func parseDomid(s string) (uint16, bool) {
+	if s == "" || len(s) > 5 || (len(s) > 1 && s[0] == '0') {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n >= 0x7FF0 { // DOMID_FIRST_RESERVED
+		return 0, false
+	}
+	return uint16(n), true
+}
+
+func parseDevID(s string) (uint32, bool) {
+	if s == "" || len(s) > 10 || (len(s) > 1 && s[0] == '0') {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return uint32(n), true
+}
+
+func validFrontPath(p string) bool {
+	if len(p) < 2 || len(p) > 3072 || p[0] != '/' || strings.HasSuffix(p, "/") || strings.Contains(p, "//") {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("/_-@", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// device is one backend device's goroutine and the state it alone touches.
+type device struct {
+	m      *Manager
+	key    devKey
+	dev    *Dev
+	drv    Driver
+	poke   chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	inst      Instance
+	connected bool
+	state     State // what we last switched the backend to
+}
+
+func (d *device) kick() {
+	select {
+	case d.poke <- struct{}{}:
+	default:
+	}
+}
+
+func (d *device) run(ctx context.Context, prev chan struct{}) {
+	defer d.m.devWG.Done()
+	defer d.m.finished(d)
+	defer close(d.done)
+	defer d.cancel()
+	log := d.dev.logger()
+
+	if prev != nil {
+		select {
+		case <-prev:
+		case <-ctx.Done():
+			d.m.forget(d)
+			return
+		}
+	}
+
+	var fevents <-chan xenstore.WatchEvent
+	tok := fmt.Sprintf("xenbus/front/%s/%d/%d/%d", d.key.typ, d.key.front, d.key.id, d.m.seq.Add(1))
+	fw, err := d.dev.Store.Watch(ctx, d.dev.FrontPath+"/state", tok)
+	if err != nil {
+		// Degraded: the resync ticker still kicks us.
+		log.Warn("xenbus: cannot watch frontend state", "path", d.dev.FrontPath+"/state", "err", err)
+	} else {
+		defer fw.Close()
+		fevents = fw.Events()
+	}
+
+	log.Info("xenbus: probe", "frontend", d.dev.FrontPath)
+	inst, err := d.drv.Probe(ctx, d.dev)
+	switch {
+	case err != nil:
+		if ctx.Err() != nil {
+			d.m.forget(d)
+			return
+		}
+		d.dev.WriteError(ctx, fmt.Errorf("probe: %w", err))
+		d.switchState(ctx, Closing)
+	case inst == nil:
+		d.dev.WriteError(ctx, errors.New("probe: driver returned no instance"))
+		d.switchState(ctx, Closing)
+	default:
+		d.inst = inst
+		d.start(ctx)
+	}
+
+	for {
+		if d.step(ctx) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			// Shutdown, not removal: free the host side, leave xenstore
+			// alone so a restarted daemon can resume.
+			d.m.forget(d)
+			d.teardown()
+			return
+		case <-d.poke:
+		case _, ok := <-fevents:
+			if !ok {
+				fevents = nil
+			}
+		}
+	}
+}
+
+// start follows a successful Probe: InitWait, or, when a previous drvdomd
+// left the device Connected and the frontend is still there, connect again
+// at once (crash-only restart: the frontend never sees a change).
+func (d *device) start(ctx context.Context) {
+	bs, _ := d.dev.BackState(ctx)
+	fs, _ := d.dev.FrontState(ctx)
+	if bs == Connected && connectsOn(d.drv, fs) {
+		if err := d.inst.Connect(ctx); err != nil {
+			d.failConnect(ctx, err)
+			return
+		}
+		d.connected = true
+		d.state = Connected
+		d.dev.logger().Info("xenbus: resumed", "front", fs.String())
+		return
+	}
+	d.switchState(ctx, InitWait)
+}
+
+func (d *device) switchState(ctx context.Context, s State) {
+	if err := d.dev.SwitchState(ctx, s); err != nil {
+		if ctx.Err() == nil {
+			d.dev.logger().Warn("xenbus: switch state", "state", s.String(), "err", err)
+		}
+		return
+	}
+	d.state = s
+}
+
+func (d *device) failConnect(ctx context.Context, err error) {
+	d.dev.WriteError(ctx, fmt.Errorf("connect: %w", err))
+	// Release whatever Connect set up before it failed.
+	if derr := d.inst.Disconnect(); derr != nil {
+		d.dev.logger().Warn("xenbus: disconnect after failed connect", "err", derr)
+	}
+	d.connected = false
+	d.switchState(ctx, Closing)
+}
+
+func (d *device) disconnect() {
+	if !d.connected {
+		return
+	}
+	d.connected = false
+	if err := d.inst.Disconnect(); err != nil {
+		d.dev.logger().Warn("xenbus: disconnect", "err", err)
+		return
+	}
+	d.dev.logger().Info("xenbus: disconnected")
+}
+
+// teardown disconnects and closes the instance.
+func (d *device) teardown() {
+	if d.inst == nil {
+		return
+	}
+	d.disconnect()
+	if err := d.inst.Close(); err != nil {
+		d.dev.logger().Warn("xenbus: close", "err", err)
+	}
+	d.inst = nil
+	d.dev.logger().Info("xenbus: closed")
+}
+
+// step looks at xenstore as it is now (level-triggered: watch events may be
+// coalesced) and moves the device. It reports whether the device is gone.
+func (d *device) step(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	online, err := d.dev.Store.Read(ctx, d.dev.BackPath+"/online")
+	if errors.Is(err, xenstore.ErrNotExist) {
+		if _, derr := d.dev.Store.Directory(ctx, d.dev.BackPath); errors.Is(derr, xenstore.ErrNotExist) {
+			d.dev.logger().Info("xenbus: backend directory removed")
+			d.m.forget(d)
+			d.teardown()
+			return true
+		}
+		online = "0" // as xenbus_dev_is_online: unreadable is offline
+	} else if err != nil {
+		if ctx.Err() == nil {
+			d.dev.logger().Warn("xenbus: read online", "err", err)
+		}
+		return false
+	}
+	isOnline := strings.TrimSpace(online) == "1"
+
+	fs, ferr := d.dev.FrontState(ctx)
+	if ferr != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		d.dev.logger().Debug("xenbus: frontend state unreadable, taken as Unknown", "err", ferr)
+	}
+
+	if !isOnline && (fs == Closing || fs == Closed || fs == Unknown || d.inst == nil) {
+		d.dev.logger().Info("xenbus: removing", "front", fs.String())
+		d.disconnect()
+		d.switchState(ctx, Closed)
+		d.m.forget(d)
+		d.teardown()
+		return true
+	}
+	if d.inst == nil { // probe failed: wait for removal
+		return false
+	}
+
+	switch fs {
+	case Initialising:
+		if d.state == Closed {
+			// Guest rebooted (or the frontend driver reloaded).
+			d.switchState(ctx, InitWait)
+		}
+	case Initialised, Connected:
+		if !connectsOn(d.drv, fs) || d.connected || d.state != InitWait {
+			return false
+		}
+		if err := d.inst.Connect(ctx); err != nil {
+			if ctx.Err() != nil {
+				return false
+			}
+			d.failConnect(ctx, err)
+			return false
+		}
+		d.connected = true
+		d.switchState(ctx, Connected)
+		d.dev.logger().Info("xenbus: connected", "front", fs.String())
+	case Closing:
+		d.disconnect()
+		if d.state != Closing && d.state != Closed {
+			d.switchState(ctx, Closing)
+		}
+	case Closed, Unknown:
+		d.disconnect()
+		d.switchState(ctx, Closed)
+	}
+	return false
+}
