@@ -1,0 +1,12 @@
+//go:build !linux
+
+package blkback
+
+import "fmt"
+
+type ioScratch struct{}
+
+// OpenBacking is only implemented on Linux.
+func OpenBacking(path string, o OpenOptions) (Backing, error) {
+	return nil, fmt.Errorf("%w: %s: files and block devices are only served on Linux", ErrBacking, path)
+}
