@@ -1,0 +1,225 @@
+//go:build linux
+
+package netback
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// TestTunABI pins the /dev/net/tun numbers to the Linux uapi values.
+func TestTunABI(t *testing.T) {
+	pins := []struct {
+		name      string
+		got, want uint64
+	}{
+		{"TUNSETIFF", tunSetIff, unix.TUNSETIFF},
+		{"TUNSETOFFLOAD", tunSetOffload, unix.TUNSETOFFLOAD},
+		{"TUNSETVNETHDRSZ", tunSetVnetHdrSz, unix.TUNSETVNETHDRSZ},
+		{"TUNSETVNETLE", tunSetVnetLE, unix.TUNSETVNETLE},
+		{"IFF_TAP", iffTap, unix.IFF_TAP},
+		{"IFF_NO_PI", iffNoPI, unix.IFF_NO_PI},
+		{"IFF_VNET_HDR", iffVnetHdr, unix.IFF_VNET_HDR},
+		{"IFF_MULTI_QUEUE", iffMultiQueue, unix.IFF_MULTI_QUEUE},
+		{"TUN_F_CSUM", uint64(TunFCsum), unix.TUN_F_CSUM},
+		{"TUN_F_TSO4", uint64(TunFTSO4), unix.TUN_F_TSO4},
+		{"TUN_F_TSO6", uint64(TunFTSO6), unix.TUN_F_TSO6},
+		{"TUN_F_TSO_ECN", uint64(TunFTSOECN), unix.TUN_F_TSO_ECN},
+		{"TUN_F_UFO", uint64(TunFUFO), unix.TUN_F_UFO},
+		{"IFNAMSIZ", ifNameSize, unix.IFNAMSIZ},
+		{"sizeof(struct ifreq)", ifreqSize, 40},
+		{"ifreq.ifr_flags", offIfreqFlags, unix.IFNAMSIZ},
+	}
+	for _, p := range pins {
+		if p.got != p.want {
+			t.Errorf("%s = %#x, want %#x", p.name, p.got, p.want)
+		}
+	}
+	if TunFCsum != 1 || tunSetIff != 0x400454ca {
+		t.Error("literal uapi values changed")
+	}
+}
+
+// inNetns runs fn on a locked OS thread inside a fresh network namespace.
+func inNetns(t *testing.T, fn func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a network namespace and TAP devices")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skipf("no /dev/net/tun: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		// Never unlock: the thread is in the test namespace and dies with
+		// this goroutine.
+		orig, err := netns.Get()
+		if err != nil {
+			t.Errorf("netns get: %v", err)
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.New()
+		if err != nil {
+			t.Errorf("netns new: %v", err)
+			return
+		}
+		defer ns.Close()
+		fn()
+	}()
+	<-done
+}
+
+// TestRealTap creates a real multi-queue TAP with a virtio-net header in a
+// private network namespace, bridges it, and passes frames both ways
+// through the kernel: a UDP datagram with a blank checksum (NEEDS_CSUM)
+// written to the TAP reaches a socket; a datagram sent by a socket comes
+// out of the TAP with a partial checksum once TUN_F_CSUM is on.
+func TestRealTap(t *testing.T) {
+	inNetns(t, func() {
+		tap, err := LinuxHost{}.CreateTap("vif9.0", "xenbr9")
+		if err != nil {
+			t.Errorf("create tap: %v", err)
+			return
+		}
+		defer tap.Close()
+		link, err := netlink.LinkByName("vif9.0")
+		if err != nil {
+			t.Errorf("tap link: %v", err)
+			return
+		}
+		br, err := netlink.LinkByName("xenbr9")
+		if err != nil {
+			t.Errorf("bridge: %v", err)
+			return
+		}
+		if link.Attrs().MasterIndex != br.Attrs().Index || link.Attrs().HardwareAddr.String() != vifMAC || link.Attrs().Flags&net.FlagUp == 0 {
+			t.Errorf("tap attrs: master %d (bridge %d), mac %s, flags %v", link.Attrs().MasterIndex, br.Attrs().Index, link.Attrs().HardwareAddr, link.Attrs().Flags)
+		}
+		if err := tap.SetQueues(2); err != nil {
+			t.Errorf("2 queues: %v", err)
+			return
+		}
+		if err := tap.SetOffload(TunFCsum | TunFTSO4 | TunFTSO6); err != nil {
+			t.Errorf("offload: %v", err)
+			return
+		}
+		addr, _ := netlink.ParseAddr("169.254.9.1/24")
+		if err := netlink.AddrAdd(br, addr); err != nil {
+			t.Errorf("addr: %v", err)
+			return
+		}
+		lo, _ := netlink.LinkByName("lo")
+		netlink.LinkSetUp(lo)
+		if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
+			IP: net.IP(testIP4Src[:]), HardwareAddr: net.HardwareAddr(TestGuestMAC[:])}); err != nil {
+			t.Errorf("neigh: %v", err)
+			return
+		}
+		br, _ = netlink.LinkByName("xenbr9")
+		var brMAC [6]byte
+		copy(brMAC[:], br.Attrs().HardwareAddr)
+
+		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IP(testIP4Dst[:]), Port: 5001})
+		if err != nil {
+			t.Errorf("listen: %v", err)
+			return
+		}
+		defer conn.Close()
+
+		// Guest -> host: partial checksum, as a csum_blank tx packet.
+		f := BuildFrame(FrameOpts{UDP: true, Payload: 64, PartialSum: true, Dst: brMAC, Seed: 3})
+		h, err := txVnetHdr(f, TxCsumBlank, nil)
+		if err != nil {
+			t.Errorf("vnet: %v", err)
+			return
+		}
+		pkt := make([]byte, VnetHdrSize+len(f))
+		h.Encode(pkt)
+		copy(pkt[VnetHdrSize:], f)
+		if _, err := tap.Queue(1).Write(pkt); err != nil {
+			t.Errorf("tap write: %v", err)
+			return
+		}
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 2048)
+		n, from, err := conn.ReadFromUDP(buf)
+		if err != nil {
+			t.Errorf("socket did not get the guest's datagram: %v", err)
+			return
+		}
+		if n != 64 || from.Port != 40000 || buf[0] != 3+8*7 {
+			t.Errorf("got %d bytes from %v", n, from)
+		}
+
+		// Host -> guest.
+		if _, err := conn.WriteToUDP(make([]byte, 100), &net.UDPAddr{IP: net.IP(testIP4Src[:]), Port: 7}); err != nil {
+			t.Errorf("send: %v", err)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		rb := make([]byte, 70000)
+		for {
+			got := false
+			for q := 0; q < 2 && !got; q++ {
+				qctx, qc := context.WithTimeout(ctx, 200*time.Millisecond)
+				n, err := tap.Queue(q).Read(qctx, rb)
+				qc()
+				if err != nil {
+					if ctx.Err() != nil {
+						t.Errorf("no frame from the host: %v", err)
+						return
+					}
+					continue
+				}
+				fr := rb[VnetHdrSize:n]
+				if binary.BigEndian.Uint16(fr[12:]) != etherTypeIPv4 || fr[14+9] != protoUDP {
+					continue // IPv6 router solicitations and such
+				}
+				hv := DecodeVnetHdr(rb)
+				if hv.Flags&VnetFNeedsCsum != 0 {
+					CompleteCsum(fr, int(hv.CsumStart), int(hv.CsumOffset))
+				}
+				if !L4CsumOK(fr) || len(fr) != 14+20+8+100 {
+					t.Errorf("host frame: %d bytes, vnet %+v, checksum ok %v", len(fr), hv, L4CsumOK(fr))
+				}
+				got = true
+			}
+			if got {
+				break
+			}
+		}
+		// Reading is interruptible by its context.
+		rctx, rc := context.WithCancel(context.Background())
+		go func() { time.Sleep(50 * time.Millisecond); rc() }()
+		for {
+			if _, err := tap.Queue(0).Read(rctx, rb); err != nil {
+				if err != context.Canceled {
+					t.Errorf("interrupted read: %v", err)
+				}
+				break
+			}
+		}
+		if err := tap.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if _, err := netlink.LinkByName("vif9.0"); err == nil {
+			t.Error("tap still exists after Close")
+		}
+		if err := EnsureBridge("xenbr9", "lo"); err == nil {
+			t.Error("enslaving lo to a bridge should fail")
+		}
+	})
+}
