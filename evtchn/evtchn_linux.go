@@ -1,0 +1,240 @@
+package evtchn
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// DevicePath is the event channel device.
+const DevicePath = "/dev/xen/evtchn"
+
+// ioctl numbers of include/uapi/xen/evtchn.h: _IOC(_IOC_NONE, 'E', nr, size).
+const (
+	ioctlBindInterdomain = 0x00084501 // nr 1, sizeof(struct ioctl_evtchn_bind_interdomain) = 8
+	ioctlBindUnboundPort = 0x00044502 // nr 2, sizeof(struct ioctl_evtchn_bind_unbound_port) = 4
+	ioctlUnbind          = 0x00044503 // nr 3, sizeof(struct ioctl_evtchn_unbind) = 4
+	ioctlNotify          = 0x00044504 // nr 4, sizeof(struct ioctl_evtchn_notify) = 4
+	ioctlReset           = 0x00004505 // nr 5, size 0
+)
+
+// Layouts (all fields unsigned int):
+// struct ioctl_evtchn_bind_interdomain { remote_domain; remote_port; }
+// struct ioctl_evtchn_bind_unbound_port { remote_domain; }
+// struct ioctl_evtchn_unbind { port; }, struct ioctl_evtchn_notify { port; }
+const (
+	bindInterdomainRemoteDomain = 0
+	bindInterdomainRemotePort   = 4
+	bindInterdomainSize         = 8
+	bindUnboundRemoteDomain     = 0
+	bindUnboundSize             = 4
+	portArgPort                 = 0 // unbind, notify
+	portArgSize                 = 4
+	portSize                    = 4 // evtchn_port_t, as read from and written to the device
+)
+
+// maxRead is how many pending ports one Wait reads at most (the device
+// returns at most a page).
+const maxRead = 64
+
+// Resetter is implemented by handles of the device: IOCTL_EVTCHN_RESET
+// clears the handle's pending-event ring and its overflow error (a Wait
+// error wrapping syscall.EFBIG).
+type Resetter interface{ Reset() error }
+
+// devHandle is one open of /dev/xen/evtchn. The fd is non-blocking and in
+// the Go poller: Wait parks in the runtime, not in a goroutine of its own,
+// and is woken by ctx through a read deadline.
+type devHandle struct {
+	mu     sync.RWMutex // ioctls and writes hold it for reading, Close for writing
+	fd     int
+	f      *os.File
+	closed bool
+
+	rmu     sync.Mutex // one Wait at a time; guards rbuf and the ctx watch
+	rbuf    [maxRead * portSize]byte
+	done    <-chan struct{} // Done of the ctx being watched
+	unwatch func() bool
+
+	wmu  sync.Mutex
+	wbuf [portSize]byte
+}
+
+// aLongTimeAgo is a read deadline in the past: it wakes a parked Wait.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Open opens /dev/xen/evtchn.
+func Open() (Handle, error) {
+	fd, err := unix.Open(DevicePath, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("evtchn: open %s: %w", DevicePath, err)
+	}
+	return newDevHandle(fd, DevicePath), nil
+}
+
+// newDevHandle wraps a non-blocking fd (the device, or a socket in tests).
+func newDevHandle(fd int, name string) *devHandle {
+	return &devHandle{fd: fd, f: os.NewFile(uintptr(fd), name)}
+}
+
+func (h *devHandle) ioctl(op string, req uintptr, arg unsafe.Pointer) (Port, error) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.closed {
+		return 0, ErrClosed
+	}
+	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(h.fd), req, uintptr(arg))
+	if e != 0 {
+		return 0, fmt.Errorf("evtchn: %s: %w", op, e)
+	}
+	return Port(r), nil
+}
+
+func (h *devHandle) BindInterdomain(remoteDom uint16, remotePort Port) (Port, error) {
+	var b [bindInterdomainSize]byte
+	binary.LittleEndian.PutUint32(b[bindInterdomainRemoteDomain:], uint32(remoteDom))
+	binary.LittleEndian.PutUint32(b[bindInterdomainRemotePort:], uint32(remotePort))
+	p, err := h.ioctl("bind interdomain", ioctlBindInterdomain, unsafe.Pointer(&b[0]))
+	if err != nil {
+		return 0, fmt.Errorf("%w (d%d port %d)", err, remoteDom, remotePort)
+	}
+	return p, nil
+}
+
+func (h *devHandle) BindUnbound(remoteDom uint16) (Port, error) {
+	var b [bindUnboundSize]byte
+	binary.LittleEndian.PutUint32(b[bindUnboundRemoteDomain:], uint32(remoteDom))
+	p, err := h.ioctl("bind unbound", ioctlBindUnboundPort, unsafe.Pointer(&b[0]))
+	if err != nil {
+		return 0, fmt.Errorf("%w (for d%d)", err, remoteDom)
+	}
+	return p, nil
+}
+
+func (h *devHandle) portOp(op string, req uintptr, port Port) error {
+	var b [portArgSize]byte
+	binary.LittleEndian.PutUint32(b[portArgPort:], uint32(port))
+	_, err := h.ioctl(op, req, unsafe.Pointer(&b[0]))
+	return err
+}
+
+func (h *devHandle) Notify(local Port) error { return h.portOp("notify", ioctlNotify, local) }
+func (h *devHandle) Unbind(local Port) error { return h.portOp("unbind", ioctlUnbind, local) }
+
+// Reset is IOCTL_EVTCHN_RESET.
+func (h *devHandle) Reset() error {
+	_, err := h.ioctl("reset", ioctlReset, nil)
+	return err
+}
+
+// Unmask writes the port to the device, which re-enables its delivery.
+func (h *devHandle) Unmask(local Port) error {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.closed {
+		return ErrClosed
+	}
+	h.wmu.Lock()
+	defer h.wmu.Unlock()
+	binary.LittleEndian.PutUint32(h.wbuf[:], uint32(local))
+	if _, err := h.f.Write(h.wbuf[:]); err != nil {
+		return fmt.Errorf("evtchn: unmask port %d: %w", local, err)
+	}
+	return nil
+}
+
+// watchLocked arranges for ctx's end to wake a parked read. The
+// registration is kept while callers pass contexts with the same Done
+// channel (a queue loop passes the same ctx every time), so the steady state
+// allocates nothing.
+func (h *devHandle) watchLocked(ctx context.Context) {
+	done := ctx.Done()
+	if done == h.done {
+		return
+	}
+	if h.unwatch != nil {
+		h.unwatch()
+		h.unwatch = nil
+	}
+	h.done = done
+	if done != nil {
+		f := h.f
+		h.unwatch = context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(aLongTimeAgo) })
+	}
+}
+
+// Wait reads pending ports (u32 each) from the device; the kernel masks each
+// port it delivers until Unmask. Only one Wait runs at a time per handle.
+func (h *devHandle) Wait(ctx context.Context, ports []Port) (int, error) {
+	if len(ports) == 0 {
+		return 0, fmt.Errorf("evtchn: wait with no room for ports: %w", syscall.EINVAL)
+	}
+	h.rmu.Lock()
+	defer h.rmu.Unlock()
+	h.watchLocked(ctx)
+	want := min(len(ports), maxRead) * portSize
+	for {
+		// Clear a deadline a previous ctx left, then look at ctx: its
+		// AfterFunc runs only after Err is set, so an end from here on
+		// sets the deadline and wakes the read.
+		if err := h.f.SetReadDeadline(time.Time{}); err != nil {
+			return 0, h.readErr(err)
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		n, err := h.f.Read(h.rbuf[:want])
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue // ctx ended (checked above) or a stale wake-up
+			}
+			return 0, h.readErr(err)
+		}
+		n /= portSize
+		for i := range n {
+			ports[i] = Port(binary.LittleEndian.Uint32(h.rbuf[i*portSize:]))
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+func (h *devHandle) readErr(err error) error {
+	if errors.Is(err, os.ErrClosed) {
+		return ErrClosed
+	}
+	return fmt.Errorf("evtchn: read pending ports: %w", err)
+}
+
+// Close unbinds every port of the handle (the device does on release) and
+// wakes a parked Wait with ErrClosed.
+func (h *devHandle) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return ErrClosed
+	}
+	h.closed = true
+	err := h.f.Close() // wakes a parked Wait, which then releases rmu
+	h.mu.Unlock()
+	h.rmu.Lock()
+	if h.unwatch != nil {
+		h.unwatch()
+		h.unwatch = nil
+	}
+	h.rmu.Unlock()
+	h.mu.Lock()
+	if err != nil {
+		return fmt.Errorf("evtchn: close: %w", err)
+	}
+	return nil
+}
