@@ -1,0 +1,5 @@
+//go:build !race
+
+package evtchn
+
+const raceEnabled = false
