@@ -1,0 +1,272 @@
+package netback
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"drvdom/evtchn"
+	"drvdom/grant"
+)
+
+// Guest -> host. The tx goroutine: event channel wake, tx ring, chain
+// validation (chain.go), batched grant copy into a local arena, virtio-net
+// header (vnet.go), TAP write, one response per slot, notify.
+
+const (
+	// txArenaSize holds a batch of copied packets, each with room for its
+	// virtio-net header in front: four maximal GSO packets.
+	txArenaSize = 4 * (VnetHdrSize + MaxTxSize + 1)
+	// txMaxSegs bounds the grant copy segments of one batch (one per slot).
+	txMaxSegs = 256
+)
+
+// txRsp is one consumed tx slot waiting for its response.
+type txRsp struct {
+	id     uint16
+	status int16
+	extra  bool // extra-info slot: answered RspNull
+}
+
+// txPkt is a validated packet of the current batch.
+type txPkt struct {
+	rspStart, rspEnd int // its slots in txState.rsps
+	segStart, segEnd int // its copy segments
+	off, n           int // arena[off:off+VnetHdrSize+n]: header room + frame
+	flags            uint16
+	gso              ExtraInfo
+	hasGSO           bool
+}
+
+type txState struct {
+	chain    txChain
+	slot     [TxEntrySize]byte
+	held     bool // slot holds the first request of a rate-limited packet
+	arena    []byte
+	used     int
+	segs     []grant.CopySeg
+	pkts     []txPkt
+	rsps     []txRsp
+	waitRate time.Duration
+	ports    [4]evtchn.Port
+}
+
+func (q *queue) initTx() {
+	q.arena = make([]byte, txArenaSize)
+	q.segs = make([]grant.CopySeg, 0, txMaxSegs)
+	q.pkts = make([]txPkt, 0, txMaxSegs)
+	q.rsps = make([]txRsp, 0, int(q.tx.Size())+maxChainSlots)
+}
+
+// serveTx is the tx goroutine. It owns the queue's event channel handle.
+func (q *queue) serveTx(ctx context.Context) error {
+	for {
+		if err := q.txWork(); err != nil {
+			return err
+		}
+		wctx, cancel := ctx, context.CancelFunc(nil)
+		if q.waitRate > 0 {
+			wctx, cancel = context.WithTimeout(ctx, q.waitRate)
+		}
+		n, err := q.events.Wait(wctx, q.ports[:])
+		if cancel != nil {
+			cancel()
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if wctx.Err() != nil {
+				continue // rate limit timer
+			}
+			return fmt.Errorf("queue %d: wait for events: %w", q.id, err)
+		}
+		for _, p := range q.ports[:n] {
+			if err := q.events.Unmask(p); err != nil {
+				return fmt.Errorf("queue %d: unmask %d: %w", q.id, p, err)
+			}
+			if p == q.localRx {
+				q.wakeRx()
+			}
+		}
+	}
+}
+
+// txWork consumes every tx request available, answers them and returns
+// with the ring's req_event armed, or early when the rate limit stops it
+// (q.waitRate > 0).
+func (q *queue) txWork() error {
+	q.waitRate = 0
+	for {
+		n, err := q.tx.Unconsumed()
+		if err != nil {
+			q.flushTx()
+			return fmt.Errorf("queue %d: tx: %w: %w", q.id, ErrRing, err)
+		}
+		if n == 0 && !q.held {
+			q.flushTx()
+			more, err := q.tx.FinalCheckForRequests()
+			if err != nil {
+				return fmt.Errorf("queue %d: tx: %w: %w", q.id, ErrRing, err)
+			}
+			if !more {
+				return nil
+			}
+			continue
+		}
+		for q.held || n > 0 {
+			if !q.held {
+				copy(q.slot[:], q.tx.Request()) // copy before looking at it
+				n--
+			}
+			if q.chain.state == csStart && q.rate != nil {
+				size := int(DecodeTxRequest(q.slot[:]).Size)
+				if ok, wait := q.rate.allow(size, time.Now()); !ok {
+					q.held = true
+					q.waitRate = wait
+					q.flushTx()
+					return nil
+				}
+			}
+			q.held = false
+			if q.chain.feed(q.slot[:], LegacySlotsMax) {
+				q.endChain()
+			}
+		}
+	}
+}
+
+// endChain queues the responses of a complete chain and, for a valid
+// packet, its copy segments.
+func (q *queue) endChain() {
+	c := &q.chain
+	defer c.reset()
+	status := RspOkay
+	switch {
+	case c.mcast():
+		if err := q.applyMcast(c); err != nil {
+			status = RspError
+			q.log.Debug("multicast control refused", "queue", q.id, "err", err)
+		}
+	case c.drop != nil:
+		status = RspError
+		q.stats.txErrors.Add(1)
+		q.log.Debug("tx chain dropped", "queue", q.id, "err", c.drop)
+	default:
+		q.queuePacket(c)
+		return
+	}
+	q.addRsps(c, status)
+}
+
+func (q *queue) addRsps(c *txChain, status int16) {
+	if len(q.rsps)+c.nids > cap(q.rsps) {
+		q.flushTx()
+	}
+	for _, id := range c.ids[:c.nids] {
+		if id < 0 {
+			q.rsps = append(q.rsps, txRsp{status: RspNull, extra: true})
+		} else {
+			q.rsps = append(q.rsps, txRsp{id: uint16(id), status: status})
+		}
+	}
+}
+
+func (q *queue) queuePacket(c *txChain) {
+	n := c.packetLen()
+	if q.used+VnetHdrSize+n > len(q.arena) || len(q.segs)+c.nreq > cap(q.segs) ||
+		len(q.pkts) == cap(q.pkts) || len(q.rsps)+c.nids > cap(q.rsps) {
+		q.flushTx()
+	}
+	p := txPkt{
+		rspStart: len(q.rsps),
+		segStart: len(q.segs),
+		off:      q.used,
+		n:        n,
+		flags:    c.reqs[0].Flags,
+	}
+	p.gso, p.hasGSO = c.gso()
+	pos := q.used + VnetHdrSize
+	for _, r := range c.reqs[:c.nreq] {
+		if r.Size == 0 {
+			continue
+		}
+		q.segs = append(q.segs, grant.CopySeg{
+			Src: grant.CopyPtr{Ref: grant.Ref(r.Gref), Dom: q.front, Offset: r.Offset},
+			Dst: grant.CopyPtr{Local: q.arena[pos : pos+int(r.Size)]},
+			Len: r.Size,
+		})
+		pos += int(r.Size)
+	}
+	q.used = pos
+	q.addRsps(c, RspOkay)
+	p.rspEnd = len(q.rsps)
+	p.segEnd = len(q.segs)
+	q.pkts = append(q.pkts, p)
+}
+
+// flushTx copies the batch's packets out of the guest, sends them to the
+// TAP, writes every queued response in ring order and notifies.
+func (q *queue) flushTx() {
+	if len(q.rsps) == 0 {
+		return
+	}
+	batchErr := error(nil)
+	if len(q.segs) > 0 {
+		batchErr = q.mapper.Copy(q.segs)
+	}
+	for i := range q.pkts {
+		p := &q.pkts[i]
+		status := q.sendPacket(p, batchErr)
+		for j := p.rspStart; j < p.rspEnd; j++ {
+			if !q.rsps[j].extra {
+				q.rsps[j].status = status
+			}
+		}
+	}
+	for _, r := range q.rsps {
+		TxResponse{ID: r.id, Status: r.status}.Encode(q.tx.Response())
+	}
+	if q.tx.PushResponses() {
+		if err := q.events.Notify(q.localTx); err != nil {
+			q.log.Warn("notify tx", "queue", q.id, "err", err)
+		}
+	}
+	q.segs = q.segs[:0]
+	q.pkts = q.pkts[:0]
+	q.rsps = q.rsps[:0]
+	q.used = 0
+}
+
+// sendPacket checks a packet's copy, builds its header and writes it to the
+// TAP; it returns the status for its slots.
+func (q *queue) sendPacket(p *txPkt, batchErr error) int16 {
+	if batchErr != nil {
+		q.stats.txErrors.Add(1)
+		return RspError
+	}
+	for _, s := range q.segs[p.segStart:p.segEnd] {
+		if s.Status != 0 {
+			q.stats.txErrors.Add(1)
+			return RspError // a bad grant
+		}
+	}
+	buf := q.arena[p.off : p.off+VnetHdrSize+p.n]
+	var gso *ExtraInfo
+	if p.hasGSO {
+		gso = &p.gso
+	}
+	h, err := txVnetHdr(buf[VnetHdrSize:], p.flags, gso)
+	if err != nil {
+		q.stats.txDropped.Add(1)
+		return RspDropped
+	}
+	h.Encode(buf)
+	if _, err := q.tap.Write(buf); err != nil {
+		q.stats.txDropped.Add(1)
+		return RspDropped
+	}
+	q.stats.txPackets.Add(1)
+	q.stats.txBytes.Add(uint64(p.n))
+	return RspOkay
+}
