@@ -41,9 +41,9 @@ func (m mapStore) Directory(_ context.Context, p string) ([]string, error) {
 
 func TestStatus(t *testing.T) {
 	s := mapStore{
-		"/local/domain/0/name": "Domain-0",
-		"/local/domain/1/name": "drvdom",
-		"/local/domain/2/name": "guest",
+		"/local/domain/0/name":                               "Domain-0",
+		"/local/domain/1/name":                               "drvdom",
+		"/local/domain/2/name":                               "guest",
 		"/local/domain/1/backend/vbd/2/51712/state":          "4",
 		"/local/domain/1/backend/vbd/2/51712/online":         "1",
 		"/local/domain/1/backend/vbd/2/51712/hotplug-status": "connected",

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"drvdom/xenstore"
+)
+
+// Config is drvdomd's configuration. Sources, later ones winning: the
+// defaults, /etc/drvdom/drvdomd.conf in the image (KEY=VALUE lines), the
+// kernel command line (drvdom.KEY=VALUE), and xenstore
+// (/local/domain/<self>/drvdom/KEY, written by dom0).
+type Config struct {
+	Backend  string   // "drvdom" (userspace backends) | "kernel" (xen-blkback/xen-netback + our hotplug)
+	NIC      string   // passed-through NIC to enslave to Bridge ("" or "none": none)
+	Bridge   string   // bridge for the NIC and the guests' vifs
+	Modules  []string // modules to load at boot, in order
+	DomID    int      // driver domain's id; -1: read "domid" from xenstore
+	LogLevel slog.Level
+	Watchdog bool // feed /dev/watchdog (xen_wdt) while running
+	WaitNIC  int  // seconds to wait for the NIC to appear
+}
+
+// BaseModules are loaded in every mode; BackendModules only in kernel mode
+// (in drvdom mode the kernel's backends would race drvdomd for the devices).
+var (
+	BaseModules = []string{
+		"xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs",
+		"xen-pcifront", "xen_wdt", "nvme", "e1000", "bridge", "tun", "loop",
+	}
+	BackendModules = []string{"xen-blkback", "xen-netback"}
+)
+
+// DefaultConfig is the configuration without any source.
+func DefaultConfig() Config {
+	return Config{
+		Backend:  "drvdom",
+		NIC:      "eth0",
+		Bridge:   "xenbr0",
+		Modules:  append([]string(nil), BaseModules...),
+		DomID:    -1,
+		LogLevel: slog.LevelInfo,
+		Watchdog: true,
+		WaitNIC:  10,
+	}
+}
+
+// Set applies one KEY=VALUE.
+func (c *Config) Set(key, val string) error {
+	val = strings.TrimSpace(val)
+	switch key {
+	case "backend":
+		if val != "drvdom" && val != "kernel" {
+			return fmt.Errorf("backend=%q: want drvdom or kernel", val)
+		}
+		c.Backend = val
+	case "nic":
+		if val == "none" {
+			val = ""
+		}
+		if len(val) > 15 || strings.ContainsAny(val, "/ \t") {
+			return fmt.Errorf("nic=%q: not an interface name", val)
+		}
+		c.NIC = val
+	case "bridge":
+		if val == "" || len(val) > 15 || strings.ContainsAny(val, "/ \t") {
+			return fmt.Errorf("bridge=%q: not an interface name", val)
+		}
+		c.Bridge = val
+	case "modules":
+		c.Modules = nil
+		for _, m := range strings.Split(val, ",") {
+			if m = strings.TrimSpace(m); m != "" {
+				c.Modules = append(c.Modules, m)
+			}
+		}
+	case "domid":
+		n, err := strconv.ParseUint(val, 10, 16)
+		if err != nil || n >= 0x7FF0 {
+			return fmt.Errorf("domid=%q: not a domain id", val)
+		}
+		c.DomID = int(n)
+	case "loglevel":
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(val)); err != nil {
+			return fmt.Errorf("loglevel=%q: %w", val, err)
+		}
+		c.LogLevel = l
+	case "watchdog":
+		b, err := strconv.ParseBool(val)
+		if err != nil {
+			return fmt.Errorf("watchdog=%q: %w", val, err)
+		}
+		c.Watchdog = b
+	case "waitnic":
+		n, err := strconv.Atoi(val)
+		if err != nil || n < 0 || n > 3600 {
+			return fmt.Errorf("waitnic=%q: want seconds", val)
+		}
+		c.WaitNIC = n
+	default:
+		return fmt.Errorf("unknown key %q", key)
+	}
+	return nil
+}
+
+// ApplyFile applies KEY=VALUE lines ('#' comments).
+func (c *Config) ApplyFile(r io.Reader, log *slog.Logger) error {
+	sc := bufio.NewScanner(r)
+	n := 0
+	for sc.Scan() {
+		n++
+		l := strings.TrimSpace(sc.Text())
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(l, "=")
+		if !ok {
+			log.Warn("config: line without '='", "line", n)
+			continue
+		}
+		if err := c.Set(strings.TrimSpace(k), v); err != nil {
+			log.Warn("config file", "line", n, "err", err)
+		}
+	}
+	return sc.Err()
+}
+
+// ApplyCmdline applies drvdom.KEY=VALUE words from a kernel command line.
+func (c *Config) ApplyCmdline(cmdline string, log *slog.Logger) {
+	for _, w := range strings.Fields(cmdline) {
+		kv, ok := strings.CutPrefix(w, "drvdom.")
+		if !ok {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			v = "1"
+		}
+		if err := c.Set(k, v); err != nil {
+			log.Warn("kernel command line", "word", w, "err", err)
+		}
+	}
+}
+
+// XenstoreKeys are the keys ApplyXenstore looks for.
+var XenstoreKeys = []string{"backend", "nic", "bridge", "loglevel"}
+
+// ApplyXenstore applies /local/domain/<self>/drvdom/KEY for XenstoreKeys.
+func (c *Config) ApplyXenstore(ctx context.Context, s interface {
+	Read(ctx context.Context, path string) (string, error)
+}, self uint16, log *slog.Logger) {
+	base := "/local/domain/" + strconv.Itoa(int(self)) + "/drvdom/"
+	for _, k := range XenstoreKeys {
+		v, err := s.Read(ctx, base+k)
+		if errors.Is(err, xenstore.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			log.Warn("config from xenstore", "key", base+k, "err", err)
+			continue
+		}
+		if err := c.Set(k, v); err != nil {
+			log.Warn("config from xenstore", "key", base+k, "err", err)
+		}
+	}
+}

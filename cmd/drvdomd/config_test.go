@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"drvdom/initramfs/moddep"
+	"drvdom/xenstore"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func TestConfigSources(t *testing.T) {
+	c := DefaultConfig()
+	if c.Backend != "drvdom" || c.NIC != "eth0" || c.Bridge != "xenbr0" || c.DomID != -1 {
+		t.Fatalf("defaults %+v", c)
+	}
+	file := "# comment\nbackend=kernel\nbridge = br9\nbogus line\nnic=eth1\n"
+	if err := c.ApplyFile(strings.NewReader(file), quiet); err != nil {
+		t.Fatal(err)
+	}
+	if c.Backend != "kernel" || c.Bridge != "br9" || c.NIC != "eth1" {
+		t.Errorf("after file: %+v", c)
+	}
+	c.ApplyCmdline("console=hvc0 root=/dev/ram0 drvdom.backend=drvdom drvdom.nic=none drvdom.domid=3 drvdom.loglevel=debug drvdom.modules=loop,tun drvdom.bogus=1 drvdom.bridge=", quiet)
+	if c.Backend != "drvdom" || c.NIC != "" || c.DomID != 3 || c.LogLevel != slog.LevelDebug || !slices.Equal(c.Modules, []string{"loop", "tun"}) {
+		t.Errorf("after cmdline: %+v", c)
+	}
+	if c.Bridge != "br9" {
+		t.Errorf("an empty bridge was accepted: %q", c.Bridge)
+	}
+	for _, bad := range [][2]string{{"backend", "qemu"}, {"domid", "65535"}, {"nic", "a/b"}, {"waitnic", "-1"}, {"watchdog", "maybe"}} {
+		if err := c.Set(bad[0], bad[1]); err == nil {
+			t.Errorf("Set(%q, %q) accepted", bad[0], bad[1])
+		}
+	}
+}
+
+type mapReader map[string]string
+
+func (m mapReader) Read(_ context.Context, p string) (string, error) {
+	if v, ok := m[p]; ok {
+		return v, nil
+	}
+	return "", fmt.Errorf("%s: %w", p, xenstore.ErrNotExist)
+}
+
+func TestConfigFromXenstore(t *testing.T) {
+	c := DefaultConfig()
+	c.ApplyXenstore(context.Background(), mapReader{
+		"/local/domain/1/drvdom/backend": "kernel",
+		"/local/domain/1/drvdom/bridge":  "xenbr1",
+		"/local/domain/1/drvdom/nic":     "bad name",
+	}, 1, quiet)
+	if c.Backend != "kernel" || c.Bridge != "xenbr1" || c.NIC != "eth0" {
+		t.Errorf("%+v", c)
+	}
+}
+
+func TestWithout(t *testing.T) {
+	got := without([]string{"xen-evtchn", "xen_blkback", "loop", "xen-netback"}, BackendModules)
+	if !slices.Equal(got, []string{"xen-evtchn", "loop"}) {
+		t.Errorf("without = %v", got)
+	}
+}
+
+func TestModuleLoader(t *testing.T) {
+	dir := t.TempDir()
+	sys := t.TempDir()
+	dep := "kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko\n" +
+		"kernel/net/802/stp.ko: kernel/net/llc/llc.ko\n" +
+		"kernel/net/llc/llc.ko:\n" +
+		"kernel/drivers/block/loop.ko.xz:\n" +
+		"kernel/drivers/net/tun.ko:\n"
+	if err := os.WriteFile(filepath.Join(dir, "modules.dep"), []byte(dep), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"kernel/net/bridge/bridge.ko", "kernel/net/802/stp.ko", "kernel/net/llc/llc.ko", "kernel/drivers/block/loop.ko.xz"} {
+		p := filepath.Join(dir, f)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// tun.ko is in modules.dep but not on disk; xenfs is built in; nope is nowhere.
+	os.MkdirAll(filepath.Join(sys, "xenfs"), 0o755)
+	l := &moduleLoader{dir: dir, log: quiet, sysfs: sys}
+	f, _ := os.Open(filepath.Join(dir, "modules.dep"))
+	var err error
+	l.deps, err = moddep.Parse(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type loaded struct {
+		content string
+		flags   int
+	}
+	var got []loaded
+	l.finit = func(fd int, params string, flags int) error {
+		b := make([]byte, 100)
+		n, _ := unix.Pread(fd, b, 0)
+		got = append(got, loaded{string(b[:n]), flags})
+		if strings.Contains(string(b[:n]), "llc") {
+			return unix.EEXIST // already loaded: fine
+		}
+		return nil
+	}
+	n, err := l.Load("bridge", "xenfs", "loop", "tun", "nope")
+	if err == nil || !strings.Contains(err.Error(), "tun") && !strings.Contains(err.Error(), "nope") {
+		t.Errorf("err = %v, want the missing module named", err)
+	}
+	want := []loaded{
+		{"kernel/net/llc/llc.ko", 0}, {"kernel/net/802/stp.ko", 0}, {"kernel/net/bridge/bridge.ko", 0},
+		{"kernel/drivers/block/loop.ko.xz", moduleInitCompressedFile},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("finit calls %v, want %v", got, want)
+	}
+	if n != 4 {
+		t.Errorf("loaded %d, want 4", n)
+	}
+	// Loading again: /sys/module says they are there.
+	for _, m := range []string{"llc", "stp", "bridge", "loop"} {
+		os.MkdirAll(filepath.Join(sys, m), 0o755)
+	}
+	got = nil
+	if _, err := l.Load("bridge", "loop"); err != nil || len(got) != 0 {
+		t.Errorf("reload: err %v, calls %v", err, got)
+	}
+}
+
+func TestModuleLoaderWithoutModulesDep(t *testing.T) {
+	l := &moduleLoader{dir: t.TempDir(), log: quiet, sysfs: t.TempDir(), finit: func(int, string, int) error {
+		t.Fatal("finit called")
+		return nil
+	}}
+	if _, err := l.Load("bridge"); err == nil {
+		t.Error("no error for a module that cannot be found")
+	}
+}

@@ -1,0 +1,193 @@
+// Command drvdomd runs in the driver domain as the u-root init's uinit. At
+// boot it mounts what is missing, loads the kernel modules, reads its config
+// (image file, kernel command line, xenstore), puts the passed-through NIC in
+// the bridge and then serves the guests' devices:
+//
+//   - drvdom mode (drvdom.backend=drvdom): the xenbus Manager with drvdom's
+//     userspace backends (see drivers.go);
+//   - kernel mode (drvdom.backend=kernel): the kernel's xen-blkback and
+//     xen-netback, with drvdomd doing their hotplug (loop devices, bridge).
+//
+// Subcommands: `drvdomd selftest` (checks of the Xen devices), `drvdomd
+// config` (the effective configuration).
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"drvdom/xenstore"
+	"drvdom/xenstore/xenbus"
+)
+
+// ConfigFile is drvdomd's config in the image.
+const ConfigFile = "/etc/drvdom/drvdomd.conf"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "selftest":
+			return selftest(ctx, args[1:], stdout, stderr)
+		case "config":
+			log := slog.New(slog.NewTextHandler(stderr, nil))
+			cfg := loadConfig(log)
+			fmt.Fprintf(stdout, "backend=%s\nnic=%s\nbridge=%s\nmodules=%s\nloglevel=%s\nwatchdog=%v\nwaitnic=%d\n",
+				cfg.Backend, cfg.NIC, cfg.Bridge, strings.Join(cfg.Modules, ","), cfg.LogLevel, cfg.Watchdog, cfg.WaitNIC)
+			return 0
+		case "-h", "-help", "--help", "help":
+			fmt.Fprintln(stdout, "usage: drvdomd [selftest|config]   (no argument: run the driver domain)")
+			return 0
+		default:
+			fmt.Fprintf(stderr, "drvdomd: unknown argument %q (usage: drvdomd [selftest|config])\n", args[0])
+			return 2
+		}
+	}
+	return daemon(ctx, stderr)
+}
+
+func loadConfig(log *slog.Logger) Config {
+	cfg := DefaultConfig()
+	if f, err := os.Open(ConfigFile); err == nil {
+		if err := cfg.ApplyFile(f, log); err != nil {
+			log.Warn("config file", "path", ConfigFile, "err", err)
+		}
+		f.Close()
+	}
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+		cfg.ApplyCmdline(string(b), log)
+	}
+	return cfg
+}
+
+func without(list, drop []string) []string {
+	var out []string
+	for _, m := range list {
+		if !slices.ContainsFunc(drop, func(d string) bool { return modEq(d, m) }) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func modEq(a, b string) bool {
+	return strings.ReplaceAll(a, "-", "_") == strings.ReplaceAll(b, "-", "_")
+}
+
+// openStore opens xenstore, waiting a little for the xenbus device.
+func openStore(ctx context.Context, wait time.Duration, log *slog.Logger) (*xenstore.Client, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		c, err := xenstore.Open()
+		if err == nil {
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		log.Debug("xenstore not there yet", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func daemon(ctx context.Context, console io.Writer) int {
+	level := new(slog.LevelVar)
+	log := slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{Level: level}))
+	ensureBaseMounts(log)
+	cfg := loadConfig(log)
+	level.Set(cfg.LogLevel)
+	log.Info("drvdomd starting", "backend", cfg.Backend, "nic", cfg.NIC, "bridge", cfg.Bridge, "kernel", kernelRelease())
+
+	ml := newModuleLoader("/lib/modules", log)
+	if n, err := ml.Load(without(cfg.Modules, BackendModules)...); err != nil {
+		log.Warn("some modules did not load; carrying on", "loaded", n, "first_err", err)
+	}
+	if err := ensureMount(xenfsMount, log); err != nil {
+		log.Error("xenfs", "err", err)
+	}
+
+	store, err := openStore(ctx, 10*time.Second, log)
+	if err != nil {
+		log.Error("no xenstore: is this a Xen domain with xen-evtchn/xenfs loaded?", "err", err)
+		return 1
+	}
+	defer store.Close()
+
+	self := cfg.DomID
+	if self < 0 {
+		v, err := store.Read(ctx, "domid")
+		if err == nil {
+			if n, perr := strconv.ParseUint(strings.TrimSpace(v), 10, 16); perr == nil {
+				self = int(n)
+			}
+		}
+		if self < 0 {
+			log.Error("cannot learn this domain's id from xenstore \"domid\"; set drvdom.domid=N", "err", err)
+			return 1
+		}
+	}
+	cfg.ApplyXenstore(ctx, store, uint16(self), log)
+	level.Set(cfg.LogLevel)
+	log.Info("driver domain", "domid", self, "backend", cfg.Backend)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	if cfg.Watchdog {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			feedWatchdog(ctx, "/dev/watchdog", 10*time.Second, log)
+		}()
+	}
+
+	setupNetwork(ctx, cfg, log)
+
+	switch cfg.Backend {
+	case "kernel":
+		if _, err := ml.Load(BackendModules...); err != nil {
+			log.Error("kernel backends did not load", "err", err)
+		}
+		h := newKernelHotplug(store, uint16(self), cfg.Bridge, log, realHotplugOps{})
+		if err := h.Run(ctx); err != nil {
+			log.Error("kernel-mode hotplug stopped", "err", err)
+			return 1
+		}
+	default:
+		drivers, cleanup, err := buildDrivers(driverEnv{Cfg: cfg, Log: log})
+		if err != nil {
+			log.Error("drvdom mode unavailable", "err", err)
+			return 1
+		}
+		defer cleanup()
+		m := xenbus.NewManager(store, uint16(self), log, drivers...)
+		if err := m.Run(ctx); err != nil {
+			log.Error("xenbus manager stopped", "err", err)
+			return 1
+		}
+	}
+	log.Info("drvdomd stopped")
+	return 0
+}
