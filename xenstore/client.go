@@ -231,6 +231,14 @@ func validateReply(typ MsgType, p []byte) error {
 		if _, err := ParsePerms(ParseStrings(p)); err != nil {
 			return fmt.Errorf("%w: GET_PERMS reply: %w", ErrProtocol, err)
 		}
+	case MsgDirectoryPart:
+		parts := ParseStrings(p)
+		if len(p) == 0 || p[len(p)-1] != 0 || len(parts) < 2 {
+			return fmt.Errorf("%w: DIRECTORY_PART reply %.64q", ErrProtocol, p)
+		}
+		if _, err := strconv.ParseUint(parts[0], 10, 64); err != nil {
+			return fmt.Errorf("%w: DIRECTORY_PART generation %.32q", ErrProtocol, parts[0])
+		}
 	case MsgGetDomainPath:
 		if len(trimNul(p)) == 0 {
 			return fmt.Errorf("%w: empty GET_DOMAIN_PATH reply", ErrProtocol)
@@ -352,10 +360,53 @@ func (c *Client) rm(ctx context.Context, tx uint32, path string) error {
 
 func (c *Client) directory(ctx context.Context, tx uint32, path string) ([]string, error) {
 	s, err := c.request(ctx, MsgDirectory, tx, false, path)
+	var xe *Error
+	if errors.As(err, &xe) && xe.Errno == "E2BIG" {
+		return c.directoryParts(ctx, tx, path)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return ParseStrings([]byte(s)), nil
+}
+
+// directoryParts lists a directory too long for one reply with
+// DIRECTORY_PART, starting over (a bounded number of times) when the
+// node's generation changes between parts.
+func (c *Client) directoryParts(ctx context.Context, tx uint32, path string) ([]string, error) {
+	for attempt := 0; attempt < TxAttempts; attempt++ {
+		var names []string
+		gen, off := "", 0
+		for {
+			s, err := c.request(ctx, MsgDirectoryPart, tx, false, path, strconv.Itoa(off))
+			if err != nil {
+				return nil, err
+			}
+			parts := ParseStrings([]byte(s))
+			if len(parts) < 2 { // validateReply guarantees a generation
+				return nil, fmt.Errorf("xenstore DIRECTORY_PART %s: short reply: %w", path, ErrProtocol)
+			}
+			if gen != "" && parts[0] != gen {
+				break // changed underneath: start over
+			}
+			gen = parts[0]
+			kids, last := parts[1:], false
+			if kids[len(kids)-1] == "" {
+				kids, last = kids[:len(kids)-1], true
+			}
+			for _, k := range kids {
+				names = append(names, k)
+				off += len(k) + 1
+			}
+			if last {
+				return names, nil
+			}
+			if len(kids) == 0 {
+				return nil, fmt.Errorf("xenstore DIRECTORY_PART %s: no progress at %d: %w", path, off, ErrProtocol)
+			}
+		}
+	}
+	return nil, fmt.Errorf("xenstore DIRECTORY_PART %s: keeps changing: %w", path, ErrAgain)
 }
 
 func (c *Client) getPerms(ctx context.Context, tx uint32, path string) ([]Perm, error) {
@@ -596,6 +647,12 @@ func (c *Client) Watch(ctx context.Context, path, token string) (*Watch, error) 
 		c.mu.Lock()
 		w.drop()
 		c.mu.Unlock()
+		if ctx.Err() != nil && !errors.Is(err, ErrClosed) {
+			// The server may have registered it before we stopped waiting.
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unwatchTimeout)
+			_, _ = c.request(uctx, MsgUnwatch, TxNone, false, path, token)
+			cancel()
+		}
 		return nil, err
 	}
 	return w, nil

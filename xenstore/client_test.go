@@ -756,3 +756,24 @@ func BenchmarkReadRoundTripParallel(b *testing.B) {
 		}
 	})
 }
+
+// A directory too long for one reply is listed with DIRECTORY_PART.
+func TestDirectoryTooLongForOneReply(t *testing.T) {
+	s := newStore(t)
+	c := s.client(0)
+	ctx := ctxT(t)
+	var want []string
+	for i := range 400 {
+		name := fmt.Sprintf("child-with-a-rather-long-name-%04d", i)
+		want = append(want, name)
+		require.NoError(t, c.Write(ctx, "/big/"+name, ""))
+	}
+	got, err := c.Directory(ctx, "/big")
+	require.NoError(t, err)
+	assert.Equal(t, want, got)
+	require.NoError(t, c.Transaction(ctx, func(tx *xenstore.Tx) error {
+		got, err := tx.Directory(ctx, "/big")
+		assert.Len(t, got, 400)
+		return err
+	}))
+}

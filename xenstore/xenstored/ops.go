@@ -1,6 +1,7 @@
 package xenstored
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 
@@ -122,7 +123,7 @@ func (s *Server) lookup(c *conn, tx *txn, path string, need access) (*node, stri
 // canonical validates a path argument and makes it absolute.
 func (c *conn) canonical(p string) (string, string) {
 	if err := xenstore.CheckPath(p); err != nil {
-		if len(p) > xenstore.RelPathMax {
+		if errors.Is(err, xenstore.ErrQuota) {
 			return "", "E2BIG"
 		}
 		return "", "EINVAL"
@@ -159,8 +160,8 @@ func (s *Server) handle(c *conn, h xenstore.Header, p []byte) {
 	var tx *txn
 	switch h.Type {
 	case xenstore.MsgRead, xenstore.MsgWrite, xenstore.MsgMkdir, xenstore.MsgRm,
-		xenstore.MsgDirectory, xenstore.MsgGetPerms, xenstore.MsgSetPerms,
-		xenstore.MsgTransactionEnd:
+		xenstore.MsgDirectory, xenstore.MsgDirectoryPart, xenstore.MsgGetPerms,
+		xenstore.MsgSetPerms, xenstore.MsgTransactionEnd:
 		if h.TxID != xenstore.TxNone {
 			tx = c.txs[h.TxID]
 			if tx == nil {
@@ -271,6 +272,29 @@ func (s *Server) handle(c *conn, h xenstore.Header, p []byte) {
 			b.WriteByte(0)
 		}
 		reply(message(h.Type, h, b.String()))
+
+	case xenstore.MsgDirectoryPart:
+		a, ok := args(p, 2, 2)
+		if !ok {
+			fail("EINVAL")
+			return
+		}
+		path, e := c.canonical(a[0])
+		if e != "" {
+			fail(e)
+			return
+		}
+		off, err := strconv.ParseUint(a[1], 10, 31)
+		if err != nil {
+			fail("EINVAL")
+			return
+		}
+		n, e := s.lookup(c, tx, path, accRead)
+		if e != "" {
+			fail(e)
+			return
+		}
+		reply(message(h.Type, h, directoryPart(n, int(off))))
 
 	case xenstore.MsgGetPerms:
 		a, ok := args(p, 1, 1)
@@ -457,8 +481,8 @@ func (s *Server) handle(c *conn, h xenstore.Header, p []byte) {
 		}
 
 	default:
-		// CONTROL, RESUME, SET_TARGET, RESTRICT, DIRECTORY_PART, replies
-		// sent as requests, unknown numbers.
+		// CONTROL, RESUME, SET_TARGET, RESTRICT, replies sent as
+		// requests, unknown numbers.
 		fail("EINVAL")
 	}
 }
@@ -701,4 +725,37 @@ func (s *Server) fireSpecial(name string) {
 			}
 		}
 	}
+}
+
+// directoryPart renders a DIRECTORY_PART reply: the node's generation,
+// then as many children as fit starting at byte offset off of the
+// nul-separated list, then an empty string if that reached the end.
+func directoryPart(n *node, off int) string {
+	var list strings.Builder
+	for _, k := range n.children {
+		list.WriteString(k)
+		list.WriteByte(0)
+	}
+	all := list.String()
+	gen := strconv.FormatUint(n.gen, 10) + "\x00"
+	if off >= len(all) {
+		return gen + "\x00"
+	}
+	maxLen := xenstore.PayloadMax - len(gen) - 1
+	end := off
+	for end < len(all) {
+		i := strings.IndexByte(all[end:], 0)
+		if end+i+1-off > maxLen {
+			break
+		}
+		end += i + 1
+	}
+	if end == off { // off is not at a name boundary, or a name is too long
+		return gen + "\x00"
+	}
+	out := gen + all[off:end]
+	if end == len(all) {
+		out += "\x00"
+	}
+	return out
 }

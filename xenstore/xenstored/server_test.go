@@ -127,7 +127,8 @@ func TestMalformedRequestsGetErrors(t *testing.T) {
 		{"read trailing slash", 0, xenstore.MsgRead, 0, "/x/\x00", "EINVAL"},
 		{"read empty path", 0, xenstore.MsgRead, 0, "\x00", "EINVAL"},
 		{"read long path", 0, xenstore.MsgRead, 0, long + "\x00", "E2BIG"},
-		{"relative too long once rooted", 5, xenstore.MsgRead, 0, strings.Repeat("a", xenstore.RelPathMax) + "\x00", "ENOENT"},
+		{"long path with a bad char", 0, xenstore.MsgRead, 0, long[:2500] + "*\x00", "EINVAL"},
+		{"relative at its limit", 5, xenstore.MsgRead, 0, strings.Repeat("a", xenstore.RelPathMax) + "\x00", "ENOENT"},
 		{"read missing", 0, xenstore.MsgRead, 0, "/missing\x00", "ENOENT"},
 		{"read in unknown tx", 0, xenstore.MsgRead, 12345, "/\x00", "ENOENT"},
 		{"write without nul", 0, xenstore.MsgWrite, 0, "/a", "EINVAL"},
@@ -434,5 +435,36 @@ func TestErrnoNamesKnownToClient(t *testing.T) {
 	for _, e := range []string{"EINVAL", "ENOENT", "EACCES", "EPERM", "EAGAIN", "EEXIST", "E2BIG", "ENOSPC"} {
 		err := &xenstore.Error{Op: "READ", Errno: e}
 		assert.NotNil(t, errors.Unwrap(err), e)
+	}
+}
+
+func TestDirectoryPart(t *testing.T) {
+	s := New()
+	defer s.Close()
+	r := dialRaw(t, s, 0)
+	for _, k := range []string{"aa", "b", "cccc"} {
+		r.send(xenstore.MsgWrite, 1, 0, "/d/"+k+"\x00")
+		_, p := r.reply()
+		require.Equal(t, "OK\x00", p)
+	}
+	s.mu.Lock()
+	gen := fmt.Sprint(s.nodes["/d"].gen)
+	s.mu.Unlock()
+	for off, want := range map[string]string{
+		"0":  gen + "\x00aa\x00b\x00cccc\x00\x00",
+		"3":  gen + "\x00b\x00cccc\x00\x00",
+		"5":  gen + "\x00cccc\x00\x00",
+		"10": gen + "\x00\x00",
+		"99": gen + "\x00\x00",
+	} {
+		r.send(xenstore.MsgDirectoryPart, 2, 0, "/d\x00"+off+"\x00")
+		h, p := r.reply()
+		assert.Equal(t, xenstore.MsgDirectoryPart, h.Type, off)
+		assert.Equal(t, want, p, off)
+	}
+	for _, bad := range []string{"/d\x00", "/d\x00-1\x00", "/d\x00x\x00", "/d\x000\x00extra\x00"} {
+		r.send(xenstore.MsgDirectoryPart, 3, 0, bad)
+		_, p := r.reply()
+		assert.Equal(t, "EINVAL\x00", p, "%q", bad)
 	}
 }
