@@ -12,9 +12,6 @@ import (
 	"drvdom/evtchn"
 )
 
-// GntallocPath is the grant sharing device.
-const GntallocPath = "/dev/xen/gntalloc"
-
 // ioctl numbers of include/uapi/xen/gntalloc.h: _IOC(_IOC_NONE, 'G', nr, size).
 const (
 	ioctlGntallocAllocGref      = 0x00184705 // nr 5, sizeof(struct ioctl_gntalloc_alloc_gref) = 24

@@ -13,9 +13,6 @@ import (
 	"drvdom/evtchn"
 )
 
-// GntdevPath is the grant mapping device.
-const GntdevPath = "/dev/xen/gntdev"
-
 // ioctl numbers of include/uapi/xen/gntdev.h: _IOC(_IOC_NONE, 'G', nr, size).
 const (
 	ioctlGntdevMapGrantRef    = 0x00184700 // nr 0, sizeof(struct ioctl_gntdev_map_grant_ref) = 24

@@ -25,6 +25,12 @@ type Ref uint32
 // PageSize is the Xen page size; every grant covers one page.
 const PageSize = 4096
 
+// Device files (OpenGntdev, OpenGntalloc).
+const (
+	GntdevPath   = "/dev/xen/gntdev"
+	GntallocPath = "/dev/xen/gntalloc"
+)
+
 // ErrClosed is returned by every method of a Mapper, Sharer or mapping after
 // it was closed (or its domain destroyed in the simulator).
 var ErrClosed = errors.New("grant: closed")
