@@ -1,0 +1,706 @@
+package blkback
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"drvdom/evtchn"
+	"drvdom/grant"
+	"drvdom/xenstore"
+	"drvdom/xenstore/xenbus"
+)
+
+// Driver is the vbd backend: a xenbus.Driver. Set Grants and Events; the
+// rest has defaults.
+type Driver struct {
+	// Grants maps the frontends' rings and data pages.
+	Grants grant.Mapper
+	// Events opens an event channel handle; every ring gets its own.
+	Events func() (evtchn.Handle, error)
+	Log    *slog.Logger
+
+	// MaxQueues is multi-queue-max-queues (runtime.NumCPU() if 0).
+	MaxQueues int
+	// MaxRingPageOrder is max-ring-page-order (4 if 0; at most ring.MaxOrder).
+	MaxRingPageOrder int
+	// MaxPersistentGrants bounds each ring's persistent grants
+	// (DefaultMaxPersistentGrants if 0).
+	MaxPersistentGrants int
+	// NoPersistent turns feature-persistent off.
+	NoPersistent bool
+	// Workers is the number of I/O goroutines per device (16 if 0).
+	Workers int
+	// Open opens the backing named by params (OpenTarget if nil).
+	Open func(params string, o OpenOptions) (Backing, error)
+	// NoDirect disables O_DIRECT on files and devices.
+	NoDirect bool
+	// ResizeInterval is how often the backing's size is polled for online
+	// resize (2 s if 0; negative disables).
+	ResizeInterval time.Duration
+	// StatsInterval is how often the statistics are written to the
+	// backend's drvdom-stats key when they changed (5 s if 0; negative
+	// disables; they are always written at disconnect).
+	StatsInterval time.Duration
+}
+
+// StatsKey is the backend key holding the device statistics as JSON.
+const StatsKey = "drvdom-stats"
+
+// Type implements xenbus.Driver.
+func (drv *Driver) Type() string { return "vbd" }
+
+func (drv *Driver) maxPgrants() int {
+	if drv.MaxPersistentGrants > 0 {
+		return drv.MaxPersistentGrants
+	}
+	return DefaultMaxPersistentGrants
+}
+
+func (drv *Driver) maxQueues() int {
+	if drv.MaxQueues > 0 {
+		return drv.MaxQueues
+	}
+	return runtime.NumCPU()
+}
+
+func (drv *Driver) maxOrder() int {
+	if drv.MaxRingPageOrder > 0 && drv.MaxRingPageOrder <= 4 {
+		return drv.MaxRingPageOrder
+	}
+	return 4
+}
+
+// Stats are a device's counters. Read them with Device.Stats.
+type Stats struct {
+	Reads, Writes, Flushes, Barriers, Discards, Indirect atomic.Uint64
+	BytesRead, BytesWritten                              atomic.Uint64
+	Errors, NotSupported                                 atomic.Uint64
+	InFlight                                             atomic.Int64
+	PersistentHits, PersistentMisses                     atomic.Uint64
+	PersistentPurged, PersistentOverflow                 atomic.Uint64
+}
+
+// StatsSnapshot is Stats at one moment, as written to drvdom-stats.
+type StatsSnapshot struct {
+	Reads              uint64 `json:"reads"`
+	Writes             uint64 `json:"writes"`
+	Flushes            uint64 `json:"flushes"`
+	Barriers           uint64 `json:"barriers"`
+	Discards           uint64 `json:"discards"`
+	Indirect           uint64 `json:"indirect"`
+	BytesRead          uint64 `json:"bytes_read"`
+	BytesWritten       uint64 `json:"bytes_written"`
+	Errors             uint64 `json:"errors"`
+	NotSupported       uint64 `json:"not_supported"`
+	InFlight           int64  `json:"in_flight"`
+	PersistentHits     uint64 `json:"persistent_hits"`
+	PersistentMisses   uint64 `json:"persistent_misses"`
+	PersistentPurged   uint64 `json:"persistent_purged"`
+	PersistentOverflow uint64 `json:"persistent_overflow"`
+	Sectors            uint64 `json:"sectors"`
+	Queues             int    `json:"queues"`
+}
+
+// Device is one probed vbd: a xenbus.Instance.
+type Device struct {
+	drv     *Driver
+	dev     *xenbus.Dev
+	log     *slog.Logger
+	backing Backing
+
+	frontDom uint16
+	readOnly bool
+	cdrom    bool
+	remov    bool
+	logical  uint32
+	physical uint32
+	discard  bool
+	secure   bool
+	gran     uint32
+	sectors  atomic.Uint64
+	// published is the sectors value in xenstore (monitor goroutine only,
+	// set by Connect before the monitor starts).
+	published uint64
+
+	stats   Stats
+	nqueues atomic.Int32
+
+	mu     sync.Mutex // connection state below
+	conn   *connection
+	closed bool
+}
+
+// connection is one Connect..Disconnect: the rings and their goroutines.
+type connection struct {
+	cancel  context.CancelFunc
+	queues  []*queue
+	handles []evtchn.Handle
+	qwg     sync.WaitGroup // queue goroutines
+	wwg     sync.WaitGroup // workers and the monitor
+	work    chan *slot
+}
+
+var _ xenbus.Driver = (*Driver)(nil)
+var _ xenbus.Instance = (*Device)(nil)
+
+// Probe reads the backend keys, opens the backing and publishes the features.
+func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, error) {
+	if drv.Grants == nil || drv.Events == nil {
+		return nil, fmt.Errorf("%s: blkback driver without Grants or Events", d.Name())
+	}
+	log := drv.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("dev", d.Name())
+	params, err := d.ReadBack(ctx, "params")
+	if errors.Is(err, xenstore.ErrNotExist) || (err == nil && params == "") {
+		params, err = d.ReadBack(ctx, "target")
+	}
+	if err != nil {
+		return nil, err
+	}
+	params = strings.TrimSpace(params)
+	mode, err := d.ReadBack(ctx, "mode")
+	if err != nil {
+		return nil, err
+	}
+	dev := &Device{drv: drv, dev: d, log: log, frontDom: d.FrontDom}
+	switch strings.TrimSpace(mode) {
+	case "r", "ro":
+		dev.readOnly = true
+	case "w", "w!", "rw":
+	default:
+		return nil, fmt.Errorf("%s: mode %q is neither r nor w", d.Name(), mode)
+	}
+	if v, err := d.ReadBack(ctx, "device-type"); err == nil && strings.TrimSpace(v) == "cdrom" {
+		dev.cdrom = true
+	}
+	if v, err := d.ReadBack(ctx, "removable"); err == nil && strings.TrimSpace(v) == "1" {
+		dev.remov = true
+	}
+	discardEnable := true
+	if v, err := d.ReadBack(ctx, "discard-enable"); err == nil && strings.TrimSpace(v) == "0" {
+		discardEnable = false
+	}
+	open := drv.Open
+	if open == nil {
+		open = OpenTarget
+	}
+	b, err := open(params, OpenOptions{ReadOnly: dev.readOnly, NoDirect: drv.NoDirect})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", d.Name(), err)
+	}
+	dev.backing = b
+	size, err := b.Size()
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("%s: %w", d.Name(), err)
+	}
+	dev.sectors.Store(uint64(size) / SectorSize)
+	dev.logical, dev.physical = b.LogicalBlockSize(), b.PhysicalBlockSize()
+	dok, dsec, gran := b.DiscardInfo()
+	dev.discard = dok && discardEnable && !dev.readOnly
+	dev.secure = dev.discard && dsec
+	dev.gran = gran
+
+	err = d.Store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		w := func(k, v string) error { return tx.Write(ctx, d.BackPath+"/"+k, v) }
+		kv := [][2]string{
+			{"feature-flush-cache", "1"},
+			{"feature-barrier", "1"},
+			{"feature-persistent", boolKey(!drv.NoPersistent)},
+			{"feature-max-indirect-segments", strconv.Itoa(MaxIndirectSegments)},
+			{"max-ring-page-order", strconv.Itoa(drv.maxOrder())},
+			{"multi-queue-max-queues", strconv.Itoa(drv.maxQueues())},
+			{"feature-discard", boolKey(dev.discard)},
+		}
+		if dev.discard {
+			kv = append(kv, [2]string{"discard-granularity", strconv.FormatUint(uint64(dev.gran), 10)},
+				[2]string{"discard-alignment", "0"}, [2]string{"discard-secure", boolKey(dev.secure)})
+		}
+		for _, e := range kv {
+			if err := w(e[0], e[1]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = d.WriteBack(ctx, "hotplug-status", "connected")
+	}
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("%s: publish features: %w", d.Name(), err)
+	}
+	log.Info("blkback: probed", "params", params, "ro", dev.readOnly, "sectors", dev.sectors.Load(),
+		"sector-size", dev.logical, "discard", dev.discard)
+	return dev, nil
+}
+
+func boolKey(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// readFrontUint reads an optional unsigned frontend key; absent is def.
+func (dev *Device) readFrontUint(ctx context.Context, key string, def, limit uint64) (uint64, error) {
+	v, err := dev.dev.ReadFront(ctx, key)
+	if errors.Is(err, xenstore.ErrNotExist) {
+		return def, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+	if err != nil || n > limit {
+		return 0, fmt.Errorf("%s: frontend %s=%q invalid (limit %d)", dev.dev.Name(), key, truncate(v, 16), limit)
+	}
+	return n, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// Connect maps the frontend's rings, binds its event channels, publishes
+// the disk's size and starts serving.
+func (dev *Device) Connect(ctx context.Context) (err error) {
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	if dev.closed {
+		return fmt.Errorf("%s: connect after close", dev.dev.Name())
+	}
+	if dev.conn != nil {
+		dev.stopLocked()
+	}
+	d := dev.dev
+	nq, err := dev.readFrontUint(ctx, "multi-queue-num-queues", 1, uint64(dev.drv.maxQueues()))
+	if err != nil {
+		return err
+	}
+	if nq == 0 {
+		return fmt.Errorf("%s: frontend multi-queue-num-queues=0", d.Name())
+	}
+	order, err := dev.readFrontUint(ctx, "ring-page-order", 0, uint64(dev.drv.maxOrder()))
+	if err != nil {
+		return err
+	}
+	_, orderErr := d.ReadFront(ctx, "ring-page-order")
+	hasOrder := orderErr == nil
+	proto, err := d.ReadFront(ctx, "protocol")
+	if err != nil && !errors.Is(err, xenstore.ErrNotExist) {
+		return err
+	}
+	abi, err := ParseProtocol(strings.TrimSpace(proto))
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.Name(), err)
+	}
+	fp, err := dev.readFrontUint(ctx, "feature-persistent", 0, 1)
+	if err != nil {
+		return err
+	}
+	persistent := fp == 1 && !dev.drv.NoPersistent
+
+	c := &connection{}
+	defer func() {
+		if err != nil {
+			c.teardown(dev)
+		}
+	}()
+	for i := 0; i < int(nq); i++ {
+		dir := ""
+		if nq > 1 {
+			dir = "queue-" + strconv.Itoa(i) + "/"
+		}
+		q, err := dev.connectQueue(ctx, i, dir, abi, int(order), hasOrder, persistent, c)
+		if err != nil {
+			return err
+		}
+		c.queues = append(c.queues, q)
+	}
+	size, err := dev.backing.Size()
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.Name(), err)
+	}
+	dev.sectors.Store(uint64(size) / SectorSize)
+	dev.published = dev.sectors.Load()
+	info := 0
+	if dev.readOnly {
+		info |= VDiskReadOnly
+	}
+	if dev.cdrom {
+		info |= VDiskCDROM
+	}
+	if dev.remov {
+		info |= VDiskRemovable
+	}
+	err = d.Store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		for _, e := range [][2]string{
+			{"sectors", strconv.FormatUint(dev.sectors.Load(), 10)},
+			{"info", strconv.Itoa(info)},
+			{"sector-size", strconv.FormatUint(uint64(dev.logical), 10)},
+			{"physical-sector-size", strconv.FormatUint(uint64(dev.physical), 10)},
+		} {
+			if err := tx.Write(ctx, d.BackPath+"/"+e[0], e[1]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: publish disk: %w", d.Name(), err)
+	}
+	dev.start(ctx, c)
+	dev.conn = c
+	dev.log.Info("blkback: connected", "queues", nq, "ring-page-order", order, "protocol", abi.String(), "persistent", persistent)
+	return nil
+}
+
+func (dev *Device) connectQueue(ctx context.Context, i int, dir string, abi ABI, order int, hasOrder, persistent bool, c *connection) (*queue, error) {
+	d := dev.dev
+	pages := 1 << order
+	refs := make([]grant.Ref, pages)
+	for p := 0; p < pages; p++ {
+		key := dir + "ring-ref"
+		if hasOrder {
+			key += strconv.Itoa(p)
+		}
+		v, err := d.ReadFront(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("%s: frontend %s=%q is not a grant reference", d.Name(), key, truncate(v, 16))
+		}
+		refs[p] = grant.Ref(n)
+	}
+	v, err := d.ReadFront(ctx, dir+"event-channel")
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("%s: frontend %sevent-channel=%q invalid", d.Name(), dir, truncate(v, 16))
+	}
+	m, err := dev.drv.Grants.Map(dev.frontDom, refs, true)
+	if err != nil {
+		return nil, fmt.Errorf("%s: map ring %d: %w", d.Name(), i, err)
+	}
+	h, err := dev.drv.Events()
+	if err != nil {
+		m.Unmap()
+		return nil, fmt.Errorf("%s: open event channels: %w", d.Name(), err)
+	}
+	c.handles = append(c.handles, h)
+	local, err := h.BindInterdomain(dev.frontDom, evtchn.Port(port))
+	if err != nil {
+		m.Unmap()
+		return nil, fmt.Errorf("%s: bind event channel %d of queue %d: %w", d.Name(), port, i, err)
+	}
+	q, err := newQueue(dev, i, abi, m, h, local, persistent)
+	if err != nil {
+		m.Unmap()
+		return nil, fmt.Errorf("%s: ring %d: %w", d.Name(), i, err)
+	}
+	return q, nil
+}
+
+func (dev *Device) workers() int {
+	if dev.drv.Workers > 0 {
+		return dev.drv.Workers
+	}
+	return 16
+}
+
+// start launches the queue goroutines, the I/O workers and the monitor.
+func (dev *Device) start(parent context.Context, c *connection) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	c.cancel = cancel
+	total := 0
+	for _, q := range c.queues {
+		total += len(q.slots)
+	}
+	c.work = make(chan *slot, total)
+	for _, q := range c.queues {
+		q.work = c.work
+	}
+	dev.nqueues.Store(int32(len(c.queues)))
+	if !dev.backing.Inline() {
+		for i := 0; i < dev.workers(); i++ {
+			c.wwg.Add(1)
+			go func() {
+				defer c.wwg.Done()
+				for s := range c.work {
+					s.status = StatusOf(dev.execute(s))
+					s.q.complete(s, true)
+				}
+			}()
+		}
+	}
+	for _, q := range c.queues {
+		c.qwg.Add(1)
+		go func() {
+			defer c.qwg.Done()
+			if err := q.run(ctx); err != nil {
+				dev.log.Error("blkback: ring stopped", "queue", q.idx, "err", err)
+				dev.dev.WriteError(context.WithoutCancel(ctx), err)
+			}
+		}()
+	}
+	c.wwg.Add(1)
+	go func() {
+		defer c.wwg.Done()
+		dev.monitor(ctx)
+	}()
+}
+
+// monitor polls the backing's size (online resize) and writes statistics.
+func (dev *Device) monitor(ctx context.Context) {
+	ri, si := dev.drv.ResizeInterval, dev.drv.StatsInterval
+	if ri == 0 {
+		ri = 2 * time.Second
+	}
+	if si == 0 {
+		si = 5 * time.Second
+	}
+	var rt, st <-chan time.Time
+	if ri > 0 {
+		t := time.NewTicker(ri)
+		defer t.Stop()
+		rt = t.C
+	}
+	if si > 0 {
+		t := time.NewTicker(si)
+		defer t.Stop()
+		st = t.C
+	}
+	var last StatsSnapshot
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-rt:
+			dev.checkResize(ctx)
+		case <-st:
+			if s := dev.Stats(); s != last {
+				last = s
+				dev.writeStats(ctx, s)
+			}
+		}
+	}
+}
+
+// checkResize publishes a changed backing size: sectors, then state
+// rewritten as Connected so the frontend rereads it (as Linux's
+// xen_blkbk_resize).
+func (dev *Device) checkResize(ctx context.Context) {
+	size, err := dev.backing.Size()
+	if err != nil {
+		dev.log.Warn("blkback: size", "err", err)
+		return
+	}
+	n := uint64(size) / SectorSize
+	old := dev.published
+	if n == old {
+		return
+	}
+	// Accept requests in the new range before the frontend hears of it.
+	dev.sectors.Store(n)
+	d := dev.dev
+	err = d.Store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		if err := tx.Write(ctx, d.BackPath+"/sectors", strconv.FormatUint(n, 10)); err != nil {
+			return err
+		}
+		return tx.Write(ctx, d.BackPath+"/state", strconv.Itoa(int(xenbus.Connected)))
+	})
+	if err != nil {
+		dev.log.Warn("blkback: publish resize", "err", err)
+		return
+	}
+	dev.published = n
+	dev.log.Info("blkback: resized", "old-sectors", old, "sectors", n)
+}
+
+func (dev *Device) writeStats(ctx context.Context, s StatsSnapshot) {
+	b, err := json.Marshal(s)
+	if err == nil {
+		err = dev.dev.WriteBack(ctx, StatsKey, string(b))
+	}
+	if err != nil && ctx.Err() == nil {
+		dev.log.Debug("blkback: write stats", "err", err)
+	}
+}
+
+// Stats returns the device's counters now.
+func (dev *Device) Stats() StatsSnapshot {
+	s := &dev.stats
+	nq := int(dev.nqueues.Load())
+	return StatsSnapshot{
+		Reads: s.Reads.Load(), Writes: s.Writes.Load(), Flushes: s.Flushes.Load(), Barriers: s.Barriers.Load(),
+		Discards: s.Discards.Load(), Indirect: s.Indirect.Load(), BytesRead: s.BytesRead.Load(),
+		BytesWritten: s.BytesWritten.Load(), Errors: s.Errors.Load(), NotSupported: s.NotSupported.Load(),
+		InFlight: s.InFlight.Load(), PersistentHits: s.PersistentHits.Load(), PersistentMisses: s.PersistentMisses.Load(),
+		PersistentPurged: s.PersistentPurged.Load(), PersistentOverflow: s.PersistentOverflow.Load(),
+		Sectors: dev.sectors.Load(), Queues: nq,
+	}
+}
+
+// account counts a finished request.
+func (dev *Device) account(s *slot) {
+	st := &dev.stats
+	switch s.status {
+	case StatusOkay:
+	case StatusEOPNOTSUPP:
+		st.NotSupported.Add(1)
+	default:
+		st.Errors.Add(1)
+	}
+	if s.req.Operation == OpIndirect {
+		st.Indirect.Add(1)
+	}
+	ok := s.status == StatusOkay
+	switch s.req.Operation {
+	case OpDiscard:
+		st.Discards.Add(1)
+		return
+	case OpWriteBarrier:
+		st.Barriers.Add(1)
+	case OpFlushDiskcache:
+		st.Flushes.Add(1)
+	}
+	switch s.op {
+	case OpRead:
+		st.Reads.Add(1)
+		if ok {
+			st.BytesRead.Add(s.bytes)
+		}
+	case OpWrite, OpWriteBarrier, OpFlushDiskcache:
+		if s.op == OpWrite {
+			st.Writes.Add(1)
+		}
+		if ok {
+			st.BytesWritten.Add(s.bytes)
+		}
+	}
+}
+
+// execute performs a validated, mapped request on the backing.
+func (dev *Device) execute(s *slot) error {
+	r := &s.req
+	dev.stats.InFlight.Add(1)
+	defer dev.stats.InFlight.Add(-1)
+	var err error
+	if r.Operation == OpDiscard {
+		err = dev.backing.Discard(int64(r.Sector)*SectorSize, int64(r.NrSectors)*SectorSize, r.Flag&DiscardSecure != 0)
+		if err != nil {
+			dev.log.Warn("blkback: discard", "err", err)
+			return ErrIO
+		}
+		return nil
+	}
+	s.io.Bufs, s.io.Off = s.bufs, int64(r.Sector)*SectorSize
+	switch s.op {
+	case OpRead:
+		err = dev.backing.ReadV(&s.io)
+	case OpWrite:
+		err = dev.backing.WriteV(&s.io)
+	case OpWriteBarrier, OpFlushDiskcache:
+		if len(s.bufs) > 0 {
+			err = dev.backing.WriteV(&s.io)
+		}
+		if err == nil {
+			err = dev.backing.Flush()
+		}
+	}
+	s.io.Bufs = nil
+	if err != nil {
+		dev.log.Warn("blkback: I/O error", "op", s.op, "sector", r.Sector, "err", err)
+		return ErrIO
+	}
+	return nil
+}
+
+// Disconnect stops serving and unmaps every ring and grant.
+func (dev *Device) Disconnect() error {
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	return dev.stopLocked()
+}
+
+func (dev *Device) stopLocked() error {
+	c := dev.conn
+	if c == nil {
+		return nil
+	}
+	dev.conn = nil
+	c.cancel()
+	c.qwg.Wait()
+	if c.work != nil {
+		close(c.work)
+	}
+	c.wwg.Wait()
+	dev.nqueues.Store(0)
+	dev.writeStats(context.Background(), dev.Stats())
+	err := c.teardown(dev)
+	dev.log.Info("blkback: disconnected", "err", err)
+	return err
+}
+
+// teardown releases what a (possibly partial) connection holds.
+func (c *connection) teardown(dev *Device) error {
+	var errs []error
+	for _, q := range c.queues {
+		if q.pg != nil {
+			if err := q.pg.close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := q.evh.Unbind(q.port); err != nil && !errors.Is(err, evtchn.ErrClosed) {
+			errs = append(errs, err)
+		}
+		if err := q.rmap.Unmap(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, h := range c.handles {
+		if err := h.Close(); err != nil && !errors.Is(err, evtchn.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	c.queues, c.handles = nil, nil
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%s: teardown: %w", dev.dev.Name(), err)
+	}
+	return nil
+}
+
+// Close disconnects and closes the backing.
+func (dev *Device) Close() error {
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	if dev.closed {
+		return nil
+	}
+	dev.closed = true
+	err := dev.stopLocked()
+	if e := dev.backing.Close(); e != nil && err == nil {
+		err = e
+	}
+	return err
+}

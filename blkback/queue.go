@@ -1,0 +1,389 @@
+package blkback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"drvdom/evtchn"
+	"drvdom/grant"
+	"drvdom/ring"
+)
+
+// slot is one request in flight: its private copy, its segments, the pages
+// it uses and the transfer. A queue preallocates one per ring entry, so the
+// steady state allocates nothing; the 256-entry arrays of indirect requests
+// are allocated on a slot's first indirect request and kept.
+type slot struct {
+	q      *queue
+	raw    [RequestSize64]byte
+	req    Request
+	op     uint8 // effective operation, echoed in the response
+	segs   []Segment
+	bufs   [][]byte
+	pgs    []*pgrant   // persistent grants held
+	refs   []grant.Ref // grefs to map for this request only
+	refIdx []int       // for refs[i]: which segment
+	smallS [MaxSegmentsPerRequest]Segment
+	smallB [MaxSegmentsPerRequest][]byte
+	smallP [MaxSegmentsPerRequest]*pgrant
+	smallR [MaxSegmentsPerRequest]grant.Ref
+	smallI [MaxSegmentsPerRequest]int
+	ind    *indirectScratch
+	npg    int
+	m      grant.Mapping // this request's non-persistent mapping, if any
+	io     IO
+	bytes  uint64
+	status int16
+}
+
+type indirectScratch struct {
+	segs  [MaxIndirectSegments]Segment
+	bufs  [MaxIndirectSegments][]byte
+	pgs   [MaxIndirectSegments]*pgrant
+	refs  [MaxIndirectSegments]grant.Ref
+	idx   [MaxIndirectSegments]int
+	irefs [MaxIndirectPagesPerRequest]grant.Ref
+}
+
+// queue is one ring: its mapping, event channel and goroutine.
+type queue struct {
+	dev   *Device
+	idx   int
+	abi   ABI
+	rmap  grant.Mapping
+	ring  *ring.Back
+	evh   evtchn.Handle
+	port  evtchn.Port
+	pg    *pgrantTable // nil without persistent grants
+	log   *slog.Logger
+	slots []slot
+	work  chan<- *slot // the device's I/O workers
+
+	mu       sync.Mutex // the ring's private indices and responses; inflight
+	drained  *sync.Cond
+	inflight int
+	free     chan *slot
+	batch    []*slot
+	pending  bool // inline responses claimed but not pushed
+}
+
+func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Handle, port evtchn.Port, persistent bool) (*queue, error) {
+	r, err := ring.NewBack(rmap.Bytes(), abi.RequestSize())
+	if err != nil {
+		return nil, err
+	}
+	q := &queue{dev: dev, idx: idx, abi: abi, rmap: rmap, ring: r, evh: evh, port: port,
+		log: dev.log.With("queue", idx)}
+	q.drained = sync.NewCond(&q.mu)
+	n := int(r.Size())
+	q.slots = make([]slot, n)
+	q.free = make(chan *slot, n)
+	q.batch = make([]*slot, 0, n)
+	for i := range q.slots {
+		q.slots[i].q = q
+		q.free <- &q.slots[i]
+	}
+	if persistent {
+		q.pg = newPgrantTable(dev.frontDom, dev.drv.Grants, dev.drv.maxPgrants(), &dev.stats)
+	}
+	return q, nil
+}
+
+// run serves the ring until ctx ends or the frontend breaks it.
+func (q *queue) run(ctx context.Context) error {
+	var ports [1]evtchn.Port
+	for {
+		if err := q.service(ctx); err != nil {
+			return err
+		}
+		if _, err := q.evh.Wait(ctx, ports[:]); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("queue %d: wait: %w", q.idx, err)
+		}
+		if err := q.evh.Unmask(q.port); err != nil {
+			return fmt.Errorf("queue %d: unmask: %w", q.idx, err)
+		}
+	}
+}
+
+// service takes every request on the ring, until the final check finds none.
+func (q *queue) service(ctx context.Context) error {
+	for ctx.Err() == nil {
+		q.mu.Lock()
+		n, err := q.ring.Unconsumed()
+		if err == nil && n == 0 {
+			var more bool
+			more, err = q.ring.FinalCheckForRequests()
+			if err == nil && !more {
+				q.mu.Unlock()
+				q.pushInline()
+				return nil
+			}
+			if err == nil {
+				n, err = q.ring.Unconsumed()
+			}
+		}
+		if err != nil {
+			q.mu.Unlock()
+			q.pushInline()
+			return fmt.Errorf("queue %d: %w", q.idx, err)
+		}
+		q.batch = q.batch[:0]
+		for i := uint32(0); i < n; i++ {
+			var s *slot
+			select {
+			case s = <-q.free:
+			default:
+				// Unconsumed never exceeds the free slots.
+				q.mu.Unlock()
+				return fmt.Errorf("queue %d: no free request slot", q.idx)
+			}
+			copy(s.raw[:], q.ring.Request())
+			q.inflight++
+			q.batch = append(q.batch, s)
+		}
+		q.mu.Unlock()
+		for _, s := range q.batch {
+			q.take(s)
+		}
+		q.pushInline()
+	}
+	return nil
+}
+
+// geometry snapshots the device for validation.
+func (q *queue) geometry(g *Geometry) {
+	d := q.dev
+	*g = Geometry{Sectors: d.sectors.Load(), LogicalBlock: d.logical, ReadOnly: d.readOnly,
+		Discard: d.discard, SecureDiscard: d.secure}
+}
+
+// take decodes, validates, maps and dispatches one request copied off the ring.
+func (q *queue) take(s *slot) {
+	var g Geometry
+	q.geometry(&g)
+	r := &s.req
+	DecodeRequest(q.abi, s.raw[:q.abi.RequestSize()], r) // cannot fail: the slot is full size
+	s.op, s.bytes, s.npg, s.m = r.Op(), 0, 0, nil
+	if err := ValidateHeader(r, &g); err != nil {
+		q.refuse(s, err)
+		return
+	}
+	switch r.Operation {
+	case OpDiscard:
+		q.dispatch(s)
+		return
+	case OpIndirect:
+		if s.ind == nil {
+			s.ind = new(indirectScratch)
+		}
+		s.segs, s.bufs, s.pgs, s.refs, s.refIdx = s.ind.segs[:r.NrSegments], s.ind.bufs[:0], s.ind.pgs[:0], s.ind.refs[:0], s.ind.idx[:0]
+		if err := q.indirectSegments(s); err != nil {
+			q.refuse(s, err)
+			return
+		}
+	default:
+		n := int(r.NrSegments)
+		copy(s.smallS[:n], r.Segs[:n])
+		s.segs, s.bufs, s.pgs, s.refs, s.refIdx = s.smallS[:n], s.smallB[:0], s.smallP[:0], s.smallR[:0], s.smallI[:0]
+	}
+	n, err := ValidateSegments(r, s.segs, &g)
+	if err != nil {
+		q.refuse(s, err)
+		return
+	}
+	s.bytes = n * SectorSize
+	if err := q.mapSegments(s); err != nil {
+		q.refuse(s, err)
+		return
+	}
+	if r.Operation == OpWriteBarrier {
+		q.drain()
+	}
+	q.dispatch(s)
+}
+
+// indirectSegments copies the segments out of the request's indirect pages.
+func (q *queue) indirectSegments(s *slot) error {
+	r := &s.req
+	pages := (int(r.NrSegments) + SegmentsPerIndirectPage - 1) / SegmentsPerIndirectPage
+	d := q.dev
+	if q.pg != nil {
+		for i := 0; i < pages; i++ {
+			p, err := q.pg.get(r.IndirectGrefs[i])
+			if err != nil {
+				d.log.Debug("blkback: indirect page", "ref", r.IndirectGrefs[i], "err", err)
+				return ErrBadGrant
+			}
+			if p != nil {
+				lo := i * SegmentsPerIndirectPage
+				hi := min(lo+SegmentsPerIndirectPage, int(r.NrSegments))
+				DecodeIndirectSegments(p.page, s.segs[lo:hi])
+				p.inUse.Add(-1)
+				continue
+			}
+			// Table full of grants in use: map this page for now.
+			if err := q.mapIndirect(s, i, i+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return q.mapIndirect(s, 0, pages)
+}
+
+func (q *queue) mapIndirect(s *slot, from, to int) error {
+	r := &s.req
+	refs := s.ind.irefs[:0]
+	for i := from; i < to; i++ {
+		refs = append(refs, grant.Ref(r.IndirectGrefs[i]))
+	}
+	m, err := q.dev.drv.Grants.Map(q.dev.frontDom, refs, false)
+	if err != nil {
+		q.dev.log.Debug("blkback: map indirect pages", "err", err)
+		return ErrBadGrant
+	}
+	lo := from * SegmentsPerIndirectPage
+	hi := min(to*SegmentsPerIndirectPage, int(r.NrSegments))
+	DecodeIndirectSegments(m.Bytes(), s.segs[lo:hi])
+	if err := m.Unmap(); err != nil {
+		q.dev.log.Warn("blkback: unmap indirect pages", "err", err)
+	}
+	return nil
+}
+
+// mapSegments makes s.bufs point at each segment's sectors: persistent
+// grants where possible, the rest mapped in one batch for this request only.
+func (q *queue) mapSegments(s *slot) error {
+	for i, sg := range s.segs {
+		if q.pg != nil {
+			p, err := q.pg.get(sg.Gref)
+			if err != nil {
+				q.dev.log.Debug("blkback: map persistent grant", "ref", sg.Gref, "err", err)
+				q.releaseGrants(s)
+				return ErrBadGrant
+			}
+			if p != nil {
+				s.pgs = append(s.pgs, p)
+				s.bufs = append(s.bufs, p.page[int(sg.FirstSect)*SectorSize:(int(sg.LastSect)+1)*SectorSize])
+				continue
+			}
+		}
+		s.refs = append(s.refs, grant.Ref(sg.Gref))
+		s.refIdx = append(s.refIdx, i)
+		s.bufs = append(s.bufs, nil)
+	}
+	if len(s.refs) == 0 {
+		return nil
+	}
+	m, err := q.dev.drv.Grants.Map(q.dev.frontDom, s.refs, s.op == OpRead)
+	if err != nil {
+		q.dev.log.Debug("blkback: map grants", "n", len(s.refs), "err", err)
+		q.releaseGrants(s)
+		return ErrBadGrant
+	}
+	s.m = m
+	mem := m.Bytes()
+	for j, i := range s.refIdx {
+		sg := s.segs[i]
+		page := mem[j*PageSize : (j+1)*PageSize]
+		s.bufs[i] = page[int(sg.FirstSect)*SectorSize : (int(sg.LastSect)+1)*SectorSize]
+	}
+	return nil
+}
+
+// releaseGrants drops the request's persistent grants and unmaps its
+// non-persistent ones. It runs before the response is written: a frontend
+// without persistent grants treats a page still mapped then as fatal.
+func (q *queue) releaseGrants(s *slot) {
+	for i, p := range s.pgs {
+		p.inUse.Add(-1)
+		s.pgs[i] = nil
+	}
+	s.pgs = s.pgs[:0]
+	if s.m != nil {
+		if err := s.m.Unmap(); err != nil {
+			q.dev.log.Warn("blkback: unmap grants", "err", err)
+		}
+		s.m = nil
+	}
+	for i := range s.bufs {
+		s.bufs[i] = nil
+	}
+	s.bufs = s.bufs[:0]
+}
+
+// drain waits until this request is the only one in flight on the ring
+// (WRITE_BARRIER).
+func (q *queue) drain() {
+	q.mu.Lock()
+	for q.inflight > 1 {
+		q.drained.Wait()
+	}
+	q.mu.Unlock()
+}
+
+// dispatch runs the I/O inline (null disk) or hands it to the workers.
+func (q *queue) dispatch(s *slot) {
+	if q.dev.backing.Inline() {
+		s.status = StatusOf(q.dev.execute(s))
+		q.complete(s, false)
+		return
+	}
+	q.work <- s
+}
+
+// refuse answers a request that failed validation or mapping.
+func (q *queue) refuse(s *slot, err error) {
+	q.dev.log.Debug("blkback: refused request", "queue", q.idx, "id", s.req.ID, "op", s.req.Operation, "reason", err)
+	s.status = StatusOf(err)
+	s.bytes = 0
+	q.complete(s, false)
+}
+
+// complete releases the request's grants, writes its response and, when
+// push is set, publishes it and notifies the frontend if it asked.
+func (q *queue) complete(s *slot, push bool) {
+	q.releaseGrants(s)
+	q.dev.account(s)
+	q.mu.Lock()
+	EncodeResponse(q.ring.Response(), s.req.ID, s.op, s.status)
+	q.inflight--
+	q.drained.Broadcast()
+	notify := false
+	if push {
+		notify = q.ring.PushResponses()
+	} else {
+		q.pending = true
+	}
+	q.free <- s
+	q.mu.Unlock()
+	if notify {
+		q.notify()
+	}
+}
+
+// pushInline publishes responses written by complete(push=false).
+func (q *queue) pushInline() {
+	q.mu.Lock()
+	notify := false
+	if q.pending {
+		q.pending = false
+		notify = q.ring.PushResponses()
+	}
+	q.mu.Unlock()
+	if notify {
+		q.notify()
+	}
+}
+
+func (q *queue) notify() {
+	if err := q.evh.Notify(q.port); err != nil && !errors.Is(err, evtchn.ErrClosed) {
+		q.log.Warn("blkback: notify", "err", err)
+	}
+}
