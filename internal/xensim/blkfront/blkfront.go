@@ -8,6 +8,7 @@ package blkfront
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -176,6 +177,14 @@ func Attach(ctx context.Context, store *xenstore.Client, sharer grant.Sharer, ev
 	}
 	kv["feature-persistent"] = map[bool]string{true: "1", false: "0"}[cfg.Persistent]
 	err = store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		// Keys an earlier connection wrote that this one does not use.
+		for _, k := range []string{"protocol", "ring-page-order", "multi-queue-num-queues", "ring-ref", "event-channel"} {
+			if _, ok := kv[k]; !ok {
+				if err := tx.Rm(ctx, path+"/"+k); err != nil && !errors.Is(err, xenstore.ErrNotExist) {
+					return err
+				}
+			}
+		}
 		for k, v := range kv {
 			if err := tx.Write(ctx, path+"/"+k, v); err != nil {
 				return err
@@ -253,7 +262,9 @@ func (f *Front) waitBackend(ctx context.Context, want int) error {
 		if s == want {
 			return nil
 		}
-		if want < stateClosing && (s == stateClosing || s == stateClosed) {
+		// Closed while waiting for InitWait is a backend between two
+		// connections (the guest rebooted); Closing is a failure.
+		if want < stateClosing && (s == stateClosing || s == stateClosed && want != stateInitWait) {
 			e, _ := f.store.Read(ctx, "/local/domain/"+strconv.Itoa(int(f.backDom))+"/error"+f.back+"/error")
 			return fmt.Errorf("blkfront %s: backend went to state %d waiting for %d (error %q)", f.path, s, want, e)
 		}
