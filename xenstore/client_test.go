@@ -640,10 +640,10 @@ func TestMalformedRepliesTearDown(t *testing.T) {
 		"bad errno":         {readOp, frame(xenstore.MsgError, 1, "nonsense\x00")},
 		"event without token": {readOp,
 			append(frame(xenstore.MsgWatchEvent, 0, "/path-only"), frame(xenstore.MsgRead, 1, "v")...)},
-		"write reply not OK":  {writeOp, frame(xenstore.MsgWrite, 1, "KO\x00")},
-		"bad tx id":           {beginOp, frame(xenstore.MsgTransactionStart, 1, "12x\x00")},
-		"bad perms":           {permsOp, frame(xenstore.MsgGetPerms, 1, "q5\x00")},
-		"empty domain path":   {domPathOp, frame(xenstore.MsgGetDomainPath, 1, "")},
+		"write reply not OK": {writeOp, frame(xenstore.MsgWrite, 1, "KO\x00")},
+		"bad tx id":          {beginOp, frame(xenstore.MsgTransactionStart, 1, "12x\x00")},
+		"bad perms":          {permsOp, frame(xenstore.MsgGetPerms, 1, "q5\x00")},
+		"empty domain path":  {domPathOp, frame(xenstore.MsgGetDomainPath, 1, "")},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
