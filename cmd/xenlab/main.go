@@ -1,8 +1,16 @@
 // Command xenlab builds the Xen-in-QEMU lab from Debian packages and boots it.
 //
-//	xenlab build                       build (or find cached) every artifact
-//	xenlab run [--out DIR] [--timeout D] [--dom0-script FILE] [--keep]
+//	xenlab build
+//	xenlab run  [flags]                 driver domain + guest: fio and iperf3, summary table
+//	xenlab run  --guest-script FILE     run FILE with bash in the guest; its exit code and output
+//	xenlab run  --drvdom-script FILE    run FILE in the driver domain
+//	xenlab e2e  [--backend=kernel|drvdom|both] [flags]
+//	xenlab bench
 //	xenlab clean-cache
+//
+// Common flags: --backend=kernel|drvdom (drvdom.backend= for the driver domain),
+// --drvdom-image PATH (a cpio from `make initramfs` instead of the shell rootfs),
+// --out DIR, --timeout D, --keep, -v.
 package main
 
 import (
@@ -13,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,7 +41,12 @@ func main() {
 	case "build":
 		_, err = build(ctx, p)
 	case "run":
-		code, err = run(ctx, p, os.Args[2:])
+		code, err = runCmd(ctx, p, os.Args[2:])
+	case "e2e":
+		code, err = e2eCmd(ctx, p, os.Args[2:])
+	case "bench":
+		fmt.Fprintln(os.Stderr, "xenlab bench: not built yet (use `xenlab run` for fio + iperf3 figures)")
+		code = 2
 	case "clean-cache":
 		var dir string
 		if dir, err = lab.DefaultCacheDir(); err == nil {
@@ -44,13 +58,21 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "xenlab:", err)
-		os.Exit(1)
+		if code == 0 {
+			code = 1
+		}
 	}
+	stop()
 	os.Exit(code)
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: xenlab build | run [--out DIR] [--timeout D] [--dom0-script FILE] [--keep] | clean-cache")
+	fmt.Fprintln(os.Stderr, `usage: xenlab build
+       xenlab run [--guest-script FILE] [--drvdom-script FILE] [--no-baseline] [common flags]
+       xenlab e2e [--backend=kernel|drvdom|both] [common flags]
+       xenlab bench
+       xenlab clean-cache
+common flags: --backend=kernel|drvdom --drvdom-image PATH --disk-target PATH --out DIR --timeout D --keep -v`)
 	os.Exit(2)
 }
 
@@ -66,59 +88,216 @@ func build(ctx context.Context, p *lab.Progress) (*lab.Artifacts, error) {
 	return b.Build(ctx)
 }
 
-func run(ctx context.Context, p *lab.Progress, args []string) (int, error) {
+// common are the flags every boot takes.
+type common struct {
+	backend     string
+	drvdomImage string
+	diskTarget  string
+	out         string
+	timeout     time.Duration
+	keep        bool
+	verbose     bool
+}
+
+func (c *common) register(fs *flag.FlagSet, defTimeout time.Duration) {
+	fs.StringVar(&c.backend, "backend", lab.BackendKernel, "driver domain backend: kernel|drvdom (passed as drvdom.backend=)")
+	fs.StringVar(&c.drvdomImage, "drvdom-image", "", "driver domain ramdisk (cpio[.gz], e.g. from `make initramfs`); default: the shell rootfs with a hotplug script")
+	fs.StringVar(&c.diskTarget, "disk-target", lab.NVMeTarget, "the guest disk's path inside the driver domain")
+	fs.StringVar(&c.out, "out", "", "run directory (default $XDG_CACHE_HOME/drvdom/runs/<time>)")
+	fs.DurationVar(&c.timeout, "timeout", defTimeout, "whole-boot timeout; QEMU is killed after it")
+	fs.BoolVar(&c.keep, "keep", false, "keep the run directory's disk image and ramdisks")
+	fs.BoolVar(&c.verbose, "v", false, "copy the serial console to stderr")
+}
+
+func (c *common) outDir(suffix string) (string, error) {
+	if c.out != "" {
+		return filepath.Abs(c.out)
+	}
+	dir, err := lab.DefaultCacheDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "runs", time.Now().UTC().Format("20060102-150405")+suffix), nil
+}
+
+// boot prepares the run directory for s and boots it. It returns the run's
+// result and its collected report.
+func boot(ctx context.Context, p *lab.Progress, a *lab.Artifacts, c *common, s lab.Scenario, suffix string) (*lab.Report, error) {
+	out, err := c.outDir(suffix)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, fmt.Errorf("run dir: %w", err)
+	}
+	if s.DrvdomImage != "" {
+		if s.DrvdomImage, err = filepath.Abs(s.DrvdomImage); err != nil {
+			return nil, err
+		}
+	}
+	done := p.Step(fmt.Sprintf("prepare %s (driver domain: %s, backend=%s)", out, s.DrvdomKind(), s.Backend), 3*time.Second)
+	err = s.Prepare(a, out)
+	done(err)
+	if err != nil {
+		return nil, err
+	}
+	opts := lab.RunOptions{Out: out, Timeout: c.timeout}
+	if c.verbose {
+		opts.Echo = os.Stderr
+	}
+	res, runErr := lab.Run(ctx, a, opts, p)
+	if !c.keep {
+		lab.Cleanup(out)
+	}
+	rep := lab.Collect(out, res)
+	if runErr != nil && !errors.Is(runErr, lab.ErrDomainFailed) {
+		return rep, runErr
+	}
+	return rep, nil
+}
+
+func (c *common) scenario() (lab.Scenario, error) {
+	if c.backend != lab.BackendKernel && c.backend != lab.BackendDrvdom {
+		return lab.Scenario{}, fmt.Errorf("--backend=%s: want kernel or drvdom", c.backend)
+	}
+	return lab.Scenario{Backend: c.backend, DrvdomImage: c.drvdomImage, DiskTarget: c.diskTarget}, nil
+}
+
+func readScript(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("script: %w", err)
+	}
+	return string(b), nil
+}
+
+func runCmd(ctx context.Context, p *lab.Progress, args []string) (int, error) {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	out := fs.String("out", "", "run directory (default out/xenlab/<timestamp>)")
-	timeout := fs.Duration("timeout", 15*time.Minute, "overall timeout; QEMU is killed after it")
-	script := fs.String("dom0-script", "", "shell script to run in dom0 (default: the lab's driver-domain smoke test)")
-	keep := fs.Bool("keep", false, "keep the run directory's disk image")
-	verbose := fs.Bool("v", false, "copy the serial console to stderr")
+	var c common
+	c.register(fs, 15*time.Minute)
+	guestScript := fs.String("guest-script", "", "run FILE with bash in the guest once its disk and NIC are up (default: fio + iperf3)")
+	ddScript := fs.String("drvdom-script", "", "run FILE with bash in the driver domain before the guest starts (default: fio baseline on the NVMe)")
+	noBaseline := fs.Bool("no-baseline", false, "skip the fio baseline inside the driver domain")
+	noGuest := fs.Bool("no-guest", false, "boot the driver domain only")
 	_ = fs.Parse(args)
-	if *out == "" {
-		*out = filepath.Join("out", "xenlab", time.Now().UTC().Format("20060102-150405"))
+	s, err := c.scenario()
+	if err != nil {
+		return 2, err
+	}
+	if s.GuestScript, err = readScript(*guestScript); err != nil {
+		return 2, err
+	}
+	if s.DrvdomScript, err = readScript(*ddScript); err != nil {
+		return 2, err
+	}
+	custom := *guestScript != "" || *ddScript != ""
+	if *guestScript == "" && !custom {
+		s.GuestScript = lab.GuestBenchScript
+	}
+	if *ddScript == "" && !custom && !*noBaseline && s.DrvdomImage == "" {
+		s.DrvdomScript = lab.DrvdomBaselineScript(s.DiskTarget)
+	}
+	s.NoGuest = *noGuest
+	a, err := build(ctx, p)
+	if err != nil {
+		return 1, err
+	}
+	rep, err := boot(ctx, p, a, &c, s, "-run")
+	if rep != nil {
+		rep.Print(os.Stdout)
+	}
+	if err != nil {
+		return 1, err
+	}
+	if custom {
+		code := 0
+		for _, sr := range []struct {
+			label string
+			set   bool
+			r     *lab.ScriptResult
+		}{{"drvdom.sh", *ddScript != "", rep.DrvdomScript}, {"guest.sh", *guestScript != "", rep.GuestScript}} {
+			if !sr.set {
+				continue
+			}
+			if sr.r == nil || !sr.r.Finished {
+				fmt.Printf("%s: did not finish\n", sr.label)
+				code = 1
+				continue
+			}
+			fmt.Printf("--- %s output ---\n%s--- %s exit code %d ---\n", sr.label, sr.r.Output, sr.label, sr.r.ExitCode)
+			if sr.r.ExitCode != 0 && code == 0 {
+				code = sr.r.ExitCode
+			}
+		}
+		if !rep.OK() && code == 0 {
+			code = 1
+		}
+		return code, nil
+	}
+	rep.PrintBench(os.Stdout)
+	if !rep.OK() {
+		return 1, nil
+	}
+	return 0, nil
+}
+
+func e2eCmd(ctx context.Context, p *lab.Progress, args []string) (int, error) {
+	fs := flag.NewFlagSet("e2e", flag.ExitOnError)
+	var c common
+	c.register(fs, 15*time.Minute)
+	_ = fs.Parse(args)
+	backends := []string{c.backend}
+	if c.backend == "both" {
+		backends = []string{lab.BackendKernel, lab.BackendDrvdom}
+		c.backend = lab.BackendKernel
+	}
+	if _, err := c.scenario(); err != nil {
+		return 2, err
 	}
 	a, err := build(ctx, p)
 	if err != nil {
 		return 1, err
 	}
-	opts := lab.RunOptions{Out: *out, Timeout: *timeout}
-	if *verbose {
-		opts.Echo = os.Stderr
-	}
-	if *script != "" {
-		b, err := os.ReadFile(*script)
-		if err != nil {
-			return 1, fmt.Errorf("dom0 script: %w", err)
+	var all []lab.Check
+	for _, be := range backends {
+		c.backend = be
+		s, _ := c.scenario()
+		s.E2E = true
+		s.GuestScript = lab.GuestE2EScript
+		cc := c
+		if len(backends) > 1 && cc.out != "" {
+			cc.out = filepath.Join(cc.out, be)
 		}
-		opts.Dom0Script = string(b)
-	} else {
-		opts.Dom0Script, opts.Files, err = lab.DriverDomainSmoke(a)
+		rep, err := boot(ctx, p, a, &cc, s, "-e2e-"+be)
 		if err != nil {
 			return 1, err
 		}
-	}
-	res, err := lab.Run(ctx, a, opts, p)
-	if !*keep {
-		os.Remove(filepath.Join(*out, "nvme.img"))
-	}
-	if err != nil {
-		if errors.Is(err, lab.ErrDomainFailed) {
-			fmt.Fprintf(os.Stderr, "xenlab: domain dom0 failed; last 40 lines of %s:\n%s\n", filepath.Join(*out, "serial.log"), lab.Tail(filepath.Join(*out, "serial.log"), 40))
+		rep.Print(os.Stdout)
+		for _, ch := range rep.AllChecks(lab.E2EChecks) {
+			if len(backends) > 1 {
+				ch.Name = be + "/" + ch.Name
+			}
+			all = append(all, ch)
 		}
-		return 1, err
 	}
-	p.Printf("dom0 script exit code %d after %.1fs; output in %s", res.ExitCode, res.Elapsed.Seconds(), res.Out)
-	if res.ExitCode != 0 {
-		failedDomainReport(*out)
+	pass, fail := 0, 0
+	fmt.Println(strings.Repeat("-", 60))
+	for _, ch := range all {
+		st := "PASS"
+		if ch.Pass {
+			pass++
+		} else {
+			fail++
+			st = "FAIL"
+		}
+		fmt.Printf("%s %-34s %s\n", st, ch.Name, ch.Detail)
 	}
-	return res.ExitCode, nil
-}
-
-// failedDomainReport prints the tail of every domain console the run left.
-func failedDomainReport(out string) {
-	logs, _ := filepath.Glob(filepath.Join(out, "console", "guest-*.log"))
-	fmt.Fprintf(os.Stderr, "xenlab: last 40 lines of %s:\n%s\n", filepath.Join(out, "dom0.log"), lab.Tail(filepath.Join(out, "dom0.log"), 40))
-	for _, l := range logs {
-		fmt.Fprintf(os.Stderr, "xenlab: last 40 lines of %s:\n%s\n", l, lab.Tail(l, 40))
+	fmt.Printf("%d passed, %d failed\n", pass, fail)
+	if fail > 0 {
+		return 1, nil
 	}
+	return 0, nil
 }

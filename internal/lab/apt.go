@@ -59,7 +59,25 @@ var (
 	KernelMetaPkg  = "linux-image-amd64"
 	Dom0RootfsPkgs = []string{XenUtilsPkg, "fio", "iperf3", "iproute2", "kmod", "procps"}
 	GuestRootPkgs  = []string{"fio", "iperf3", "bash", "e2fsprogs", "iproute2", "kmod", "procps", "util-linux"}
+	// ExtraRootPkgs are tools the lab's scripts use in every domain.
+	ExtraRootPkgs = []string{"iputils-ping"}
 )
+
+// RootfsPkgs is the package set of the one rootfs shared by dom0, the
+// shell driver domain and guests (one debootstrap instead of three).
+func RootfsPkgs() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, l := range [][]string{Dom0RootfsPkgs, GuestRootPkgs, ExtraRootPkgs} {
+		for _, p := range l {
+			if !seen[p] {
+				seen[p] = true
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
 
 // Versions are the resolved package versions every artifact is keyed by.
 type Versions struct {
@@ -72,34 +90,52 @@ type Versions struct {
 // Of returns the version of pkg ("" if unknown).
 func (v *Versions) Of(pkg string) string { return v.Pkgs[pkg] }
 
+// ParsePolicy returns every package's candidate version from the output of
+// `apt-cache policy PKG...` (packages without a candidate are left out).
+func ParsePolicy(out []byte) map[string]string {
+	res := map[string]string{}
+	var cur string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		line := sc.Text()
+		if line != "" && line[0] != ' ' && strings.HasSuffix(line, ":") {
+			cur = strings.TrimSuffix(line, ":")
+			continue
+		}
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Candidate:"); ok && cur != "" {
+			if v = strings.TrimSpace(v); v != "" && v != "(none)" {
+				res[cur] = v
+			}
+		}
+	}
+	return res
+}
+
 // ResolveVersions asks apt for the candidate versions of every package the
-// lab uses.
+// lab uses (two apt-cache calls: they are slow on a loaded machine).
 func ResolveVersions(ctx context.Context) (*Versions, error) {
 	v := &Versions{Pkgs: map[string]string{}}
-	meta, err := aptCandidate(ctx, KernelMetaPkg)
-	if err != nil {
-		return nil, err
-	}
-	show, err := exec.CommandContext(ctx, "apt-cache", "show", KernelMetaPkg+"="+meta).Output()
+	show, err := exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", KernelMetaPkg).Output()
 	if err != nil {
 		return nil, fmt.Errorf("apt-cache show %s: %w", KernelMetaPkg, err)
 	}
 	if v.KernelPkg, v.KRelease, err = ParseKernelDepends(show); err != nil {
 		return nil, err
 	}
-	if v.KernelVer, err = aptCandidate(ctx, v.KernelPkg); err != nil {
-		return nil, err
+	all := append([]string{KernelMetaPkg, v.KernelPkg, XenPkg}, RootfsPkgs()...)
+	out, err := exec.CommandContext(ctx, "apt-cache", append([]string{"policy"}, all...)...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("apt-cache policy: %w", err)
 	}
-	all := append([]string{XenPkg}, Dom0RootfsPkgs...)
-	all = append(all, GuestRootPkgs...)
+	cand := ParsePolicy(out)
 	for _, p := range all {
-		if _, ok := v.Pkgs[p]; ok {
-			continue
+		c, ok := cand[p]
+		if !ok {
+			return nil, fmt.Errorf("apt-cache policy %s: %w", p, ErrNoCandidate)
 		}
-		if v.Pkgs[p], err = aptCandidate(ctx, p); err != nil {
-			return nil, err
-		}
+		v.Pkgs[p] = c
 	}
+	v.KernelVer = v.Pkgs[v.KernelPkg]
 	return v, nil
 }
 
@@ -109,4 +145,18 @@ func aptCandidate(ctx context.Context, pkg string) (string, error) {
 		return "", fmt.Errorf("apt-cache policy %s: %w", pkg, err)
 	}
 	return ParsePolicyCandidate(pkg, out)
+}
+
+// installedVersion returns the version of pkg installed on the host, or ""
+// when it is not (fully) installed.
+func installedVersion(ctx context.Context, pkg string) string {
+	out, err := exec.CommandContext(ctx, "dpkg-query", "-W", "-f=${Status}\t${Version}", pkg).Output()
+	if err != nil {
+		return ""
+	}
+	st, ver, ok := strings.Cut(string(out), "\t")
+	if !ok || st != "install ok installed" {
+		return ""
+	}
+	return ver
 }

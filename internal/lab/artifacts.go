@@ -4,24 +4,29 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 )
 
 // Artifacts are the built, cached files a boot needs.
 type Artifacts struct {
-	Versions   *Versions
-	Xen        string // the gunzipped hypervisor (multiboot ELF)
-	Vmlinuz    string
-	Dom0Initrd string // dom0 rootfs + modules + init, cpio newc gzip
-	GuestRoot  string // guest rootfs + modules, cpio newc gzip
-	DDModules  string // a directory holding lib/modules/<krel> for the driver domain
+	Versions *Versions
+	Xen      string // the gunzipped hypervisor (multiboot ELF)
+	Vmlinuz  string // the Debian kernel, used by every domain
+	// Initrd is the one rootfs ramdisk (cpio newc, gzip) every domain boots:
+	// debootstrap minbase + RootfsPkgs + the union of the module sets + the
+	// lab's base /init, which picks the domain's role from lab.role= on the
+	// kernel command line and runs /lab/init-<role>.sh (per run).
+	Initrd string
+	// Modules maps a role (dom0, driver-domain, guest) to a directory that
+	// holds usr/lib/modules/<krel> with that role's trimmed, depmod'ed set.
+	Modules map[string]string
 }
 
 // Builder builds artifacts into a Cache.
@@ -55,11 +60,12 @@ func (b *Builder) step(name string, est time.Duration, f func() error) error {
 }
 
 // cached builds artifact unless present, with a progress line either way.
-func (b *Builder) cached(artifact string, est time.Duration, inputs map[string]string, f func(dir string) error) (string, error) {
+// It returns the artifact's directory and key.
+func (b *Builder) cached(artifact string, est time.Duration, inputs map[string]string, f func(dir string) error) (string, string, error) {
 	key := Key(artifact, inputs)
 	if b.Cache.Ready(artifact, key) {
 		b.Progress.Printf("%s: cached (%s)", artifact, key)
-		return b.Cache.Path(artifact, key), nil
+		return b.Cache.Path(artifact, key), key, nil
 	}
 	var dir string
 	err := b.step(artifact+": build", est, func() error {
@@ -67,12 +73,18 @@ func (b *Builder) cached(artifact string, est time.Duration, inputs map[string]s
 		dir, err = b.Cache.Build(artifact, key, inputs, f)
 		return err
 	})
-	return dir, err
+	return dir, key, err
 }
 
-// deb downloads and extracts pkg=version; returns the extracted tree.
-func (b *Builder) deb(ctx context.Context, pkg, version string) (string, error) {
-	return b.cached("deb-"+pkg, 10*time.Second, map[string]string{"pkg": pkg, "version": version}, func(dir string) error {
+// pkgRoot returns a tree holding pkg=version's files: "/" when the host has
+// exactly that version installed, else the extracted .deb (downloaded with
+// apt-get download and cached).
+func (b *Builder) pkgRoot(ctx context.Context, pkg, version string) (string, error) {
+	if iv := installedVersion(ctx, pkg); iv == version {
+		b.Progress.Printf("%s %s: installed on the host, using its files", pkg, version)
+		return "/", nil
+	}
+	dir, _, err := b.cached("deb-"+pkg, 20*time.Second, map[string]string{"pkg": pkg, "version": version}, func(dir string) error {
 		if err := b.run(ctx, dir, "apt-get", "download", pkg+"="+version); err != nil {
 			if err2 := b.run(ctx, dir, "apt-get", "update", "-q"); err2 != nil {
 				return err2
@@ -87,7 +99,15 @@ func (b *Builder) deb(ctx context.Context, pkg, version string) (string, error) 
 		}
 		return b.run(ctx, dir, "dpkg-deb", "-x", debs[0], filepath.Join(dir, "root"))
 	})
+	return filepath.Join(dir, "root"), err
 }
+
+// Roles of the module sets.
+const (
+	RoleDom0   = "dom0"
+	RoleDrvdom = "driver-domain"
+	RoleGuest  = "guest"
+)
 
 // Build resolves versions and builds (or finds cached) every artifact.
 func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
@@ -97,6 +117,7 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 	if b.Mirror == "" {
 		b.Mirror = "http://deb.debian.org/debian"
 	}
+	start := time.Now()
 	var v *Versions
 	if err := b.step("resolve package versions", 3*time.Second, func() error {
 		var err error
@@ -105,111 +126,114 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 	}); err != nil {
 		return nil, err
 	}
-	a := &Artifacts{Versions: v}
+	a := &Artifacts{Versions: v, Modules: map[string]string{}}
 	b.Progress.Printf("xen %s, kernel %s %s", v.Of(XenPkg), v.KRelease, v.KernelVer)
 
-	xenDeb, err := b.deb(ctx, XenPkg, v.Of(XenPkg))
+	xenRoot, err := b.pkgRoot(ctx, XenPkg, v.Of(XenPkg))
 	if err != nil {
 		return nil, err
 	}
-	xenDir, err := b.cached("xen", time.Second, map[string]string{XenPkg: v.Of(XenPkg)}, func(dir string) error {
-		return gunzipFile(filepath.Join(xenDeb, "root/boot/xen-4.17-amd64.gz"), filepath.Join(dir, "xen"))
+	xenDir, _, err := b.cached("xen", time.Second, map[string]string{XenPkg: v.Of(XenPkg)}, func(dir string) error {
+		return gunzipFile(filepath.Join(xenRoot, "boot/xen-4.17-amd64.gz"), filepath.Join(dir, "xen"))
 	})
 	if err != nil {
 		return nil, err
 	}
 	a.Xen = filepath.Join(xenDir, "xen")
 
-	kdeb, err := b.deb(ctx, v.KernelPkg, v.KernelVer)
+	kroot, err := b.pkgRoot(ctx, v.KernelPkg, v.KernelVer)
 	if err != nil {
 		return nil, err
 	}
-	kroot := filepath.Join(kdeb, "root")
-	a.Vmlinuz = filepath.Join(kroot, "boot", "vmlinuz-"+v.KRelease)
+	kin := map[string]string{"kernel": v.KernelPkg + "=" + v.KernelVer}
+	kdir, _, err := b.cached("kernel", time.Second, kin, func(dir string) error {
+		return copyFile(filepath.Join(kroot, "boot", "vmlinuz-"+v.KRelease), filepath.Join(dir, "vmlinuz"))
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.Vmlinuz = filepath.Join(kdir, "vmlinuz")
 
-	mods := func(role string, list []string) (string, error) {
-		return b.cached("modules-"+role, 5*time.Second, map[string]string{"kernel": v.KernelPkg + "=" + v.KernelVer, "modules": strings.Join(list, ",")},
+	mods := func(role string, list []string) (string, string, error) {
+		return b.cached("modules-"+role, 5*time.Second, map[string]string{"kernel": kin["kernel"], "modules": strings.Join(list, ",")},
 			func(dir string) error { return trimModules(ctx, kroot, v.KRelease, list, dir) })
 	}
-	dom0Mods, err := mods("dom0", Dom0Modules)
-	if err != nil {
-		return nil, err
+	for role, list := range map[string][]string{RoleDom0: Dom0Modules, RoleDrvdom: DriverDomainModules, RoleGuest: GuestModules} {
+		if a.Modules[role], _, err = mods(role, list); err != nil {
+			return nil, err
+		}
 	}
-	if a.DDModules, err = mods("driver-domain", DriverDomainModules); err != nil {
-		return nil, err
-	}
-	guestMods, err := mods("guest", GuestModules)
+	allMods, modKey, err := mods("all", AllModules())
 	if err != nil {
 		return nil, err
 	}
 
-	dom0FS, err := b.rootfs(ctx, "dom0", Dom0RootfsPkgs, v)
+	rootfs, rootKey, err := b.rootfs(ctx, v)
 	if err != nil {
 		return nil, err
 	}
-	guestFS, err := b.rootfs(ctx, "guest", GuestRootPkgs, v)
-	if err != nil {
-		return nil, err
-	}
-	init := Dom0Init()
-	d, err := b.cached("dom0-initrd", 60*time.Second, map[string]string{"rootfs": dom0FS, "modules": dom0Mods, "init": init}, func(dir string) error {
-		return b.packCpio(ctx, filepath.Join(dir, "initrd.cpio.gz"), filepath.Join(dom0FS, "root"), filepath.Join(dom0Mods), map[string]string{"init": init})
+	init := BaseInit()
+	d, _, err := b.cached("initrd", 40*time.Second, map[string]string{"rootfs": rootKey, "modules": modKey, "init": init}, func(dir string) error {
+		out := filepath.Join(dir, "initrd.cpio.gz")
+		if err := b.run(ctx, rootfs, "sh", "-c", "find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > "+shellQuote(out)); err != nil {
+			return err
+		}
+		// A second archive, concatenated: the kernel unpacks both.
+		f, err := os.OpenFile(out, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return fmt.Errorf("initrd: %w", err)
+		}
+		defer f.Close()
+		w := NewCpioWriter(f, true)
+		if err := w.AddTree(filepath.Join(allMods, "lib", "modules"), "usr/lib/modules"); err != nil {
+			return err
+		}
+		if err := w.AddFile("init", 0o755, []byte(init)); err != nil {
+			return err
+		}
+		if err := w.Close(); err != nil {
+			return err
+		}
+		return f.Close()
 	})
 	if err != nil {
 		return nil, err
 	}
-	a.Dom0Initrd = filepath.Join(d, "initrd.cpio.gz")
-	ginit := GuestInit()
-	g, err := b.cached("guest-initrd", 60*time.Second, map[string]string{"rootfs": guestFS, "modules": guestMods, "init": ginit}, func(dir string) error {
-		return b.packCpio(ctx, filepath.Join(dir, "initrd.cpio.gz"), filepath.Join(guestFS, "root"), guestMods, map[string]string{"init": ginit})
-	})
-	if err != nil {
-		return nil, err
+	a.Initrd = filepath.Join(d, "initrd.cpio.gz")
+	if st, err := os.Stat(a.Initrd); err == nil {
+		b.Progress.Printf("artifacts ready in %.1fs (initrd %d MB)", time.Since(start).Seconds(), st.Size()>>20)
 	}
-	a.GuestRoot = filepath.Join(g, "initrd.cpio.gz")
 	return a, nil
 }
 
-// rootfs debootstraps a minbase bookworm with pkgs, stripped of docs.
-func (b *Builder) rootfs(ctx context.Context, role string, pkgs []string, v *Versions) (string, error) {
+// rootfs debootstraps a minbase bookworm with RootfsPkgs, stripped of docs,
+// and returns its tree and key.
+func (b *Builder) rootfs(ctx context.Context, v *Versions) (string, string, error) {
+	pkgs := RootfsPkgs()
 	inputs := map[string]string{"mirror": b.Mirror, "suite": "bookworm"}
 	for _, p := range pkgs {
 		inputs[p] = v.Of(p)
 	}
-	return b.cached("rootfs-"+role, 60*time.Second, inputs, func(dir string) error {
+	dir, key, err := b.cached("rootfs", 90*time.Second, inputs, func(dir string) error {
 		root := filepath.Join(dir, "root")
 		if err := b.run(ctx, dir, "debootstrap", "--variant=minbase", "--include="+strings.Join(pkgs, ","), "bookworm", root, b.Mirror); err != nil {
 			return err
 		}
-		for _, p := range []string{"usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info", "var/cache/apt", "var/lib/apt/lists"} {
+		for _, p := range RootfsStrip {
 			if err := os.RemoveAll(filepath.Join(root, p)); err != nil {
 				return fmt.Errorf("strip %s: %w", p, err)
 			}
 		}
 		return nil
 	})
+	return filepath.Join(dir, "root"), key, err
 }
 
-// packCpio writes root, overlaid with the trees in overlays and the extra
-// files (path -> content, mode 0755), as a gzip -1 cpio newc archive.
-func (b *Builder) packCpio(ctx context.Context, out, root, modules string, files map[string]string) error {
-	stage := out + ".stage"
-	if err := b.run(ctx, "/", "cp", "-a", root+"/.", stage); err != nil {
-		return err
-	}
-	defer os.RemoveAll(stage)
-	if modules != "" {
-		if err := b.run(ctx, "/", "cp", "-a", filepath.Join(modules, "lib")+"/.", filepath.Join(stage, "lib")); err != nil {
-			return err
-		}
-	}
-	for p, content := range files {
-		if err := os.WriteFile(filepath.Join(stage, p), []byte(content), 0o755); err != nil {
-			return fmt.Errorf("pack %s: %w", p, err)
-		}
-	}
-	return b.run(ctx, stage, "sh", "-c", "find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > "+shellQuote(out))
-}
+// RootfsStrip are the paths removed from the debootstrapped tree: nothing a
+// lab domain runs needs them.
+var RootfsStrip = []string{"usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
+	"var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "usr/share/i18n", "usr/share/zoneinfo",
+	"usr/lib/x86_64-linux-gnu/gconv"}
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
@@ -234,16 +258,18 @@ func gunzipFile(src, dst string) error {
 	return o.Close()
 }
 
-// hashFiles hashes the contents of files (for keys of generated inputs).
-func hashFiles(paths ...string) (string, error) {
-	h := sha256.New()
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return "", fmt.Errorf("hash: %w", err)
+// AllModules is the union of every role's module set, in first-seen order.
+func AllModules() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, l := range [][]string{Dom0Modules, DriverDomainModules, GuestModules} {
+		for _, m := range l {
+			if !seen[m] {
+				seen[m] = true
+				out = append(out, m)
+			}
 		}
-		fmt.Fprintf(h, "%s %d\n", filepath.Base(p), len(b))
-		h.Write(b)
 	}
-	return fmt.Sprintf("%x", h.Sum(nil))[:16], nil
+	sort.Strings(out)
+	return out
 }

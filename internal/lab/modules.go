@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,14 +78,23 @@ func trimModules(ctx context.Context, root, krel string, mods []string, dst stri
 }
 
 func copyFile(src, dst string) error {
-	b, err := os.ReadFile(src)
+	in, err := os.Open(src)
 	if err != nil {
 		return fmt.Errorf("copy: %w", err)
 	}
+	defer in.Close()
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return fmt.Errorf("copy: %w", err)
 	}
-	if err := os.WriteFile(dst, b, 0o644); err != nil {
+	out, err := os.Create(dst)
+	if err != nil {
+		return fmt.Errorf("copy: %w", err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	if err := out.Close(); err != nil {
 		return fmt.Errorf("copy: %w", err)
 	}
 	return nil

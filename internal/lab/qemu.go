@@ -29,7 +29,7 @@ type QEMUConfig struct {
 // Args returns qemu-system-x86_64's arguments. The intel-iommu device comes
 // before every other device; network devices use hub ports only, never a
 // host backend, and the default NIC is disabled.
-func (c QEMUConfig) Args() []string {
+func (c QEMUConfig) Args() ([]string, error) {
 	mem, smp, d0 := c.MemoryMB, c.SMP, c.Dom0MemMB
 	if mem == 0 {
 		mem = 6144
@@ -41,10 +41,10 @@ func (c QEMUConfig) Args() []string {
 		d0 = 1536
 	}
 	xen := strings.TrimSpace(fmt.Sprintf("console=com1 com1=115200,8n1 dom0_mem=%dM,max:%dM iommu=1 %s", d0, d0, c.XenCmdline))
-	dom0 := strings.TrimSpace("console=hvc0 earlyprintk=xen rdinit=/init " + c.Dom0Args)
-	for _, p := range []string{c.Vmlinuz, c.Initrd} {
+	dom0 := strings.TrimSpace("console=hvc0 earlyprintk=xen rdinit=/init lab.role=dom0 " + c.Dom0Args)
+	for _, p := range []string{c.Vmlinuz, c.Initrd, c.NVMeImage, c.ShareDir} {
 		if strings.ContainsAny(p, ", ") {
-			panic("lab: multiboot module path with comma or space: " + p)
+			return nil, fmt.Errorf("lab: path with a comma or space cannot go on the QEMU command line: %q", p)
 		}
 	}
 	return []string{
@@ -61,5 +61,5 @@ func (c QEMUConfig) Args() []string {
 		"-netdev", "hubport,id=p2,hubid=0",
 		"-device", "e1000,netdev=p2,addr=0x7",
 		"-virtfs", "local,path=" + c.ShareDir + ",mount_tag=lab,security_model=none",
-	}
+	}, nil
 }

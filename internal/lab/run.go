@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -11,20 +12,26 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
 
-// ErrDomainFailed is wrapped by Run's error when a domain did not finish its job.
+// ErrDomainFailed is wrapped by Run's error when dom0 did not finish its script.
 var ErrDomainFailed = errors.New("domain failed")
 
 // RunOptions configure one boot.
 type RunOptions struct {
-	Out        string        // run directory (shared with dom0 as /lab)
-	Timeout    time.Duration // whole boot; QEMU is killed after it
-	Dom0Script string        // shell script run in dom0
-	Files      map[string]string // extra files (name -> host path) copied into Out
-	Echo       io.Writer     // if set, the serial console is copied here too
+	Out      string        // run directory (shared with dom0 as /lab), already Prepared
+	Timeout  time.Duration // whole boot; QEMU is killed after it
+	Echo     io.Writer     // if set, the serial console is copied here too
+	DiskSize int64         // NVMe image size (default 1 GiB)
+}
+
+// Stamp is a host-side time of a dom0 "T" marker, since QEMU started.
+type Stamp struct {
+	Name string
+	At   time.Duration
 }
 
 // Result is what a run left behind.
@@ -32,11 +39,13 @@ type Result struct {
 	Out      string
 	ExitCode int // dom0 script's exit code
 	Elapsed  time.Duration
+	Stamps   []Stamp // dom0's T markers as the host saw them on the serial console
 }
 
-// Run boots Xen and dom0 with a, runs opts.Dom0Script in dom0 and returns
-// its exit code. The run directory holds serial.log, console/guest-*.log,
-// dom0.log and exit-code.
+// Run boots Xen and dom0 from a and the run directory, which dom0 mounts
+// as /lab and runs /lab/init-dom0.sh from. The run directory then holds
+// serial.log, console/guest-*.log, dom0.log and exit-code. QEMU runs in its
+// own process group, which is killed on return whatever happened.
 func Run(ctx context.Context, a *Artifacts, opts RunOptions, p *Progress) (*Result, error) {
 	if p == nil {
 		p = NewProgress(nil)
@@ -48,28 +57,26 @@ func Run(ctx context.Context, a *Artifacts, opts RunOptions, p *Progress) (*Resu
 	if err := os.MkdirAll(filepath.Join(out, "console"), 0o755); err != nil {
 		return nil, fmt.Errorf("lab: run dir: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(out, "dom0.sh"), []byte(opts.Dom0Script), 0o755); err != nil {
-		return nil, fmt.Errorf("lab: %w", err)
-	}
-	for name, src := range opts.Files {
-		if err := copyFile(src, filepath.Join(out, name)); err != nil {
-			return nil, fmt.Errorf("lab: %w", err)
-		}
-	}
 	os.Remove(filepath.Join(out, "exit-code"))
-	disk := filepath.Join(out, "nvme.img")
-	if err := os.Truncate(disk, 1<<30); err != nil {
-		f, cerr := os.Create(disk)
-		if cerr != nil {
-			return nil, fmt.Errorf("lab: nvme image: %w", cerr)
-		}
-		f.Close()
-		if err := os.Truncate(disk, 1<<30); err != nil {
-			return nil, fmt.Errorf("lab: nvme image: %w", err)
-		}
+	size := opts.DiskSize
+	if size == 0 {
+		size = 1 << 30
 	}
-	q := QEMUConfig{Xen: a.Xen, Vmlinuz: a.Vmlinuz, Initrd: a.Dom0Initrd, NVMeImage: disk, ShareDir: out}
-	args := q.Args()
+	disk := filepath.Join(out, "nvme.img")
+	f, err := os.OpenFile(disk, os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lab: nvme image: %w", err)
+	}
+	err = f.Truncate(size)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("lab: nvme image: %w", err)
+	}
+	q := QEMUConfig{Xen: a.Xen, Vmlinuz: a.Vmlinuz, Initrd: a.Initrd, NVMeImage: disk, ShareDir: out}
+	args, err := q.Args()
+	if err != nil {
+		return nil, err
+	}
 	if err := os.WriteFile(filepath.Join(out, "qemu.cmdline"), []byte("qemu-system-x86_64 "+strings.Join(args, " ")+"\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
@@ -86,23 +93,37 @@ func Run(ctx context.Context, a *Artifacts, opts RunOptions, p *Progress) (*Resu
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	cmd.Dir = out
-	cmd.Stdin = nil
-	var w io.Writer = serial
-	if opts.Echo != nil {
-		w = io.MultiWriter(serial, opts.Echo)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
 	}
-	cmd.Stdout, cmd.Stderr = w, w
+	cmd.Stdin = nil
+	cmd.Stdout, cmd.Stderr = pw, pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 
 	start := time.Now()
-	done := p.Step(fmt.Sprintf("boot Xen + dom0, run %s (timeout %s)", filepath.Join(out, "dom0.sh"), opts.Timeout), 90*time.Second)
-	runErr := cmd.Run()
-	if cmd.Process != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // anything QEMU left in its group
+	res := &Result{Out: out, ExitCode: -1}
+	done := p.Step(fmt.Sprintf("boot Xen + dom0, run %s (timeout %s)", filepath.Join(out, "dom0.sh"), opts.Timeout), 120*time.Second)
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		pr.Close()
+		done(err)
+		return nil, fmt.Errorf("lab: qemu: %w", err)
 	}
-	res := &Result{Out: out, ExitCode: -1, Elapsed: time.Since(start)}
+	pw.Close()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // owned by Run: ends when QEMU's output pipe closes
+		defer wg.Done()
+		res.Stamps = copySerial(pr, serial, opts.Echo, start, p)
+	}()
+	runErr := cmd.Wait()
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // anything QEMU left in its group
+	pr.Close()
+	wg.Wait()
+	res.Elapsed = time.Since(start)
 	code, codeErr := readExitCode(filepath.Join(out, "exit-code"))
 	if codeErr != nil {
 		err := fmt.Errorf("lab: dom0 did not finish its script (qemu: %v, context: %v): %w", runErr, ctx.Err(), ErrDomainFailed)
@@ -112,6 +133,35 @@ func Run(ctx context.Context, a *Artifacts, opts RunOptions, p *Progress) (*Resu
 	res.ExitCode = code
 	done(nil)
 	return res, nil
+}
+
+// copySerial copies QEMU's output to the serial log (and echo), and
+// timestamps the T markers dom0 prints, reporting each as progress.
+func copySerial(r io.Reader, log io.Writer, echo io.Writer, start time.Time, p *Progress) []Stamp {
+	var stamps []Stamp
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(line) > 0 {
+			log.Write(line)
+			if echo != nil {
+				echo.Write(line)
+			}
+			if bytes.Contains(line, []byte("@@LAB T ")) {
+				for _, m := range ParseMarkers(line) {
+					if m.Kind == "T" {
+						name, _, _ := strings.Cut(m.Args, " ")
+						at := time.Since(start)
+						stamps = append(stamps, Stamp{Name: name, At: at})
+						p.Printf("  %-16s at %5.1fs", name, at.Seconds())
+					}
+				}
+			}
+		}
+		if err != nil {
+			return stamps
+		}
+	}
 }
 
 func readExitCode(path string) (int, error) {
@@ -126,13 +176,13 @@ func readExitCode(path string) (int, error) {
 	return n, nil
 }
 
-// Tail returns the last n lines of a file (for failure reports).
+// Tail returns the last n lines of a file (for failure reports), CRs removed.
 func Tail(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(%v)", err)
 	}
-	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	lines := splitLines(bytes.TrimRight(b, "\r\n"))
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}

@@ -1,0 +1,360 @@
+package lab
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestKeyChangesWithEveryInput(t *testing.T) {
+	base := map[string]string{"xen": "4.17.7", "kernel": "6.1.192-2"}
+	k := Key("initrd", base)
+	if k != Key("initrd", map[string]string{"kernel": "6.1.192-2", "xen": "4.17.7"}) {
+		t.Fatal("key depends on map order")
+	}
+	if len(k) != 16 {
+		t.Fatalf("key %q: want 16 hex digits", k)
+	}
+	for name, in := range map[string]map[string]string{
+		"version":  {"xen": "4.17.8", "kernel": "6.1.192-2"},
+		"new":      {"xen": "4.17.7", "kernel": "6.1.192-2", "fio": "3.33"},
+		"fewer":    {"xen": "4.17.7"},
+		"swapped":  {"xen": "6.1.192-2", "kernel": "4.17.7"},
+		"boundary": {"xen": "4.17.7\nkernel=6.1.192-2"},
+	} {
+		if Key("initrd", in) == k {
+			t.Errorf("%s: key did not change", name)
+		}
+	}
+	if Key("rootfs", base) == k {
+		t.Error("artifact name not in key")
+	}
+}
+
+func TestCacheBuildStampsAndReuses(t *testing.T) {
+	c := Cache{Dir: t.TempDir()}
+	in := map[string]string{"v": "1"}
+	key := Key("a", in)
+	calls := 0
+	build := func(dir string) error {
+		calls++
+		return os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
+	}
+	if c.Ready("a", key) {
+		t.Fatal("ready before build")
+	}
+	dir, err := c.Build("a", key, in, build)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Build("a", key, in, build); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 || !c.Ready("a", key) {
+		t.Fatalf("calls=%d ready=%v", calls, c.Ready("a", key))
+	}
+	stamp, err := os.ReadFile(filepath.Join(dir, stampName))
+	if err != nil || !strings.Contains(string(stamp), "v=1") || !strings.Contains(string(stamp), Recipe) {
+		t.Fatalf("stamp %q, %v", stamp, err)
+	}
+	// A failed build leaves nothing ready.
+	k2 := Key("a", map[string]string{"v": "2"})
+	if _, err := c.Build("a", k2, nil, func(string) error { return io.ErrUnexpectedEOF }); err == nil || c.Ready("a", k2) {
+		t.Fatalf("failed build: err=%v ready=%v", err, c.Ready("a", k2))
+	}
+}
+
+func TestParsePolicy(t *testing.T) {
+	out := []byte(`linux-image-amd64:
+  Installed: 6.1.192-2
+  Candidate: 6.1.192-2
+  Version table:
+ *** 6.1.192-2 500
+        500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+fio:
+  Installed: (none)
+  Candidate: 3.33-3
+  Version table:
+     3.33-3 500
+gone:
+  Installed: (none)
+  Candidate: (none)
+`)
+	got := ParsePolicy(out)
+	if got["linux-image-amd64"] != "6.1.192-2" || got["fio"] != "3.33-3" || len(got) != 2 {
+		t.Fatalf("ParsePolicy = %v", got)
+	}
+	if v, err := ParsePolicyCandidate("fio", out[bytes.Index(out, []byte("fio:")):]); err != nil || v != "3.33-3" {
+		t.Fatalf("ParsePolicyCandidate = %q, %v", v, err)
+	}
+}
+
+func TestParseKernelDepends(t *testing.T) {
+	out := []byte("Package: linux-image-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n\nPackage: linux-image-amd64\nDepends: linux-image-6.1.0-40-amd64\n")
+	pkg, krel, err := ParseKernelDepends(out)
+	if err != nil || pkg != "linux-image-6.1.0-56-amd64" || krel != "6.1.0-56-amd64" {
+		t.Fatalf("got %q %q %v", pkg, krel, err)
+	}
+	if _, _, err := ParseKernelDepends([]byte("Package: x\nDepends: libc6\n")); err == nil {
+		t.Fatal("no error without a kernel dependency")
+	}
+}
+
+func TestParseShowDepends(t *testing.T) {
+	out := []byte("builtin xen_blkback\ninsmod /lib/modules/6.1.0-56-amd64/kernel/net/llc/llc.ko \ninsmod /lib/modules/6.1.0-56-amd64/kernel/net/bridge/bridge.ko\n")
+	got := ParseShowDepends(out)
+	if len(got) != 2 || !strings.HasSuffix(got[1], "bridge.ko") {
+		t.Fatalf("got %v", got)
+	}
+}
+
+func TestQEMUArgs(t *testing.T) {
+	args, err := QEMUConfig{Xen: "/c/xen", Vmlinuz: "/c/vmlinuz", Initrd: "/c/initrd.gz", NVMeImage: "/r/nvme.img", ShareDir: "/r"}.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Join(args, " ")
+	idx := func(s string) int {
+		i := strings.Index(line, s)
+		if i < 0 {
+			t.Fatalf("%q missing from %s", s, line)
+		}
+		return i
+	}
+	for _, s := range []string{"-machine q35", "-cpu qemu64", "-smp 2", "-no-reboot", "iommu=1", "console=com1",
+		"-initrd /c/vmlinuz console=hvc0", "lab.role=dom0", ",/c/initrd.gz", "nvme,serial=lab0,drive=nv,addr=0x5",
+		"e1000,netdev=p1,addr=0x6", "e1000,netdev=p2,addr=0x7", "mount_tag=lab"} {
+		idx(s)
+	}
+	iommu := idx("intel-iommu,intremap=on")
+	for _, dev := range []string{"nvme,", "e1000,netdev=p1", "e1000,netdev=p2"} {
+		if idx(dev) < iommu {
+			t.Errorf("%s before intel-iommu", dev)
+		}
+	}
+	// Only hub ports, nothing attached to the host.
+	for i, a := range args {
+		if a == "-netdev" && !strings.HasPrefix(args[i+1], "hubport,") {
+			t.Errorf("netdev %q is not a hubport", args[i+1])
+		}
+		if a == "-nic" && args[i+1] != "none" {
+			t.Errorf("-nic %s", args[i+1])
+		}
+	}
+	if _, err := (QEMUConfig{Xen: "x", Vmlinuz: "/a,b", Initrd: "i"}).Args(); err == nil {
+		t.Error("comma in a multiboot module path accepted")
+	}
+}
+
+func TestDomainConfigRender(t *testing.T) {
+	s := Scenario{Backend: BackendDrvdom}
+	dd := s.DrvdomConfig().Render()
+	for _, want := range []string{`name = "drvdom"`, `type = "pv"`, "driver_domain = 1", `pci = ['0000:00:05.0', '0000:00:06.0']`,
+		`extra = "console=hvc0 lab.role=drvdom drvdom.backend=drvdom"`, "memory = 1200", `on_poweroff = "destroy"`} {
+		if !strings.Contains(dd, want) {
+			t.Errorf("driver domain config lacks %q:\n%s", want, dd)
+		}
+	}
+	if s2 := (Scenario{Backend: BackendKernel, DrvdomImage: "/x.cpio"}); !strings.Contains(s2.DrvdomConfig().Render(), "memory = 512") {
+		t.Error("image driver domain memory")
+	}
+	g := Scenario{Backend: BackendKernel, DiskTarget: "/tmp/disk.img"}.GuestConfig().Render()
+	for _, want := range []string{
+		`disk = ['vdev=xvdb,format=raw,access=rw,backend=drvdom,target=/tmp/disk.img']`,
+		`vif = ['backend=drvdom,bridge=xenbr0,mac=00:16:3e:4c:00:02']`, "lab.role=guest"} {
+		if !strings.Contains(g, want) {
+			t.Errorf("guest config lacks %q:\n%s", want, g)
+		}
+	}
+	if strings.Contains(g, "driver_domain") || strings.Contains(g, "pci =") {
+		t.Errorf("guest config has driver-domain keys:\n%s", g)
+	}
+}
+
+func TestDom0Script(t *testing.T) {
+	plain := Scenario{Backend: BackendKernel}.Dom0Script()
+	e2e := Scenario{Backend: BackendKernel, E2E: true, GuestTimeout: 90 * time.Second}.Dom0Script()
+	for _, want := range []string{"xl pci-assignable-add 0000:00:05.0", "xl pci-assignable-add 0000:00:06.0",
+		"/sys/bus/pci/devices/0000:00:07.0/net", "169.254.0.1/16", "xl create /lab/drvdom.cfg", "xl create /lab/guest.cfg",
+		"drvdom-no-stale-backends"} {
+		if !strings.Contains(plain, want) {
+			t.Errorf("dom0 script lacks %q", want)
+		}
+	}
+	if strings.Contains(plain, "block-detach") {
+		t.Error("plain run detaches devices")
+	}
+	for _, want := range []string{"xl block-detach guest xvdb", "xl network-detach guest 0", "PHASE block-detach", "PHASE network-detach", `"@@LAB END guest.sh" 90`} {
+		if !strings.Contains(e2e, want) {
+			t.Errorf("e2e dom0 script lacks %q", want)
+		}
+	}
+	if ng := (Scenario{Backend: BackendKernel, NoGuest: true}).Dom0Script(); strings.Contains(ng, "guest.cfg") {
+		t.Error("--no-guest still creates the guest")
+	}
+	// Every check the e2e guest and dom0 scripts report is expected.
+	all := e2e + GuestE2EScript + InitGuest + InitDrvdom
+	for _, n := range E2EChecks {
+		if !strings.Contains(all, n) {
+			t.Errorf("expected check %s is reported by no script", n)
+		}
+	}
+}
+
+func TestCpioRoundTripAndKernelRules(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewCpioWriter(&buf, false)
+	if err := w.AddFile("lab/init-guest.sh", 0o755, []byte("echo hi\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.AddSymlink("lab/x", "init-guest.sh"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.AddFile("/lab/odd", 0o644, []byte("12345")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	if len(b)%4 != 0 {
+		t.Fatalf("archive length %d not 4-aligned", len(b))
+	}
+	es, err := ReadCpio(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name)
+	}
+	if strings.Join(names, ",") != "lab,lab/init-guest.sh,lab/x,lab/odd" {
+		t.Fatalf("entries %v", names)
+	}
+	if es[0].Mode != modeDir|0o755 || es[1].Mode != modeReg|0o755 || string(es[1].Data) != "echo hi\n" ||
+		es[2].Mode&0o170000 != modeSymlink || string(es[2].Data) != "init-guest.sh" || string(es[3].Data) != "12345" {
+		t.Fatalf("entries %+v", es)
+	}
+	if _, err := ReadCpio(b[:len(b)-8]); err == nil {
+		t.Error("truncated archive accepted")
+	}
+	// Compressed: one gzip member holding the same archive.
+	var gz bytes.Buffer
+	w = NewCpioWriter(&gz, true)
+	_ = w.AddFile("a", 0o644, []byte("b"))
+	_ = w.Close()
+	zr, err := gzip.NewReader(&gz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, _ := io.ReadAll(zr)
+	if es, err := ReadCpio(plain); err != nil || len(es) != 1 || es[0].Name != "a" {
+		t.Fatalf("gzip archive: %v %v", es, err)
+	}
+}
+
+func TestWriteRamdiskPutsPlainCpioFirst(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.gz")
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte("rootfs"))
+	zw.Close()
+	os.WriteFile(base, gz.Bytes(), 0o644)
+	dst := filepath.Join(dir, "out.img")
+	if err := writeRamdisk(dst, base, map[string]string{"guest.sh": "true\n"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(dst)
+	if !bytes.HasPrefix(b, []byte(cpioMagic)) {
+		t.Fatalf("ramdisk starts with %q: libxenguest would try to gunzip it", b[:6])
+	}
+	if !bytes.HasSuffix(b, gz.Bytes()) {
+		t.Fatal("base archive not appended unchanged")
+	}
+	es, err := ReadCpio(b)
+	if err != nil || len(es) != 2 || es[1].Name != "lab/guest.sh" {
+		t.Fatalf("%v %v", es, err)
+	}
+}
+
+const consoleLog = "[    1.0] blkfront: xvdb: flush diskcache\r\n" +
+	"@@LAB T guest-init 3.51@@\r\n" +
+	"@@LAB CHECK guest-sees-disk PASS /dev/xvdb 2097152 sectors@@\r\n" +
+	"[    2.0] noise @@LAB CHECK guest-sees-nic FAIL eth0 @@\r\n" +
+	"@@LAB BEGIN guest.sh@@\r\n" +
+	"hello from the guest\r\n" +
+	"@@LAB FILE fio.json@@\r\n" +
+	"{\"jobs\": [{\"jobname\": \"r\", \"error\": 0, \"read\": {\"iops\": 1105.5, \"bw_bytes\": 4528128}, \"write\": {\"iops\": 0, \"bw_bytes\": 0}}]}\r\n" +
+	"@@LAB EOF fio.json@@\r\n" +
+	"@@LAB FILE cut.json@@\r\n" +
+	"{\"partial\r\n" +
+	"@@LAB END guest.sh rc=3@@\r\n" +
+	"@@LAB FAILED-DOMAIN drvdom no READY marker after 300s@@\r\n"
+
+func TestParseMarkers(t *testing.T) {
+	ms := ParseMarkers([]byte(consoleLog))
+	cs := Checks(ms, "guest")
+	if len(cs) != 2 || !cs[0].Pass || cs[0].Name != "guest-sees-disk" || cs[0].Detail != "/dev/xvdb 2097152 sectors" || cs[1].Pass || cs[1].Source != "guest" {
+		t.Fatalf("checks %+v", cs)
+	}
+	if tl := Timeline(ms); tl["guest-init"] != 3.51 {
+		t.Fatalf("timeline %v", tl)
+	}
+	if d, why, ok := FailedDomain(ms); !ok || d != "drvdom" || why != "no READY marker after 300s" {
+		t.Fatalf("failed domain %q %q %v", d, why, ok)
+	}
+	files := ExtractFiles([]byte(consoleLog))
+	if _, ok := files["cut.json"]; ok || len(files) != 1 {
+		t.Fatalf("files %v", files)
+	}
+	f, err := ParseFio(files["fio.json"])
+	if err != nil || f.ReadIOPS != 1105.5 || f.ReadBps != 4528128 || f.Job != "r" {
+		t.Fatalf("fio %+v %v", f, err)
+	}
+	sr, ok := FindScript([]byte(consoleLog), "guest.sh")
+	if !ok || !sr.Finished || sr.ExitCode != 3 || !strings.HasPrefix(sr.Output, "hello from the guest\n") {
+		t.Fatalf("script %+v %v", sr, ok)
+	}
+	if sr, ok := FindScript([]byte("@@LAB BEGIN x@@\nhalf"), "x"); !ok || sr.Finished || sr.ExitCode != -1 {
+		t.Fatalf("unfinished script %+v", sr)
+	}
+}
+
+func TestParseFioAndIperf(t *testing.T) {
+	if _, err := ParseFio([]byte("fio: no jobs")); err == nil {
+		t.Error("fio without JSON accepted")
+	}
+	if _, err := ParseFio([]byte(`{"jobs": []}`)); err == nil {
+		t.Error("fio without jobs accepted")
+	}
+	f, err := ParseFio([]byte("note: both iodepth >= 1 and synchronous I/O engine\n" +
+		`{"jobs":[{"jobname":"a","error":0,"read":{"iops":10,"bw_bytes":40960},"write":{"iops":5,"bw_bytes":20480}},` +
+		`{"jobname":"b","error":5,"read":{"iops":1,"bw_bytes":4096},"write":{"iops":0,"bw_bytes":0}}]}`))
+	if err != nil || f.ReadIOPS != 11 || f.WriteIOPS != 5 || f.WriteBps != 20480 || f.Errors != 1 {
+		t.Fatalf("%+v %v", f, err)
+	}
+	ip, err := ParseIperf3([]byte(`{"start":{},"end":{"sum_sent":{"bits_per_second":2.5e8},"sum_received":{"bits_per_second":2.4e8}}}`))
+	if err != nil || ip.SentBps != 2.5e8 || ip.ReceivedBps != 2.4e8 {
+		t.Fatalf("%+v %v", ip, err)
+	}
+	if _, err := ParseIperf3([]byte(`{"start":{},"end":{},"error":"unable to connect to server: Connection refused"}`)); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("iperf3 error: %v", err)
+	}
+}
+
+func TestReportAllChecksCountsMissing(t *testing.T) {
+	r := &Report{Checks: []Check{{Name: "a", Pass: true}, {Name: "b"}}}
+	got := r.AllChecks([]string{"a", "b", "c"})
+	if len(got) != 3 || got[2].Name != "c" || got[2].Pass {
+		t.Fatalf("%+v", got)
+	}
+	if r.OK() {
+		t.Error("report with a failed check and no result is OK")
+	}
+}

@@ -1,0 +1,178 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Report is what the host collects from a run directory after a boot.
+type Report struct {
+	Out          string
+	Result       *Result
+	Checks       []Check          // in log order: dom0's, the driver domain's, the guest's
+	Files        map[string][]byte // lab_put files (also written to Out)
+	FailedDomain string
+	FailedWhy    string
+	DrvdomScript *ScriptResult
+	GuestScript  *ScriptResult
+	Timeline     map[string]float64 // domain T markers: name -> uptime in that domain
+}
+
+// Domain logs in a run directory.
+func domainLogs(out string) map[string]string {
+	return map[string]string{
+		"dom0":     filepath.Join(out, "dom0.log"),
+		DrvdomName: filepath.Join(out, "console", "guest-"+DrvdomName+".log"),
+		GuestName:  filepath.Join(out, "console", "guest-"+GuestName+".log"),
+	}
+}
+
+// Collect parses the run directory's logs.
+func Collect(out string, res *Result) *Report {
+	r := &Report{Out: out, Result: res, Files: map[string][]byte{}, Timeline: map[string]float64{}}
+	logs := domainLogs(out)
+	for _, dom := range []string{"dom0", DrvdomName, GuestName} {
+		b, err := os.ReadFile(logs[dom])
+		if err != nil {
+			continue
+		}
+		ms := ParseMarkers(b)
+		r.Checks = append(r.Checks, Checks(ms, dom)...)
+		for k, v := range Timeline(ms) {
+			r.Timeline[dom+"/"+k] = v
+		}
+		if dom == "dom0" {
+			r.FailedDomain, r.FailedWhy, _ = FailedDomain(ms)
+		}
+		for name, data := range ExtractFiles(b) {
+			r.Files[name] = data
+			_ = os.WriteFile(filepath.Join(out, filepath.Base(name)), data, 0o644)
+		}
+		label := map[string]string{DrvdomName: "drvdom.sh", GuestName: "guest.sh"}[dom]
+		if label != "" {
+			if sr, ok := FindScript(b, label); ok {
+				if dom == DrvdomName {
+					r.DrvdomScript = &sr
+				} else {
+					r.GuestScript = &sr
+				}
+			}
+		}
+	}
+	return r
+}
+
+// OK reports whether dom0 finished with exit code 0 and no check failed.
+func (r *Report) OK() bool {
+	if r.Result == nil || r.Result.ExitCode != 0 || r.FailedDomain != "" {
+		return false
+	}
+	for _, c := range r.Checks {
+		if !c.Pass {
+			return false
+		}
+	}
+	return true
+}
+
+// AllChecks returns the report's checks, plus a failed one for every name
+// in expected that no log reported.
+func (r *Report) AllChecks(expected []string) []Check {
+	out := append([]Check(nil), r.Checks...)
+	seen := map[string]bool{}
+	for _, c := range r.Checks {
+		seen[c.Name] = true
+	}
+	for _, n := range expected {
+		if !seen[n] {
+			out = append(out, Check{Name: n, Detail: "not reached"})
+		}
+	}
+	return out
+}
+
+// Print writes the run's outcome: where its files are, the timeline, and,
+// when something failed, which domain and the tail of its console.
+func (r *Report) Print(w io.Writer) {
+	fmt.Fprintf(w, "run directory: %s\n", r.Out)
+	if r.Result != nil {
+		fmt.Fprintf(w, "boot: %.1fs in all, dom0 exit code %d\n", r.Result.Elapsed.Seconds(), r.Result.ExitCode)
+		for _, s := range r.Result.Stamps {
+			fmt.Fprintf(w, "  %-18s %6.1fs after QEMU start\n", s.Name, s.At.Seconds())
+		}
+	}
+	logs := domainLogs(r.Out)
+	failed := r.FailedDomain
+	if failed == "" && (r.Result == nil || r.Result.ExitCode < 0) {
+		failed = "dom0"
+	}
+	if failed == "" {
+		for _, c := range r.Checks {
+			if !c.Pass {
+				failed = c.Source
+				break
+			}
+		}
+	}
+	if failed == "" {
+		return
+	}
+	fmt.Fprintf(w, "FAILED: domain %s", failed)
+	if r.FailedWhy != "" {
+		fmt.Fprintf(w, " (%s)", r.FailedWhy)
+	}
+	fmt.Fprintln(w)
+	for _, c := range r.Checks {
+		if !c.Pass {
+			fmt.Fprintf(w, "  FAIL %s [%s] %s\n", c.Name, c.Source, c.Detail)
+		}
+	}
+	log := logs[failed]
+	if failed == "dom0" {
+		log = filepath.Join(r.Out, "serial.log")
+	}
+	fmt.Fprintf(w, "--- last 40 lines of %s ---\n%s\n---\n", log, Tail(log, 40))
+	if _, err := os.Stat(filepath.Join(r.Out, "xenstore.txt")); err == nil {
+		fmt.Fprintf(w, "xenstore dump: %s\n", filepath.Join(r.Out, "xenstore.txt"))
+	}
+}
+
+// PrintBench writes the summary table of `xenlab run`.
+func (r *Report) PrintBench(w io.Writer) {
+	fmt.Fprintf(w, "%-44s %10s %10s %10s\n", "measurement", "IOPS", "MB/s", "Gbit/s")
+	fmt.Fprintln(w, strings.Repeat("-", 77))
+	row := func(name, file string) (float64, bool) {
+		b, ok := r.Files[file]
+		if !ok {
+			fmt.Fprintf(w, "%-44s %10s\n", name, "(no result)")
+			return 0, false
+		}
+		f, err := ParseFio(b)
+		if err != nil {
+			fmt.Fprintf(w, "%-44s %v\n", name, err)
+			return 0, false
+		}
+		fmt.Fprintf(w, "%-44s %10.0f %10.1f %10s\n", name, f.ReadIOPS+f.WriteIOPS, (f.ReadBps+f.WriteBps)/1e6, "")
+		return f.ReadIOPS + f.WriteIOPS, true
+	}
+	base, okb := 0.0, false
+	if _, ok := r.Files["fio-drvdom.json"]; ok {
+		base, okb = row("fio 4k randread QD16, driver domain, nvme0n1", "fio-drvdom.json")
+	}
+	g, okg := row("fio 4k randread QD16, guest via blkback", "fio-guest.json")
+	if okb && okg && base > 0 {
+		fmt.Fprintf(w, "%-44s %10.2f\n", "  guest / device limit", g/base)
+	}
+	if b, ok := r.Files["iperf3-guest.json"]; ok {
+		if ip, err := ParseIperf3(b); err != nil {
+			fmt.Fprintf(w, "%-44s %v\n", "iperf3 guest -> dom0", err)
+		} else {
+			fmt.Fprintf(w, "%-44s %10s %10.1f %10.3f\n", "iperf3 guest -> dom0 (received)", "", ip.ReceivedBps/8e6, ip.ReceivedBps/1e9)
+		}
+	} else {
+		fmt.Fprintf(w, "%-44s %10s\n", "iperf3 guest -> dom0", "(no result)")
+	}
+}

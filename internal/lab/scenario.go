@@ -1,0 +1,283 @@
+package lab
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Backends a driver domain can be told to use (drvdom.backend= on its
+// kernel command line).
+const (
+	BackendKernel = "kernel" // Linux xen-blkback/xen-netback; hotplug by a script or drvdomd
+	BackendDrvdom = "drvdom" // drvdomd serves the devices itself
+)
+
+// Lab wiring: names, addresses and devices every scenario uses.
+const (
+	DrvdomName  = "drvdom"
+	GuestName   = "guest"
+	Dom0IP      = "169.254.0.1"
+	GuestIP     = "169.254.0.2"
+	DrvdomIP    = "169.254.0.3"
+	GuestMAC    = "00:16:3e:4c:00:02"
+	Bridge      = "xenbr0"
+	GuestVdev   = "xvdb"
+	NVMeTarget  = "/dev/nvme0n1"
+	ShellDDMem  = 1200 // MB: the shared rootfs unpacks into RAM (LAB-NOTES)
+	ImageDDMem  = 512  // MB: a u-root image is ~5 MB
+	GuestMemMB  = 1200
+	defaultWait = 300 // s, dom0's wait for a domain's marker
+)
+
+// Scenario is what one boot does. The zero value (plus Backend) boots the
+// shell driver domain and a guest that runs nothing.
+type Scenario struct {
+	Backend string // BackendKernel or BackendDrvdom
+	// DrvdomImage, if set, is the driver domain's ramdisk (a cpio, optionally
+	// gzipped, e.g. from `make initramfs`) instead of the shell rootfs.
+	DrvdomImage  string
+	DrvdomScript string // run in the driver domain before it reports ready
+	GuestScript  string // run with bash in the guest once its devices are up
+	NoGuest      bool
+	E2E          bool   // dom0 detaches/re-attaches the guest's devices on the guest's cue
+	DiskTarget   string // the guest disk's path inside the driver domain (default /dev/nvme0n1)
+	// GuestTimeout bounds the guest script (dom0 gives up after it).
+	GuestTimeout time.Duration
+}
+
+// DrvdomKind names the driver domain's image kind.
+func (s Scenario) DrvdomKind() string {
+	if s.DrvdomImage != "" {
+		return "image"
+	}
+	return "shell"
+}
+
+func (s Scenario) target() string {
+	if s.DiskTarget != "" {
+		return s.DiskTarget
+	}
+	return NVMeTarget
+}
+
+// DrvdomConfig is the driver domain's xl config (paths as dom0 sees them).
+func (s Scenario) DrvdomConfig() DomainConfig {
+	mem := ShellDDMem
+	if s.DrvdomImage != "" {
+		mem = ImageDDMem
+	}
+	return DomainConfig{
+		Name: DrvdomName, Kernel: "/lab/vmlinuz", Ramdisk: "/lab/drvdom.img",
+		Extra:    "console=hvc0 lab.role=drvdom drvdom.backend=" + s.Backend,
+		MemoryMB: mem, VCPUs: 1, DriverDomain: true, PCI: []string{NVMeBDF, DDNicBDF},
+	}
+}
+
+// GuestConfig is the guest's xl config: disk and NIC served by the driver domain.
+func (s Scenario) GuestConfig() DomainConfig {
+	return DomainConfig{
+		Name: GuestName, Kernel: "/lab/vmlinuz", Ramdisk: "/lab/guest.img",
+		Extra:    "console=hvc0 lab.role=guest lab.ip=" + GuestIP,
+		MemoryMB: GuestMemMB, VCPUs: 1,
+		Disks:    []string{DiskSpec(GuestVdev, DrvdomName, s.target())},
+		VIFs:     []string{VIFSpec(DrvdomName, Bridge, GuestMAC)},
+	}
+}
+
+// Dom0Script returns /lab/dom0.sh: assign the devices, bring up dom0's NIC
+// and iperf3 server, start the driver domain, then the guest, follow the
+// guest's cues (E2E), and check that nothing stale is left behind.
+func (s Scenario) Dom0Script() string {
+	gwait := int(s.GuestTimeout / time.Second)
+	if gwait <= 0 {
+		gwait = 600
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `set -u
+. /lab/lib.sh
+fails=0
+ck() { lab_check "$@" || fails=$((fails + 1)); }
+dump() { xenstore-ls -fp > /lab/xenstore.txt 2>&1; xl list > /lab/xl-list.txt 2>&1; }
+# fail_domain NAME WHY: the run cannot go on because domain NAME failed.
+fail_domain() { lab_mark "FAILED-DOMAIN $1 $2"; dump; xl list; exit 1; }
+DDLOG=/lab/console/guest-%[1]s.log
+GLOG=/lab/console/guest-%[2]s.log
+lab_t dom0-script
+modprobe xen-pciback
+xl pci-assignable-add %[3]s
+ck dom0-assign-nvme $? %[3]s
+xl pci-assignable-add %[4]s
+ck dom0-assign-nic $? %[4]s
+modprobe e1000
+lab_wait 20 ls /sys/bus/pci/devices/%[5]s/net
+nic=$(ls /sys/bus/pci/devices/%[5]s/net | head -1)
+ip link set lo up
+ip addr add %[6]s/16 dev "$nic"
+ip link set "$nic" up
+iperf3 -s -D -B %[6]s --logfile /tmp/iperf3-server.log
+timeout 180 xl create /lab/drvdom.cfg || fail_domain %[1]s "xl create failed"
+lab_t drvdom-created
+DD=$(xl domid %[1]s)
+lab_wait_log "$DDLOG" "@@LAB READY drvdom" %[7]d || fail_domain %[1]s "no READY marker after %[7]ds"
+lab_t drvdom-ready
+`, DrvdomName, GuestName, NVMeBDF, DDNicBDF, Dom0NicBD, Dom0IP, defaultWait)
+	if !s.NoGuest {
+		fmt.Fprintf(&b, `timeout 180 xl create /lab/guest.cfg || fail_domain %[1]s "xl create failed"
+lab_t guest-created
+GID=$(xl domid %[1]s)
+lab_wait_log "$GLOG" "@@LAB READY guest" %[2]d || fail_domain %[1]s "no READY marker after %[2]ds"
+lab_t guest-ready
+`, GuestName, defaultWait)
+		if s.E2E {
+			fmt.Fprintf(&b, `lab_wait_log "$GLOG" "@@LAB PHASE block-detach" %[2]d || fail_domain %[1]s "no block-detach cue"
+xl block-detach %[1]s %[3]s
+ck dom0-block-detach $? "xl block-detach %[1]s %[3]s"
+lab_wait 30 sh -c "! xenstore-read /local/domain/$DD/backend/vbd/$GID/51728/state"
+ck drvdom-vbd-backend-removed $? "/local/domain/$DD/backend/vbd/$GID/51728"
+xl block-attach %[1]s '%[4]s'
+ck dom0-block-attach $? "xl block-attach"
+lab_wait_log "$GLOG" "@@LAB PHASE network-detach" %[2]d || fail_domain %[1]s "no network-detach cue"
+xl network-detach %[1]s 0
+ck dom0-network-detach $? "xl network-detach %[1]s 0"
+lab_wait 30 sh -c "! xenstore-read /local/domain/$DD/backend/vif/$GID/0/state"
+ck drvdom-vif-backend-removed $? "/local/domain/$DD/backend/vif/$GID/0"
+xl network-attach %[1]s '%[5]s'
+ck dom0-network-attach $? "xl network-attach"
+`, GuestName, defaultWait, GuestVdev, DiskSpec(GuestVdev, DrvdomName, s.target()), VIFSpec(DrvdomName, Bridge, GuestMAC))
+		}
+		fmt.Fprintf(&b, `lab_wait_log "$GLOG" "@@LAB END guest.sh" %[2]d || fail_domain %[1]s "guest script did not finish in %[2]ds"
+lab_wait 60 sh -c "! xl domid %[1]s"
+ck guest-shutdown $? "domain %[1]s gone after poweroff"
+lab_wait 30 sh -c "! { xenstore-list /local/domain/$DD/backend/vbd 2>/dev/null; xenstore-list /local/domain/$DD/backend/vif 2>/dev/null; } | grep -qx $GID"
+ck drvdom-no-stale-backends $? "no backend/*/$GID left in the driver domain"
+`, GuestName, gwait)
+	}
+	b.WriteString(`xl list
+[ "$fails" = 0 ] || dump
+lab_t dom0-done
+exit "$fails"
+`)
+	return b.String()
+}
+
+// Prepare writes everything the boot needs into the run directory out:
+// dom0's scripts, the xl configs, the kernel and the two domU ramdisks
+// (shared rootfs or the given image, each followed by a per-run cpio that
+// carries /lab).
+func (s Scenario) Prepare(a *Artifacts, out string) error {
+	if s.Backend == "" {
+		s.Backend = BackendKernel
+	}
+	files := map[string]string{
+		"lib.sh":       LibSh,
+		"init-dom0.sh": InitDom0,
+		"dom0.sh":      s.Dom0Script(),
+		"drvdom.cfg":   s.DrvdomConfig().Render(),
+		"guest.cfg":    s.GuestConfig().Render(),
+	}
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(out, name), []byte(text), 0o755); err != nil {
+			return fmt.Errorf("lab: %w", err)
+		}
+	}
+	if err := linkOrCopy(a.Vmlinuz, filepath.Join(out, "vmlinuz")); err != nil {
+		return err
+	}
+	ddFiles := map[string]string{"lib.sh": LibSh, "init-drvdom.sh": InitDrvdom, "hotplug.sh": HotplugSh}
+	if s.DrvdomScript != "" {
+		ddFiles["drvdom.sh"] = s.DrvdomScript
+	}
+	ddBase, ddMods := a.Initrd, ""
+	if s.DrvdomImage != "" {
+		ddBase, ddMods = s.DrvdomImage, a.Modules[RoleDrvdom]
+	}
+	if err := writeRamdisk(filepath.Join(out, "drvdom.img"), ddBase, ddFiles, ddMods); err != nil {
+		return err
+	}
+	gFiles := map[string]string{"lib.sh": LibSh, "init-guest.sh": InitGuest}
+	if s.GuestScript != "" {
+		gFiles["guest.sh"] = s.GuestScript
+	}
+	return writeRamdisk(filepath.Join(out, "guest.img"), a.Initrd, gFiles, "")
+}
+
+// RunDirFiles are the large per-run files Cleanup removes unless kept.
+var RunDirFiles = []string{"vmlinuz", "drvdom.img", "guest.img", "nvme.img"}
+
+// Cleanup removes the run directory's large files.
+func Cleanup(out string) {
+	for _, f := range RunDirFiles {
+		os.Remove(filepath.Join(out, f))
+	}
+}
+
+// LabCpio returns an uncompressed cpio holding files under lab/ (mode
+// 0755) and, if modules is set, its lib/modules tree (for images that bring
+// no modules of their own).
+func LabCpio(files map[string]string, modules string) ([]byte, error) {
+	var buf bytes.Buffer
+	w := NewCpioWriter(&buf, false)
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := w.AddFile("lab/"+n, 0o755, []byte(files[n])); err != nil {
+			return nil, err
+		}
+	}
+	if modules != "" {
+		if err := w.AddTree(filepath.Join(modules, "lib", "modules"), "lib/modules"); err != nil {
+			return nil, err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// writeRamdisk writes LabCpio(files, modules) followed by base to dst.
+// The small archive goes first and uncompressed: libxenguest gunzips a
+// ramdisk that starts with gzip magic, trusting the size in its last four
+// bytes, which fails for concatenated gzip members; one that starts with a
+// plain cpio is loaded as is, and the kernel unpacks both archives.
+func writeRamdisk(dst, base string, files map[string]string, modules string) error {
+	extra, err := LabCpio(files, modules)
+	if err != nil {
+		return err
+	}
+	os.Remove(dst)
+	f, err := os.Create(dst)
+	if err != nil {
+		return fmt.Errorf("lab: ramdisk: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Write(extra); err != nil {
+		return fmt.Errorf("lab: ramdisk: %w", err)
+	}
+	in, err := os.Open(base)
+	if err != nil {
+		return fmt.Errorf("lab: ramdisk %s: %w", filepath.Base(dst), err)
+	}
+	defer in.Close()
+	if _, err := io.Copy(f, in); err != nil {
+		return fmt.Errorf("lab: ramdisk %s: %w", filepath.Base(dst), err)
+	}
+	return f.Close()
+}
+
+func linkOrCopy(src, dst string) error {
+	os.Remove(dst)
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	return copyFile(src, dst)
+}
