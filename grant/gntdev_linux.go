@@ -212,16 +212,38 @@ func (g *gntdev) unmapIndex(index uint64, count int) error {
 
 // Copy validates each segment's shape itself (gntdev would fail the whole
 // batch with EINVAL), giving bad ones GNTST_bad_copy_arg, and submits the
-// rest in one IOCTL_GNTDEV_GRANT_COPY with the Local buffers pinned.
+// rest in one IOCTL_GNTDEV_GRANT_COPY with the Local buffers pinned. Its
+// scratch is pooled: a batch allocates nothing, except that
+// runtime.Pinner allocates once for a batch with more than five Go-heap
+// Local buffers.
 func (g *gntdev) Copy(segs []CopySeg) error {
 	sc, _ := g.scratch.Get().(*copyScratch)
 	if sc == nil {
 		sc = new(copyScratch)
 	}
 	defer g.scratch.Put(sc)
+	defer sc.pinner.Unpin()
+	n := sc.encode(segs)
+	if n == 0 {
+		return nil
+	}
+	_, err := g.dev.ioctl(ioctlGntdevGrantCopy, unsafe.Pointer(&sc.hdr[0]))
+	runtime.KeepAlive(sc)
+	if err != nil {
+		return fmt.Errorf("grant: copy %d segments: %w", n, err)
+	}
+	sc.decode(segs)
+	return nil
+}
+
+// encode checks every segment, sets the status of those not submitted
+// (bad shape: GNTST_bad_copy_arg; empty: okay), writes the others in the
+// kernel's format with their Local buffers pinned, fills the ioctl header
+// and returns how many it submits.
+func (sc *copyScratch) encode(segs []CopySeg) int {
 	if cap(sc.segs) < len(segs)*copySegSize {
 		sc.segs = make([]byte, len(segs)*copySegSize)
-		sc.index = make([]int, len(segs))
+		sc.index = make([]int, 0, len(segs))
 	}
 	sc.index = sc.index[:0]
 	le := binary.LittleEndian
@@ -246,21 +268,16 @@ func (g *gntdev) Copy(segs []CopySeg) error {
 		sc.index = append(sc.index, i)
 		n++
 	}
-	defer sc.pinner.Unpin()
-	if n == 0 {
-		return nil
-	}
 	le.PutUint32(sc.hdr[gntdevCopyCount:], uint32(n))
 	le.PutUint64(sc.hdr[gntdevCopySegments:], uint64(uintptr(unsafe.Pointer(unsafe.SliceData(sc.segs)))))
-	_, err := g.dev.ioctl(ioctlGntdevGrantCopy, unsafe.Pointer(&sc.hdr[0]))
-	runtime.KeepAlive(sc)
-	if err != nil {
-		return fmt.Errorf("grant: copy %d segments: %w", n, err)
-	}
+	return n
+}
+
+// decode copies the kernel's per-segment statuses back to the caller's segments.
+func (sc *copyScratch) decode(segs []CopySeg) {
 	for k, i := range sc.index {
-		segs[i].Status = int16(le.Uint16(sc.segs[k*copySegSize+copySegStatus:]))
+		segs[i].Status = int16(binary.LittleEndian.Uint16(sc.segs[k*copySegSize+copySegStatus:]))
 	}
-	return nil
 }
 
 // put encodes one side into the 8-byte union and reports whether it is a grant.

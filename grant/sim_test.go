@@ -182,7 +182,9 @@ func TestSimCopyNoAlloc(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	require.Zero(t, allocs)
+	if !raceEnabled {
+		require.Zero(t, allocs)
+	}
 	for i := range segs {
 		require.Zero(t, segs[i].Status)
 	}
