@@ -31,12 +31,17 @@ var DefaultModules = []string{
 	"xen-blkback", "xen-netback",
 }
 
-// Commands are the Go commands in the busybox: the init, the shell, drvdomd.
-var Commands = []string{
+// BusyboxCommands are u-root's commands in the image's busybox: the init
+// and the shell.
+var BusyboxCommands = []string{
 	"github.com/u-root/u-root/cmds/core/init",
 	"github.com/u-root/u-root/cmds/core/gosh",
-	"drvdom/cmd/drvdomd",
 }
+
+// BinaryCommands are built as plain binaries: gobusybox rewrites packages in
+// GOPATH mode and takes "drvdom/..." (no dot in the first element) for the
+// standard library, so drvdom's own commands cannot go in the busybox.
+var BinaryCommands = []string{"drvdom/cmd/drvdomd"}
 
 // Paths inside the image.
 const (
@@ -251,7 +256,8 @@ func Build(o Options) (*Result, error) {
 		uimage.WithBaseArchive(uimage.DefaultRamfs()),
 		uimage.WithCPIOOutput(cpioPath),
 		uimage.WithTempDir(buildTmp),
-		uimage.WithBusyboxCommands(Commands...),
+		uimage.WithBusyboxCommands(BusyboxCommands...),
+		uimage.WithBinaryCommands(BinaryCommands...),
 		uimage.WithInit("init"),
 		uimage.WithUinitCommand("drvdomd"),
 		uimage.WithShell("gosh"),
