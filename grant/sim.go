@@ -28,6 +28,7 @@ type Sim struct {
 	refcnt []int32 // per page: 1 for the share that owns it + 1 per mapping
 	doms   map[uint16]*simDom
 	events *evtchn.Sim
+	closed bool
 }
 
 type simGrant struct {
@@ -55,6 +56,19 @@ func (s *Sim) SetEvents(ev *evtchn.Sim) {
 	s.mu.Lock()
 	s.events = ev
 	s.mu.Unlock()
+}
+
+// Close releases the simulator's memory: every later Share, Map and Copy
+// fails with ErrClosed. Mappings and shares still held stay readable and
+// writable (their pages live on in the kernel) until unmapped.
+func (s *Sim) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.closed = true
+	return s.mem.close()
 }
 
 // AddDomain makes dom exist (with an empty grant table), so that a Map of
@@ -215,7 +229,7 @@ func (m *simMapper) Map(dom uint16, refs []Ref, writable bool) (Mapping, error) 
 	s := m.sim
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if m.closed {
+	if m.closed || s.closed {
 		return nil, ErrClosed
 	}
 	if len(refs) == 0 || len(refs) > maxSharePages {
@@ -251,7 +265,7 @@ func (m *simMapper) Copy(segs []CopySeg) error {
 	s := m.sim
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if m.closed {
+	if m.closed || s.closed {
 		return ErrClosed
 	}
 	for i := range segs {
@@ -311,7 +325,7 @@ func (sh *simSharer) Share(remote uint16, pages int, writable bool) (Share, erro
 	s := sh.sim
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sh.closed {
+	if sh.closed || s.closed {
 		return nil, ErrClosed
 	}
 	if pages <= 0 || pages > maxSharePages {

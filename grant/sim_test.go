@@ -333,3 +333,23 @@ func TestStatusError(t *testing.T) {
 	require.Equal(t, "GNTST -99", Status(-99).Error())
 	require.Equal(t, "GNTST 5", Status(5).Error())
 }
+
+func TestSimClose(t *testing.T) {
+	s := NewSim()
+	sh, err := s.Sharer(guest).Share(back, 1, true)
+	require.NoError(t, err)
+	mp := s.Mapper(back)
+	m, err := mp.Map(guest, sh.Refs(), true)
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	require.ErrorIs(t, s.Close(), ErrClosed)
+	copy(m.Bytes(), "alive")
+	require.Equal(t, "alive", string(sh.Bytes()[:5]), "held regions stay valid")
+	_, err = mp.Map(guest, sh.Refs(), true)
+	require.ErrorIs(t, err, ErrClosed)
+	require.ErrorIs(t, mp.Copy(nil), ErrClosed)
+	_, err = s.Sharer(guest).Share(back, 1, true)
+	require.ErrorIs(t, err, ErrClosed)
+	require.NoError(t, m.Unmap())
+	require.NoError(t, sh.Close())
+}

@@ -44,6 +44,28 @@ func (m *simMem) grow() error {
 	return nil
 }
 
+// close unmaps the direct map and closes the memfd; regions mapped from it
+// stay valid.
+func (m *simMem) close() error {
+	var first error
+	for _, c := range m.chunks {
+		if err := unix.Munmap(c); err != nil && first == nil {
+			first = err
+		}
+	}
+	m.chunks = nil
+	if m.fd != 0 {
+		if err := unix.Close(m.fd); err != nil && first == nil {
+			first = err
+		}
+		m.fd = 0
+	}
+	if first != nil {
+		return fmt.Errorf("grant sim: close: %w", first)
+	}
+	return nil
+}
+
 // page returns the direct-map bytes of page idx.
 func (m *simMem) page(idx int) []byte {
 	c := m.chunks[idx/simChunkPages]

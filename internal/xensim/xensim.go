@@ -84,8 +84,12 @@ func (h *Host) Destroy(id uint16) {
 	h.Events.DestroyDomain(id)
 }
 
-// Close stops the xenstored (every connection ends).
-func (h *Host) Close() { h.Store.Close() }
+// Close stops the xenstored (every connection ends) and releases the grant
+// table's memory (mappings and shares still held stay valid until unmapped).
+func (h *Host) Close() {
+	h.Store.Close()
+	_ = h.Grants.Close()
+}
 
 // Xenstore returns a new xenstore connection of the domain (a xenbus open).
 func (d *Domain) Xenstore() *xenstore.Client {

@@ -124,7 +124,9 @@ func Attach(ctx context.Context, store *xenstore.Client, sharer grant.Sharer, ev
 		return nil, fmt.Errorf("netfront %s: backend-id %q", path, bd)
 	}
 	f.backDom = uint16(n)
-	if err := f.waitBackend(ctx, stateInitWait); err != nil {
+	// A backend still Closing/Closed from an earlier connection (a guest
+	// reboot) goes back to InitWait when it sees the frontend Initialising.
+	if err := f.waitBackendState(ctx, stateInitWait, true); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -291,6 +293,10 @@ func (f *Front) BackendState(ctx context.Context) int { return f.readInt(ctx, "s
 // waitBackend waits until the backend's state is want (failing if it
 // reaches Closing/Closed instead).
 func (f *Front) waitBackend(ctx context.Context, want int) error {
+	return f.waitBackendState(ctx, want, false)
+}
+
+func (f *Front) waitBackendState(ctx context.Context, want int, tolerateClosed bool) error {
 	w, err := f.store.Watch(ctx, f.back+"/state", "netfront-"+f.path)
 	if err != nil {
 		return err
@@ -301,7 +307,7 @@ func (f *Front) waitBackend(ctx context.Context, want int) error {
 		if s == want {
 			return nil
 		}
-		if want < stateClosing && (s == stateClosing || s == stateClosed) {
+		if !tolerateClosed && want < stateClosing && (s == stateClosing || s == stateClosed) {
 			e, _ := f.store.Read(ctx, "/local/domain/"+strconv.Itoa(int(f.backDom))+"/error"+f.back+"/error")
 			return fmt.Errorf("netfront %s: backend went to state %d waiting for %d (error %q)", f.path, s, want, e)
 		}
@@ -674,3 +680,6 @@ func (f *Front) TxRing(q int) (*ring.Front, []byte, *sync.Mutex) {
 	fq := f.queues[q]
 	return fq.tx, fq.txShare.Bytes(), &fq.txMu
 }
+
+// Kick notifies the backend on queue q's tx event channel.
+func (f *Front) Kick(q int) error { return f.evh.Notify(f.queues[q].txPort) }
