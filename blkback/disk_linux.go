@@ -319,3 +319,13 @@ func (d *fileDisk) Close() error {
 	}
 	return err
 }
+
+// allocPages returns n zeroed, page-aligned pages (O_DIRECT-safe bounce
+// memory) and the function that frees them.
+func allocPages(n int) ([]byte, func() error, error) {
+	b, err := unix.Mmap(-1, 0, n*PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, nil, fmt.Errorf("blkback: bounce pages: %w", err)
+	}
+	return b, func() error { return unix.Munmap(b) }, nil
+}

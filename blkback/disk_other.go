@@ -10,3 +10,7 @@ type ioScratch struct{}
 func OpenBacking(path string, o OpenOptions) (Backing, error) {
 	return nil, fmt.Errorf("%w: %s: files and block devices are only served on Linux", ErrBacking, path)
 }
+
+func allocPages(n int) ([]byte, func() error, error) {
+	return make([]byte, n*PageSize), func() error { return nil }, nil
+}

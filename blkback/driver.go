@@ -37,6 +37,13 @@ type Driver struct {
 	MaxPersistentGrants int
 	// NoPersistent turns feature-persistent off.
 	NoPersistent bool
+	// GrantCopy moves data with grant copy through local bounce pages
+	// instead of mapping the frontend's pages (no mapping ever outlives a
+	// hypercall; persistent grants are then not offered).
+	GrantCopy bool
+	// CopyPoolPages is the bounce memory per device in grant-copy mode
+	// (DefaultCopyPoolPages if 0; at least 256).
+	CopyPoolPages int
 	// Workers is the number of I/O goroutines per device (16 if 0).
 	Workers int
 	// Open opens the backing named by params (OpenTarget if nil).
@@ -64,6 +71,8 @@ func (drv *Driver) maxPgrants() int {
 	}
 	return DefaultMaxPersistentGrants
 }
+
+func (drv *Driver) persistent() bool { return !drv.NoPersistent && !drv.GrantCopy }
 
 func (drv *Driver) maxQueues() int {
 	if drv.MaxQueues > 0 {
@@ -131,6 +140,7 @@ type Device struct {
 	// set by Connect before the monitor starts).
 	published uint64
 
+	pool    *bouncePool // grant-copy mode, per connection
 	stats   Stats
 	nqueues atomic.Int32
 
@@ -218,7 +228,7 @@ func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, e
 		kv := [][2]string{
 			{"feature-flush-cache", "1"},
 			{"feature-barrier", "1"},
-			{"feature-persistent", boolKey(!drv.NoPersistent)},
+			{"feature-persistent", boolKey(drv.persistent())},
 			{"feature-max-indirect-segments", strconv.Itoa(MaxIndirectSegments)},
 			{"max-ring-page-order", strconv.Itoa(drv.maxOrder())},
 			{"multi-queue-max-queues", strconv.Itoa(drv.maxQueues())},
@@ -314,7 +324,16 @@ func (dev *Device) Connect(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	persistent := fp == 1 && !dev.drv.NoPersistent
+	persistent := fp == 1 && dev.drv.persistent()
+	if dev.drv.GrantCopy {
+		n := dev.drv.CopyPoolPages
+		if n == 0 {
+			n = DefaultCopyPoolPages
+		}
+		if dev.pool, err = newBouncePool(n); err != nil {
+			return fmt.Errorf("%s: %w", d.Name(), err)
+		}
+	}
 
 	c := &connection{}
 	defer func() {
@@ -618,6 +637,10 @@ func (dev *Device) execute(s *slot) error {
 	switch s.op {
 	case OpRead:
 		err = dev.backing.ReadV(&s.io)
+		if err == nil && dev.pool != nil {
+			s.io.Bufs = nil
+			return s.q.copyOut(s)
+		}
 	case OpWrite:
 		err = dev.backing.WriteV(&s.io)
 	case OpWriteBarrier, OpFlushDiskcache:
@@ -684,6 +707,12 @@ func (c *connection) teardown(dev *Device) error {
 		}
 	}
 	c.queues, c.handles = nil, nil
+	if dev.pool != nil {
+		if err := dev.pool.close(); err != nil {
+			errs = append(errs, err)
+		}
+		dev.pool = nil
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%s: teardown: %w", dev.dev.Name(), err)
 	}

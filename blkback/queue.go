@@ -31,6 +31,10 @@ type slot struct {
 	smallP [MaxSegmentsPerRequest]*pgrant
 	smallR [MaxSegmentsPerRequest]grant.Ref
 	smallI [MaxSegmentsPerRequest]int
+	bidx   []int32         // grant copy: bounce pages held
+	copies []grant.CopySeg // grant copy: the batch
+	smallX [MaxSegmentsPerRequest]int32
+	smallC [MaxSegmentsPerRequest]grant.CopySeg
 	ind    *indirectScratch
 	npg    int
 	m      grant.Mapping // this request's non-persistent mapping, if any
@@ -40,12 +44,15 @@ type slot struct {
 }
 
 type indirectScratch struct {
-	segs  [MaxIndirectSegments]Segment
-	bufs  [MaxIndirectSegments][]byte
-	pgs   [MaxIndirectSegments]*pgrant
-	refs  [MaxIndirectSegments]grant.Ref
-	idx   [MaxIndirectSegments]int
-	irefs [MaxIndirectPagesPerRequest]grant.Ref
+	segs   [MaxIndirectSegments]Segment
+	bufs   [MaxIndirectSegments][]byte
+	pgs    [MaxIndirectSegments]*pgrant
+	refs   [MaxIndirectSegments]grant.Ref
+	idx    [MaxIndirectSegments]int
+	irefs  [MaxIndirectPagesPerRequest]grant.Ref
+	bidx   [MaxIndirectSegments]int32
+	copies [MaxIndirectSegments]grant.CopySeg
+	ibuf   [PageSize]byte // grant copy: the indirect page's copy
 }
 
 // queue is one ring: its mapping, event channel and goroutine.
@@ -183,6 +190,7 @@ func (q *queue) take(s *slot) {
 			s.ind = new(indirectScratch)
 		}
 		s.segs, s.bufs, s.pgs, s.refs, s.refIdx = s.ind.segs[:r.NrSegments], s.ind.bufs[:0], s.ind.pgs[:0], s.ind.refs[:0], s.ind.idx[:0]
+		s.bidx, s.copies = s.ind.bidx[:0], s.ind.copies[:0]
 		if err := q.indirectSegments(s); err != nil {
 			q.refuse(s, err)
 			return
@@ -191,6 +199,7 @@ func (q *queue) take(s *slot) {
 		n := int(r.NrSegments)
 		copy(s.smallS[:n], r.Segs[:n])
 		s.segs, s.bufs, s.pgs, s.refs, s.refIdx = s.smallS[:n], s.smallB[:0], s.smallP[:0], s.smallR[:0], s.smallI[:0]
+		s.bidx, s.copies = s.smallX[:0], s.smallC[:0]
 	}
 	n, err := ValidateSegments(r, s.segs, &g)
 	if err != nil {
@@ -213,6 +222,9 @@ func (q *queue) indirectSegments(s *slot) error {
 	r := &s.req
 	pages := (int(r.NrSegments) + SegmentsPerIndirectPage - 1) / SegmentsPerIndirectPage
 	d := q.dev
+	if d.pool != nil {
+		return q.copyIndirect(s, pages)
+	}
 	if q.pg != nil {
 		for i := 0; i < pages; i++ {
 			p, err := q.pg.get(r.IndirectGrefs[i])
@@ -260,6 +272,9 @@ func (q *queue) mapIndirect(s *slot, from, to int) error {
 // mapSegments makes s.bufs point at each segment's sectors: persistent
 // grants where possible, the rest mapped in one batch for this request only.
 func (q *queue) mapSegments(s *slot) error {
+	if q.dev.pool != nil {
+		return q.copySegments(s)
+	}
 	for i, sg := range s.segs {
 		if q.pg != nil {
 			p, err := q.pg.get(sg.Gref)
@@ -312,6 +327,14 @@ func (q *queue) releaseGrants(s *slot) {
 		}
 		s.m = nil
 	}
+	if len(s.bidx) > 0 {
+		q.dev.pool.put(s.bidx)
+		s.bidx = s.bidx[:0]
+	}
+	for i := range s.copies {
+		s.copies[i] = grant.CopySeg{}
+	}
+	s.copies = s.copies[:0]
 	for i := range s.bufs {
 		s.bufs[i] = nil
 	}
@@ -386,4 +409,82 @@ func (q *queue) notify() {
 	if err := q.evh.Notify(q.port); err != nil && !errors.Is(err, evtchn.ErrClosed) {
 		q.log.Warn("blkback: notify", "err", err)
 	}
+}
+
+// copyIndirect copies the indirect page's segments with grant copy. 256
+// segments fit one page (asserted by TestLayoutPinned's limits).
+func (q *queue) copyIndirect(s *slot, pages int) error {
+	r := &s.req
+	if pages != 1 {
+		return ErrNrSegments
+	}
+	n := int(r.NrSegments) * SegmentSize
+	seg := []grant.CopySeg{{
+		Src: grant.CopyPtr{Ref: grant.Ref(r.IndirectGrefs[0]), Dom: q.dev.frontDom},
+		Dst: grant.CopyPtr{Local: s.ind.ibuf[:n]},
+		Len: uint16(n),
+	}}
+	if err := q.dev.drv.Grants.Copy(seg); err != nil || seg[0].Status != 0 {
+		q.dev.log.Debug("blkback: copy indirect page", "ref", r.IndirectGrefs[0], "err", err, "status", seg[0].Status)
+		return ErrBadGrant
+	}
+	return DecodeIndirectSegments(s.ind.ibuf[:n], s.segs)
+}
+
+// copySegments gives the request bounce pages (at the segments' own
+// in-page offsets, so O_DIRECT alignment holds) and, for writes, copies the
+// data in with one grant copy batch.
+func (q *queue) copySegments(s *slot) error {
+	pool := q.dev.pool
+	s.bidx = s.bidx[:len(s.segs)]
+	pool.get(s.bidx)
+	for i, sg := range s.segs {
+		lo, hi := int(sg.FirstSect)*SectorSize, (int(sg.LastSect)+1)*SectorSize
+		buf := pool.page(s.bidx[i])[lo:hi]
+		s.bufs = append(s.bufs, buf)
+		if s.op != OpRead {
+			s.copies = append(s.copies, grant.CopySeg{
+				Src: grant.CopyPtr{Ref: grant.Ref(sg.Gref), Dom: q.dev.frontDom, Offset: uint16(lo)},
+				Dst: grant.CopyPtr{Local: buf},
+				Len: uint16(hi - lo),
+			})
+		}
+	}
+	if len(s.copies) == 0 {
+		return nil
+	}
+	if err := q.runCopies(s); err != nil {
+		q.releaseGrants(s)
+		return err
+	}
+	return nil
+}
+
+// copyOut copies a read's data from the bounce pages to the frontend.
+func (q *queue) copyOut(s *slot) error {
+	s.copies = s.copies[:0]
+	for i, sg := range s.segs {
+		lo := int(sg.FirstSect) * SectorSize
+		s.copies = append(s.copies, grant.CopySeg{
+			Src: grant.CopyPtr{Local: s.bufs[i]},
+			Dst: grant.CopyPtr{Ref: grant.Ref(sg.Gref), Dom: q.dev.frontDom, Offset: uint16(lo)},
+			Len: uint16(len(s.bufs[i])),
+		})
+	}
+	return q.runCopies(s)
+}
+
+func (q *queue) runCopies(s *slot) error {
+	err := q.dev.drv.Grants.Copy(s.copies)
+	if err != nil {
+		q.dev.log.Debug("blkback: grant copy", "err", err)
+		return ErrBadGrant
+	}
+	for i := range s.copies {
+		if s.copies[i].Status != 0 {
+			q.dev.log.Debug("blkback: grant copy segment", "ref", s.copies[i].Src.Ref, "status", s.copies[i].Status)
+			return ErrBadGrant
+		}
+	}
+	return nil
 }

@@ -137,6 +137,17 @@ func pattern(n int, seed uint64) []byte {
 	return b
 }
 
+// modes are the three ways data pages reach the backend.
+var modes = []struct {
+	name       string
+	persistent bool // the frontend offers feature-persistent
+	tune       func(*blkback.Driver)
+}{
+	{"map", false, nil},
+	{"persistent", true, nil},
+	{"grant-copy", true, func(d *blkback.Driver) { d.GrantCopy = true }},
+}
+
 var abis = []struct {
 	name, proto string
 }{{"no-protocol-key", ""}, {"x86_32", blkback.ProtoX86_32}, {"x86_64", blkback.ProtoX86_64}}
@@ -145,11 +156,12 @@ var abis = []struct {
 // both ABIs, with and without persistent grants, and checks the file.
 func TestOperationsBothABIs(t *testing.T) {
 	for _, abi := range abis {
-		for _, persistent := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/persistent=%v", abi.name, persistent), func(t *testing.T) {
-				e := newEnv(t, nil)
+		for _, mode := range modes {
+			t.Run(abi.name+"/"+mode.name, func(t *testing.T) {
+				e := newEnv(t, mode.tune)
 				path := tempDisk(t, 8<<20)
-				f, _ := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: abi.proto, Persistent: persistent})
+				f, _ := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: abi.proto, Persistent: mode.persistent})
+				persistent := mode.persistent && e.drv.GrantCopy == false
 				ctx := ctxT(t)
 				if f.Sectors != 8<<20/512 || f.SectorSize != 512 || f.Info != 0 {
 					t.Fatalf("disk: sectors %d sector-size %d info %d", f.Sectors, f.SectorSize, f.Info)
@@ -180,6 +192,14 @@ func TestOperationsBothABIs(t *testing.T) {
 				}
 				if err := f.Flush(ctx, 0); err != nil {
 					t.Fatalf("flush: %v", err)
+				}
+				// Between requests only the ring (and persistent grants) stay mapped.
+				mapped := e.host.Grants.Mapped(ddID)
+				switch {
+				case persistent && mapped <= 1:
+					t.Fatalf("persistent mode keeps %d pages mapped", mapped)
+				case !persistent && mapped != 1:
+					t.Fatalf("%s mode keeps %d pages mapped after the responses", mode.name, mapped)
 				}
 				// FLUSH_DISKCACHE and WRITE_BARRIER with data, as blkfront sends FUA writes.
 				for op, sector := range map[uint8]uint64{blkback.OpFlushDiskcache: 4000, blkback.OpWriteBarrier: 4100} {
@@ -236,11 +256,11 @@ func readFile(t testing.TB, p string) []byte {
 // TestIndirect256 moves 1 MiB in one request of 256 indirect segments.
 func TestIndirect256(t *testing.T) {
 	for _, abi := range abis[1:] {
-		for _, persistent := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/persistent=%v", abi.name, persistent), func(t *testing.T) {
-				e := newEnv(t, nil)
+		for _, mode := range modes {
+			t.Run(abi.name+"/"+mode.name, func(t *testing.T) {
+				e := newEnv(t, mode.tune)
 				path := tempDisk(t, 4<<20)
-				f, d := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: abi.proto, Persistent: persistent})
+				f, d := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: abi.proto, Persistent: mode.persistent})
 				ctx := ctxT(t)
 				data := pattern(256*4096, 7)
 				if err := f.Write(ctx, 0, 2048, data); err != nil {
@@ -413,85 +433,87 @@ func TestMultiQueueMultiPage(t *testing.T) {
 // working, and another device is unaffected.
 func TestBadRequests(t *testing.T) {
 	for _, abi := range abis {
-		t.Run(abi.name, func(t *testing.T) {
-			e := newEnv(t, nil)
-			path := tempDisk(t, 1<<20)
-			f, d := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: abi.proto})
-			other, _ := e.attach(t, 51728, tempDisk(t, 1<<20), "w", blkfront.Config{Protocol: blkback.ProtoX86_64, Persistent: true})
-			ro, _ := e.attach(t, 51744, path, "r", blkfront.Config{Protocol: abi.proto})
-			ctx := ctxT(t)
-			if ro.Info&blkback.VDiskReadOnly == 0 {
-				t.Fatalf("read-only disk info %#x", ro.Info)
-			}
-			page, err := f.Share(1, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer page.Close()
-			ref := uint32(page.Refs()[0])
-			seg := func(first, last uint8) [11]blkback.Segment {
-				return [11]blkback.Segment{{Gref: ref, FirstSect: first, LastSect: last}}
-			}
-			cases := []struct {
-				name string
-				r    blkback.Request
-				want int16
-			}{
-				{"past the end", blkback.Request{Operation: blkback.OpRead, NrSegments: 1, Sector: 2048 - 7, Segs: seg(0, 7)}, blkback.StatusError},
-				{"huge sector", blkback.Request{Operation: blkback.OpWrite, NrSegments: 1, Sector: ^uint64(0) - 3, Segs: seg(0, 7)}, blkback.StatusError},
-				{"last_sect 8", blkback.Request{Operation: blkback.OpRead, NrSegments: 1, Segs: seg(0, 8)}, blkback.StatusError},
-				{"first > last", blkback.Request{Operation: blkback.OpRead, NrSegments: 1, Segs: seg(6, 2)}, blkback.StatusError},
-				{"0 segments", blkback.Request{Operation: blkback.OpRead}, blkback.StatusError},
-				{"12 segments", blkback.Request{Operation: blkback.OpRead, NrSegments: 12}, blkback.StatusError},
-				{"bad grant", blkback.Request{Operation: blkback.OpRead, NrSegments: 1, Segs: [11]blkback.Segment{{Gref: 99999, LastSect: 7}}}, blkback.StatusError},
-				{"reserved op", blkback.Request{Operation: blkback.OpReserved1, NrSegments: 1, Segs: seg(0, 7)}, blkback.StatusEOPNOTSUPP},
-				{"op 77", blkback.Request{Operation: 77}, blkback.StatusEOPNOTSUPP},
-				{"indirect bad page", blkback.Request{Operation: blkback.OpIndirect, IndirectOp: blkback.OpRead, NrSegments: 20, IndirectGrefs: [8]uint32{424242}}, blkback.StatusError},
-				{"indirect flush", blkback.Request{Operation: blkback.OpIndirect, IndirectOp: blkback.OpFlushDiskcache, NrSegments: 1}, blkback.StatusError},
-				{"discard past end", blkback.Request{Operation: blkback.OpDiscard, Sector: 1000, NrSectors: 2000}, blkback.StatusError},
-			}
-			for _, c := range cases {
-				rsp, err := f.Submit(ctx, 0, &c.r)
+		for _, mode := range modes {
+			t.Run(abi.name+"/"+mode.name, func(t *testing.T) {
+				e := newEnv(t, mode.tune)
+				path := tempDisk(t, 1<<20)
+				f, d := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: abi.proto, Persistent: mode.persistent})
+				other, _ := e.attach(t, 51728, tempDisk(t, 1<<20), "w", blkfront.Config{Protocol: blkback.ProtoX86_64, Persistent: true})
+				ro, _ := e.attach(t, 51744, path, "r", blkfront.Config{Protocol: abi.proto})
+				ctx := ctxT(t)
+				if ro.Info&blkback.VDiskReadOnly == 0 {
+					t.Fatalf("read-only disk info %#x", ro.Info)
+				}
+				page, err := f.Share(1, true)
 				if err != nil {
-					t.Fatalf("%s: %v", c.name, err)
+					t.Fatal(err)
 				}
-				if rsp.Status != c.want || rsp.Operation != c.r.Op() {
-					t.Errorf("%s: response %+v, want status %d op %d", c.name, rsp, c.want, c.r.Op())
+				defer page.Close()
+				ref := uint32(page.Refs()[0])
+				seg := func(first, last uint8) [11]blkback.Segment {
+					return [11]blkback.Segment{{Gref: ref, FirstSect: first, LastSect: last}}
 				}
-			}
-			// Read-only: a read grant the backend may only read from is refused for a read.
-			roPage, _ := f.Share(1, false)
-			defer roPage.Close()
-			rsp, _ := f.Submit(ctx, 0, &blkback.Request{Operation: blkback.OpRead, NrSegments: 1,
-				Segs: [11]blkback.Segment{{Gref: uint32(roPage.Refs()[0]), LastSect: 7}}})
-			if rsp.Status != blkback.StatusError {
-				t.Errorf("read into a read-only grant: %+v", rsp)
-			}
-			for _, op := range []func() error{
-				func() error { return ro.Write(ctx, 0, 0, make([]byte, 512)) },
-				func() error { return ro.Discard(ctx, 0, 0, 8, false) },
-				func() error { return ro.Flush(ctx, 0) },
-			} {
-				if err := op(); !errors.Is(err, blkfront.ErrStatus(blkback.StatusError)) && !errors.Is(err, blkfront.ErrStatus(blkback.StatusEOPNOTSUPP)) {
-					t.Errorf("read-only device accepted a write: %v", err)
+				cases := []struct {
+					name string
+					r    blkback.Request
+					want int16
+				}{
+					{"past the end", blkback.Request{Operation: blkback.OpRead, NrSegments: 1, Sector: 2048 - 7, Segs: seg(0, 7)}, blkback.StatusError},
+					{"huge sector", blkback.Request{Operation: blkback.OpWrite, NrSegments: 1, Sector: ^uint64(0) - 3, Segs: seg(0, 7)}, blkback.StatusError},
+					{"last_sect 8", blkback.Request{Operation: blkback.OpRead, NrSegments: 1, Segs: seg(0, 8)}, blkback.StatusError},
+					{"first > last", blkback.Request{Operation: blkback.OpRead, NrSegments: 1, Segs: seg(6, 2)}, blkback.StatusError},
+					{"0 segments", blkback.Request{Operation: blkback.OpRead}, blkback.StatusError},
+					{"12 segments", blkback.Request{Operation: blkback.OpRead, NrSegments: 12}, blkback.StatusError},
+					{"bad grant", blkback.Request{Operation: blkback.OpRead, NrSegments: 1, Segs: [11]blkback.Segment{{Gref: 99999, LastSect: 7}}}, blkback.StatusError},
+					{"reserved op", blkback.Request{Operation: blkback.OpReserved1, NrSegments: 1, Segs: seg(0, 7)}, blkback.StatusEOPNOTSUPP},
+					{"op 77", blkback.Request{Operation: 77}, blkback.StatusEOPNOTSUPP},
+					{"indirect bad page", blkback.Request{Operation: blkback.OpIndirect, IndirectOp: blkback.OpRead, NrSegments: 20, IndirectGrefs: [8]uint32{424242}}, blkback.StatusError},
+					{"indirect flush", blkback.Request{Operation: blkback.OpIndirect, IndirectOp: blkback.OpFlushDiskcache, NrSegments: 1}, blkback.StatusError},
+					{"discard past end", blkback.Request{Operation: blkback.OpDiscard, Sector: 1000, NrSectors: 2000}, blkback.StatusError},
 				}
-			}
-			if err := ro.Read(ctx, 0, 0, make([]byte, 4096)); err != nil {
-				t.Errorf("read-only read: %v", err)
-			}
-			// The same ring and the other device still work.
-			data := pattern(4096, 9)
-			if err := f.Write(ctx, 0, 64, data); err != nil {
-				t.Fatalf("good write after bad ones: %v", err)
-			}
-			if err := other.Write(ctx, 0, 64, data); err != nil {
-				t.Fatalf("other device: %v", err)
-			}
-			st := waitStats(t, e, d, func(s blkback.StatsSnapshot) bool { return s.Writes >= 2 })
-			if st.Errors < 9 || st.NotSupported < 2 {
-				t.Fatalf("error counters %+v", st)
-			}
-		})
+				for _, c := range cases {
+					rsp, err := f.Submit(ctx, 0, &c.r)
+					if err != nil {
+						t.Fatalf("%s: %v", c.name, err)
+					}
+					if rsp.Status != c.want || rsp.Operation != c.r.Op() {
+						t.Errorf("%s: response %+v, want status %d op %d", c.name, rsp, c.want, c.r.Op())
+					}
+				}
+				// Read-only: a read grant the backend may only read from is refused for a read.
+				roPage, _ := f.Share(1, false)
+				defer roPage.Close()
+				rsp, _ := f.Submit(ctx, 0, &blkback.Request{Operation: blkback.OpRead, NrSegments: 1,
+					Segs: [11]blkback.Segment{{Gref: uint32(roPage.Refs()[0]), LastSect: 7}}})
+				if rsp.Status != blkback.StatusError {
+					t.Errorf("read into a read-only grant: %+v", rsp)
+				}
+				for _, op := range []func() error{
+					func() error { return ro.Write(ctx, 0, 0, make([]byte, 512)) },
+					func() error { return ro.Discard(ctx, 0, 0, 8, false) },
+					func() error { return ro.Flush(ctx, 0) },
+				} {
+					if err := op(); !errors.Is(err, blkfront.ErrStatus(blkback.StatusError)) && !errors.Is(err, blkfront.ErrStatus(blkback.StatusEOPNOTSUPP)) {
+						t.Errorf("read-only device accepted a write: %v", err)
+					}
+				}
+				if err := ro.Read(ctx, 0, 0, make([]byte, 4096)); err != nil {
+					t.Errorf("read-only read: %v", err)
+				}
+				// The same ring and the other device still work.
+				data := pattern(4096, 9)
+				if err := f.Write(ctx, 0, 64, data); err != nil {
+					t.Fatalf("good write after bad ones: %v", err)
+				}
+				if err := other.Write(ctx, 0, 64, data); err != nil {
+					t.Fatalf("other device: %v", err)
+				}
+				st := waitStats(t, e, d, func(s blkback.StatsSnapshot) bool { return s.Writes >= 2 })
+				if st.Errors < 9 || st.NotSupported < 2 {
+					t.Fatalf("error counters %+v", st)
+				}
+			})
+		}
 	}
 }
 
