@@ -300,13 +300,16 @@ func (h *simHandle) Unbind(local Port) error {
 
 func (h *simHandle) Wait(ctx context.Context, ports []Port) (int, error) {
 	s := h.sim
+	if len(ports) == 0 {
+		return 0, fmt.Errorf("evtchn: wait d%d with no room for ports: %w", h.dom, syscall.EINVAL)
+	}
 	for {
 		s.mu.Lock()
 		if h.closed {
 			s.mu.Unlock()
 			return 0, ErrClosed
 		}
-		if len(h.ready) > 0 && len(ports) > 0 {
+		if len(h.ready) > 0 {
 			n := copy(ports, h.ready)
 			rest := copy(h.ready, h.ready[n:])
 			h.ready = h.ready[:rest]

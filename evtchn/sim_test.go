@@ -132,6 +132,8 @@ func TestSimCloseUnboundRebind(t *testing.T) {
 func TestSimWaitCancel(t *testing.T) {
 	s := NewSim()
 	h := s.Open(1)
+	_, err := h.Wait(context.Background(), nil)
+	require.ErrorIs(t, err, syscall.EINVAL, "no room for ports, as the device")
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { _, err := h.Wait(ctx, make([]Port, 1)); errc <- err }()
