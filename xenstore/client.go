@@ -53,8 +53,9 @@ const (
 // waiting request and every later one fails with an error wrapping
 // ErrClosed (and ErrProtocol when that was the cause).
 type Client struct {
-	conn io.ReadWriteCloser
-	log  *slog.Logger
+	conn      io.ReadWriteCloser
+	log       *slog.Logger
+	xenbusDev bool // conn is XenbusDevice (see ResetWatches)
 
 	wmu  sync.Mutex // serialises writes; guards wbuf
 	wbuf []byte
@@ -85,13 +86,16 @@ var callPool = sync.Pool{New: func() any { return &call{ch: make(chan reply, 1)}
 // NewClient starts a client on conn (a xenbus device file, a unix socket,
 // or one end of a pipe served by xenstored.Server). The client owns conn
 // and closes it on Close.
-func NewClient(conn io.ReadWriteCloser) *Client {
+func NewClient(conn io.ReadWriteCloser) *Client { return newClient(conn, false) }
+
+func newClient(conn io.ReadWriteCloser, xenbusDev bool) *Client {
 	c := &Client{
-		conn:    conn,
-		log:     slog.Default().With("pkg", "xenstore"),
-		pending: make(map[uint32]*call),
-		watches: make(map[string]*Watch),
-		done:    make(chan struct{}),
+		conn:      conn,
+		xenbusDev: xenbusDev,
+		log:       slog.Default().With("pkg", "xenstore"),
+		pending:   make(map[uint32]*call),
+		watches:   make(map[string]*Watch),
+		done:      make(chan struct{}),
 	}
 	go c.readLoop()
 	return c
@@ -473,11 +477,24 @@ func (c *Client) GetDomainPath(ctx context.Context, domid uint16) (string, error
 }
 
 // ResetWatches drops every watch and transaction this connection has on
-// the server side. Local Watch values stay open but receive no events
-// until closed.
+// the server side, and closes every local Watch (their channels close).
+// Through the xenbus device it is refused with ErrNotSupport: the kernel
+// would forward it on the domain's one xenstore connection and drop the
+// kernel's own watches (every frontend's and backend's).
 func (c *Client) ResetWatches(ctx context.Context) error {
+	if c.xenbusDev {
+		return fmt.Errorf("xenstore RESET_WATCHES through %s: %w", XenbusDevice, ErrNotSupport)
+	}
 	_, err := c.request(ctx, MsgResetWatches, TxNone, false, "")
-	return err
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	for _, w := range c.watches {
+		w.drop()
+	}
+	c.mu.Unlock()
+	return nil
 }
 
 // Tx is an open transaction. Its operations see the store as of their

@@ -129,7 +129,15 @@ func TestClientRoundTripEveryOp(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "/local/domain/7", p)
 
+	w, err := c.Watch(ctx, "/a", "reset-me")
+	require.NoError(t, err)
+	next(t, w)
+	require.Equal(t, 1, s.srv.WatchCount())
 	require.NoError(t, c.ResetWatches(ctx))
+	assert.Equal(t, 0, s.srv.WatchCount())
+	_, ok := <-w.Events()
+	assert.False(t, ok, "ResetWatches closes local watches")
+	require.NoError(t, w.Close())
 
 	assert.ErrorIs(t, c.Write(ctx, "/bad//path", "x"), xenstore.ErrInvalid)
 	assert.ErrorIs(t, c.Write(ctx, "/trailing/", "x"), xenstore.ErrInvalid)

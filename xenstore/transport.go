@@ -24,7 +24,7 @@ func OpenXenbus() (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xenstore: open %s: %w", XenbusDevice, err)
 	}
-	return NewClient(f), nil
+	return newClient(f, true), nil
 }
 
 // DialSocket connects to xenstored's unix socket at path, or when path is
