@@ -261,6 +261,7 @@ func newEnv(t *testing.T) *env {
 		e.dom0.Close()
 		e.ddc.Close()
 		e.guestc.Close()
+		srv.Close()
 	})
 	return e
 }
