@@ -160,15 +160,26 @@ func (h *devHandle) watchLocked(ctx context.Context) {
 	if done == h.done {
 		return
 	}
-	if h.unwatch != nil {
-		h.unwatch()
-		h.unwatch = nil
-	}
+	h.unwatchLocked()
 	h.done = done
 	if done != nil {
 		f := h.f
 		h.unwatch = context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(aLongTimeAgo) })
 	}
+}
+
+func (h *devHandle) unwatchLocked() {
+	if h.unwatch != nil {
+		h.unwatch()
+		h.unwatch = nil
+	}
+	h.done = nil
+}
+
+func (h *devHandle) isClosed() bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.closed
 }
 
 // Wait reads pending ports (u32 each) from the device; the kernel masks each
@@ -179,6 +190,9 @@ func (h *devHandle) Wait(ctx context.Context, ports []Port) (int, error) {
 	}
 	h.rmu.Lock()
 	defer h.rmu.Unlock()
+	if h.isClosed() {
+		return 0, ErrClosed
+	}
 	h.watchLocked(ctx)
 	want := min(len(ports), maxRead) * portSize
 	for {
@@ -219,20 +233,16 @@ func (h *devHandle) readErr(err error) error {
 // wakes a parked Wait with ErrClosed.
 func (h *devHandle) Close() error {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if h.closed {
+		h.mu.Unlock()
 		return ErrClosed
 	}
 	h.closed = true
 	err := h.f.Close() // wakes a parked Wait, which then releases rmu
 	h.mu.Unlock()
 	h.rmu.Lock()
-	if h.unwatch != nil {
-		h.unwatch()
-		h.unwatch = nil
-	}
+	h.unwatchLocked()
 	h.rmu.Unlock()
-	h.mu.Lock()
 	if err != nil {
 		return fmt.Errorf("evtchn: close: %w", err)
 	}
