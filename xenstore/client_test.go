@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -784,4 +785,113 @@ func TestDirectoryTooLongForOneReply(t *testing.T) {
 		assert.Len(t, got, 400)
 		return err
 	}))
+}
+
+// A subscriber that sleeps on every event while writes pour in: the
+// writer's replies keep flowing, and by coalescing into rescans the
+// subscriber still ends up knowing the final value of every key.
+func TestWatchSleepingSubscriberSeesFinalState(t *testing.T) {
+	s := newStore(t)
+	c, writer := s.client(0), s.client(0)
+	ctx := ctxT(t)
+	w, err := c.Watch(ctx, "/slow", "s")
+	require.NoError(t, err)
+
+	const keys, writes = 8, 600
+	final := map[string]string{}
+	state := map[string]string{}
+	rescans := 0
+	stop := make(chan struct{})
+	subDone := make(chan struct{})
+	refresh := func(path string) {
+		v, err := c.Read(ctx, path)
+		if err == nil {
+			state[path] = v
+		}
+	}
+	go func() {
+		defer close(subDone)
+		for {
+			select {
+			case ev, ok := <-w.Events():
+				if !ok {
+					return
+				}
+				time.Sleep(time.Millisecond) // the slow part
+				if ev.Path == "/slow" {
+					rescans++
+					names, err := c.Directory(ctx, "/slow")
+					if err == nil {
+						for _, n := range names {
+							refresh("/slow/" + n)
+						}
+					}
+					continue
+				}
+				refresh(ev.Path)
+			case <-stop:
+				return
+			}
+		}
+	}()
+
+	start := time.Now()
+	for i := range writes {
+		k := "/slow/k" + strconv.Itoa(i%keys)
+		v := strconv.Itoa(i)
+		require.NoError(t, writer.Write(ctx, k, v))
+		final[k] = v
+	}
+	elapsed := time.Since(start)
+	t.Logf("%d writes in %v while the subscriber sleeps 1ms per event", writes, elapsed)
+	assert.Less(t, elapsed, time.Duration(writes)*time.Millisecond, "writes waited for the subscriber")
+	// A round trip on the watching client: every event queued before it
+	// has been dispatched to the watch.
+	_, err = c.Read(ctx, "/slow/k0")
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool {
+		// Only the subscriber goroutine touches state until it stops.
+		return len(w.Events()) == 0
+	}, 20*time.Second, time.Millisecond)
+	close(stop)
+	<-subDone
+	// The last event or rescan was handled after the last write landed.
+	assert.Equal(t, final, state)
+	assert.GreaterOrEqual(t, rescans, 2, "initial event plus at least one overflow rescan")
+	assert.Positive(t, w.Overflows())
+	require.NoError(t, w.Close())
+}
+
+func TestNoGoroutineLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	func() {
+		srv := xenstored.New()
+		srv.IntroduceDomain(3)
+		var clients []*xenstore.Client
+		for _, dom := range []uint16{0, 3, 3} {
+			c := xenstore.NewClient(srv.Connect(dom))
+			clients = append(clients, c)
+			ctx := ctxT(t)
+			w, err := c.Watch(ctx, "data", "t")
+			require.NoError(t, err)
+			_ = w
+			require.NoError(t, c.Transaction(ctx, func(tx *xenstore.Tx) error { return tx.Write(ctx, "data/x", "1") }))
+		}
+		require.NoError(t, clients[0].Close())
+		srv.Close()
+		for _, c := range clients[1:] {
+			<-c.Done()
+			require.NoError(t, c.Close())
+		}
+	}()
+	// Polled by hand: assert.Eventually runs its condition in a goroutine.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if runtime.NumGoroutine() > before {
+		buf := make([]byte, 1<<16)
+		t.Errorf("goroutines: before %d, now %d\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+	}
 }
