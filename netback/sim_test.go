@@ -111,6 +111,11 @@ func (e *env) attach(t testing.TB, guest uint16, devid uint32, nic netfront.Nic,
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		f.Close(ctx)
+	})
 	tap := e.mem.Tap(netback.TapName(guest, devid))
 	if tap == nil {
 		t.Fatalf("no tap %s", netback.TapName(guest, devid))

@@ -1,0 +1,374 @@
+package netback_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"drvdom/internal/xensim/netfront"
+	"drvdom/netback"
+)
+
+func TestSimMultiQueueSplit(t *testing.T) {
+	e := newEnv(t, nil)
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{Queues: 4, Split: true})
+	ctx := ctxT(t)
+	if v.f.Queues() != 4 || !v.f.Split() || v.tap.NumQueues() != 4 {
+		t.Fatalf("queues %d split %v tap queues %d", v.f.Queues(), v.f.Split(), v.tap.NumQueues())
+	}
+	if got := e.mem.Bridge(netback.DefaultBridge); len(got) != 1 {
+		t.Fatalf("default bridge = %v", got)
+	}
+	for round := 0; round < 3; round++ {
+		for q := 0; q < 4; q++ {
+			fr := netback.BuildFrame(netback.FrameOpts{Payload: 100 + q*1000 + round, Seed: byte(q)})
+			if err := v.f.Send(ctx, q, netfront.Packet{Frame: fr}, 0); err != nil {
+				t.Fatal(err)
+			}
+			if _, got := recvHost(t, v.tap, q); !bytes.Equal(got, fr) {
+				t.Fatalf("queue %d: tx frame differs", q)
+			}
+			inject(t, v.tap, q, netback.VnetHdr{}, fr)
+			if p := recvGuest(t, v.f, q); !bytes.Equal(p.Frame, fr) {
+				t.Fatalf("queue %d: rx frame differs", q)
+			}
+		}
+	}
+}
+
+func TestSimHostileChains(t *testing.T) {
+	e := newEnv(t, nil)
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{})
+	ctx := ctxT(t)
+	data := make([]byte, 4096)
+	long := []any{netfront.Slot{Req: netback.TxRequest{Flags: netback.TxMoreData, Size: 19 * 100}, Data: data}}
+	for i := 1; i < 19; i++ {
+		f := netback.TxMoreData
+		if i == 18 {
+			f = 0
+		}
+		long = append(long, netfront.Slot{Req: netback.TxRequest{Flags: f, Size: 100}, Data: data})
+	}
+	endless := []any{}
+	for i := 0; i < 100; i++ {
+		endless = append(endless, netback.TxRequest{Flags: netback.TxMoreData, Size: 60})
+	}
+	// It ends at last, or its tail would stay pending (a chain still
+	// arriving) and swallow the next packet.
+	endless[99] = netback.TxRequest{Size: 60}
+	cases := []struct {
+		name   string
+		chain  []any
+		errs   uint64 // tx requests answered with an error
+		nulls  uint64
+	}{
+		{"19 slots", long, 19, 0},
+		{"first slot shorter than ethernet", []any{netfront.Slot{Req: netback.TxRequest{Size: 10}, Data: data}}, 1, 0},
+		{"slot crossing a page", []any{netfront.Slot{Req: netback.TxRequest{Offset: 4000, Size: 200}, Data: data}}, 1, 0},
+		{"bad grant", []any{netfront.Slot{Req: netback.TxRequest{Gref: 0xdead, Size: 60}}}, 1, 0},
+		{"bad grant in a follower", []any{
+			netfront.Slot{Req: netback.TxRequest{Flags: netback.TxMoreData, Size: 160}, Data: data},
+			netfront.Slot{Req: netback.TxRequest{Gref: 0xbeef, Size: 100}}}, 2, 0},
+		{"bad extra type", []any{netback.TxRequest{Flags: netback.TxExtraInfo, Size: 60}, netback.ExtraInfo{Type: 9}}, 1, 1},
+		{"gso size 0", []any{netback.TxRequest{Flags: netback.TxExtraInfo, Size: 60},
+			netback.ExtraInfo{Type: netback.ExtraTypeGSO, GSOType: netback.GSOTypeTCPv4}}, 1, 1},
+		{"follower bigger than packet", []any{netback.TxRequest{Flags: netback.TxMoreData, Size: 100}, netback.TxRequest{Size: 200}}, 2, 0},
+		{"endless chain", endless, 100, 0},
+		{"gso on a non-tcp frame", []any{
+			netfront.Slot{Req: netback.TxRequest{Flags: netback.TxExtraInfo | netback.TxCsumBlank, Size: 60}, Data: netback.BuildFrame(netback.FrameOpts{UDP: true, Payload: 18})},
+			netback.ExtraInfo{Type: netback.ExtraTypeGSO, GSOType: netback.GSOTypeTCPv4, GSOSize: 1000}}, 0, 1},
+	}
+	for _, c := range cases {
+		before := v.f.Counters(0)
+		if err := v.f.SendRaw(ctx, 0, c.chain...); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.f.WaitTxIdle(ctx, 0); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		after := v.f.Counters(0)
+		if after.TxError-before.TxError != c.errs || after.TxNull-before.TxNull != c.nulls || after.TxBad != 0 {
+			t.Fatalf("%s: responses %+v -> %+v, want %d errors %d nulls", c.name, before, after, c.errs, c.nulls)
+		}
+		if c.errs == 0 && after.TxDropped-before.TxDropped != 1 {
+			t.Fatalf("%s: want one DROPPED, got %+v", c.name, after)
+		}
+		noHost(t, v.tap, 0)
+		// The vif keeps working.
+		fr := netback.BuildFrame(netback.FrameOpts{Payload: 500, Seed: 4})
+		if err := v.f.Send(ctx, 0, netfront.Packet{Frame: fr}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, got := recvHost(t, v.tap, 0); !bytes.Equal(got, fr) {
+			t.Fatalf("%s: frame after the hostile chain differs", c.name)
+		}
+	}
+}
+
+// TestSimHostileVifIsolated: one guest floods bad chains and then corrupts
+// its ring; its vif is disabled with an error in xenstore, while another
+// guest's vif on the same backend keeps passing traffic throughout.
+func TestSimHostileVifIsolated(t *testing.T) {
+	e := newEnv(t, nil)
+	bad := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{})
+	good := e.attach(t, 3, 0, netfront.Nic{MAC: "00:16:3e:00:00:03"}, netfront.Config{Queues: 2})
+	ctx := ctxT(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 200; i++ {
+			bad.f.SendRaw(ctx, 0, netback.TxRequest{Flags: netback.TxMoreData, Size: 60}, netback.TxRequest{Gref: 0xdead, Size: 10})
+			bad.f.SendRaw(ctx, 0, netback.TxRequest{Size: 3})
+		}
+	}()
+	for i := 0; i < 50; i++ {
+		fr := netback.BuildFrame(netback.FrameOpts{Payload: 1000 + i, Seed: byte(i)})
+		q := i % 2
+		if err := good.f.Send(ctx, q, netfront.Packet{Frame: fr}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, got := recvHost(t, good.tap, q); !bytes.Equal(got, fr) {
+			t.Fatal("good vif: frame differs")
+		}
+	}
+	<-done
+	if err := bad.f.WaitTxIdle(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if c := bad.f.Counters(0); c.TxError != 600 || c.TxOkay != 0 {
+		t.Fatalf("hostile vif responses %+v", c)
+	}
+	// Corrupt the shared ring: req_prod far beyond the ring.
+	r, mem, mu := bad.f.TxRing(0)
+	mu.Lock()
+	binary.LittleEndian.PutUint32(mem[0:], binary.LittleEndian.Uint32(mem[0:])+1000)
+	_ = r
+	mu.Unlock()
+	bad.f.Kick(0)
+	errPath := "/local/domain/" + strconv.Itoa(ddID) + "/error/backend/vif/2/0/error"
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s, err := e.d0.Read(ctx, errPath); err == nil && s != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no error written for the corrupted ring")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := 0; i < 20; i++ {
+		fr := netback.BuildFrame(netback.FrameOpts{Payload: 64, Seed: byte(i)})
+		inject(t, good.tap, 1, netback.VnetHdr{}, fr)
+		if p := recvGuest(t, good.f, 1); !bytes.Equal(p.Frame, fr) {
+			t.Fatal("good vif rx differs after the other vif failed")
+		}
+	}
+}
+
+// TestSimTeardown: after the guest closes and the toolstack removes the
+// vif, no grant stays mapped, no event channel bound, no TAP left and no
+// goroutine running.
+func TestSimTeardown(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := ctxT(t)
+	time.Sleep(20 * time.Millisecond)
+	base := runtime.NumGoroutine()
+	for round := 0; round < 2; round++ {
+		v := e.attach(t, 2, 5, netfront.Nic{}, netfront.Config{Queues: 2, Split: round == 1})
+		for q := 0; q < 2; q++ {
+			fr := netback.BuildFrame(netback.FrameOpts{Payload: 9000})
+			if err := v.f.Send(ctx, q, netfront.Packet{Frame: fr}, 0); err != nil {
+				t.Fatal(err)
+			}
+			recvHost(t, v.tap, q)
+			inject(t, v.tap, q, netback.VnetHdr{}, fr)
+			recvGuest(t, v.f, q)
+		}
+		if e.host.Grants.Mapped(ddID) != 4 || e.host.Events.BoundPorts(ddID) == 0 {
+			t.Fatalf("while connected: %d pages mapped, %d ports", e.host.Grants.Mapped(ddID), e.host.Events.BoundPorts(ddID))
+		}
+		if err := v.f.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := netfront.RemoveNic(ctx, e.d0, v.nic); err != nil {
+			t.Fatal(err)
+		}
+		v.gsto.Close() // its connection's goroutines are not the backend's
+		deadline := time.Now().Add(5 * time.Second)
+		for e.mem.Taps() != 0 || e.host.Grants.Mapped(ddID) != 0 || e.host.Events.BoundPorts(ddID) != 0 || runtime.NumGoroutine() > base {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				n := runtime.Stack(buf, true)
+				buf = filterStacks(buf[:n], "netback", "netfront")
+				n = len(buf)
+				t.Fatalf("leak after teardown: %d taps, %d pages mapped, %d ports, %d goroutines (base %d)\n%s",
+					e.mem.Taps(), e.host.Grants.Mapped(ddID), e.host.Events.BoundPorts(ddID), runtime.NumGoroutine(), base, buf[:n])
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if !v.tap.Closed() {
+			t.Fatal("tap not closed")
+		}
+		// The toolstack removes the directories before the next attach.
+		e.d0.Rm(ctx, v.nic.BackPath())
+		e.d0.Rm(ctx, v.nic.FrontPath())
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSimReconnect: the guest closes and reconnects (a reboot); the vif
+// serves again on the same TAP.
+func TestSimReconnect(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := ctxT(t)
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{})
+	fr := netback.BuildFrame(netback.FrameOpts{Payload: 300})
+	if err := v.f.Send(ctx, 0, netfront.Packet{Frame: fr}, 0); err != nil {
+		t.Fatal(err)
+	}
+	recvHost(t, v.tap, 0)
+	if err := v.f.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The guest reboots (which takes longer than the backend needs to close).
+	for deadline := time.Now().Add(5 * time.Second); v.f.BackendState(ctx) != 6; {
+		if time.Now().After(deadline) {
+			t.Fatalf("backend state %d after the frontend closed", v.f.BackendState(ctx))
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := v.gsto.Write(ctx, v.nic.FrontPath()+"/state", "1"); err != nil {
+		t.Fatal(err)
+	}
+	f, err := netfront.Attach(ctx, v.gsto, v.dom.Sharer(), v.dom.Evtchn(), v.nic.FrontPath(), netfront.Config{Queues: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.mem.Tap("vif2.0") != v.tap {
+		t.Fatal("tap replaced on reconnect")
+	}
+	for q := 0; q < 2; q++ {
+		if err := f.Send(ctx, q, netfront.Packet{Frame: fr}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, got := recvHost(t, v.tap, q); !bytes.Equal(got, fr) {
+			t.Fatal("after reconnect: frame differs")
+		}
+		inject(t, v.tap, q, netback.VnetHdr{}, fr)
+		if p := recvGuest(t, f, q); !bytes.Equal(p.Frame, fr) {
+			t.Fatal("after reconnect: rx frame differs")
+		}
+	}
+	if e.host.Grants.Mapped(ddID) != 4 {
+		t.Fatalf("%d pages mapped after reconnect, want 4 (old rings unmapped)", e.host.Grants.Mapped(ddID))
+	}
+}
+
+func TestSimRxWaitsForBuffers(t *testing.T) {
+	e := newEnv(t, nil)
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2})
+	fr := netback.BuildFrame(netback.FrameOpts{Payload: 10000})
+	inject(t, v.tap, 0, netback.VnetHdr{}, fr)
+	select {
+	case <-v.f.RecvChan(0):
+		t.Fatal("a 3-slot packet was delivered into 2 buffers")
+	case <-time.After(50 * time.Millisecond):
+	}
+	v.f.PostRx(0, 0)
+	if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, fr) {
+		t.Fatal("frame differs")
+	}
+}
+
+func TestSimNoSG(t *testing.T) {
+	e := newEnv(t, nil)
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{NoSG: true})
+	if o := v.tap.Offload(); o != netback.TunFCsum {
+		t.Fatalf("offload %#x for a guest without sg, want csum only", o)
+	}
+	inject(t, v.tap, 0, netback.VnetHdr{}, netback.BuildFrame(netback.FrameOpts{Payload: 5000}))
+	small := netback.BuildFrame(netback.FrameOpts{Payload: 1000})
+	inject(t, v.tap, 0, netback.VnetHdr{}, small)
+	if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, small) {
+		t.Fatal("guest without sg: got the multi-page frame or garbage")
+	}
+}
+
+func TestSimRateLimit(t *testing.T) {
+	e := newEnv(t, nil)
+	v := e.attach(t, 2, 0, netfront.Nic{Rate: "20000,50000"}, netfront.Config{})
+	ctx := ctxT(t)
+	fr := netback.BuildFrame(netback.FrameOpts{Payload: 1000 - 54})
+	start := time.Now()
+	go func() {
+		for i := 0; i < 100; i++ {
+			if err := v.f.Send(ctx, 0, netfront.Packet{Frame: fr}, 0); err != nil {
+				return
+			}
+		}
+	}()
+	for i := 0; i < 100; i++ {
+		recvHost(t, v.tap, 0)
+	}
+	// 100 kB at 20 kB per 50 ms, the first 20 kB at once: >= 200 ms.
+	if d := time.Since(start); d < 150*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("100 kB took %v at 400 kB/s", d)
+	}
+}
+
+func TestSimMulticastControl(t *testing.T) {
+	e := newEnv(t, nil)
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{MulticastControl: true})
+	ctx := ctxT(t)
+	group := [6]byte{0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb}
+	other := [6]byte{0x01, 0x00, 0x5e, 0x00, 0x00, 0x01}
+	bcast := [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	ctl := func(typ uint8) {
+		before := v.f.Counters(0)
+		if err := v.f.SendRaw(ctx, 0, netback.TxRequest{Flags: netback.TxExtraInfo}, netback.ExtraInfo{Type: typ, Mcast: group}); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.f.WaitTxIdle(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		if after := v.f.Counters(0); after.TxOkay != before.TxOkay+1 || after.TxNull != before.TxNull+1 {
+			t.Fatalf("mcast control responses %+v -> %+v", before, after)
+		}
+	}
+	ctl(netback.ExtraTypeMcastAdd)
+	noHost(t, v.tap, 0)
+	for i, dst := range [][6]byte{other, group, bcast} {
+		inject(t, v.tap, 0, netback.VnetHdr{}, netback.BuildFrame(netback.FrameOpts{UDP: true, Payload: 10, Dst: dst, Seed: byte(i)}))
+	}
+	for _, want := range [][6]byte{group, bcast} {
+		if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame[:6], want[:]) {
+			t.Fatalf("got frame to % x, want % x", p.Frame[:6], want)
+		}
+	}
+	ctl(netback.ExtraTypeMcastDel)
+	inject(t, v.tap, 0, netback.VnetHdr{}, netback.BuildFrame(netback.FrameOpts{UDP: true, Payload: 10, Dst: group}))
+	inject(t, v.tap, 0, netback.VnetHdr{}, netback.BuildFrame(netback.FrameOpts{UDP: true, Payload: 10, Dst: bcast}))
+	if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame[:6], bcast[:]) {
+		t.Fatal("frame to an unsubscribed group delivered")
+	}
+}
+
+var _ = context.Background
+
+// filterStacks keeps the goroutine dumps that mention any of words.
+func filterStacks(dump []byte, words ...string) []byte {
+	var out []byte
+	for _, g := range bytes.Split(dump, []byte("\n\n")) {
+		for _, w := range words {
+			if bytes.Contains(g, []byte(w)) {
+				out = append(append(out, g...), "\n\n"...)
+				break
+			}
+		}
+	}
+	return out
+}
