@@ -14,21 +14,21 @@ import (
 
 // queueConfig is what one queue needs to serve a frontend's ring pair.
 type queueConfig struct {
-	id        int
-	front     uint16
-	txRef     grant.Ref
-	rxRef     grant.Ref
-	txPort    evtchn.Port // frontend's port (event-channel or event-channel-tx)
-	rxPort    evtchn.Port // frontend's rx port; == txPort when not split
-	split     bool
-	feat      frontFeatures
-	rate      *rateLimit
-	mcast     *mcastList
-	mapper    grant.Mapper
-	events    evtchn.Handle // this queue's own handle
-	tap       TapQueue
-	log       *slog.Logger
-	stats     *counters
+	id     int
+	front  uint16
+	txRef  grant.Ref
+	rxRef  grant.Ref
+	txPort evtchn.Port // frontend's port (event-channel or event-channel-tx)
+	rxPort evtchn.Port // frontend's rx port; == txPort when not split
+	split  bool
+	feat   frontFeatures
+	rate   *rateLimit
+	mcast  *mcastList
+	mapper grant.Mapper
+	events evtchn.Handle // this queue's own handle
+	tap    TapQueue
+	log    *slog.Logger
+	stats  *counters
 }
 
 // queue serves one tx/rx ring pair with two goroutines: the tx goroutine

@@ -61,10 +61,10 @@ func TestSimHostileChains(t *testing.T) {
 	// arriving) and swallow the next packet.
 	endless[99] = netback.TxRequest{Size: 60}
 	cases := []struct {
-		name   string
-		chain  []any
-		errs   uint64 // tx requests answered with an error
-		nulls  uint64
+		name  string
+		chain []any
+		errs  uint64 // tx requests answered with an error
+		nulls uint64
 	}{
 		{"19 slots", long, 19, 0},
 		{"first slot shorter than ethernet", []any{netfront.Slot{Req: netback.TxRequest{Size: 10}, Data: data}}, 1, 0},
