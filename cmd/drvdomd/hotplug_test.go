@@ -1,0 +1,303 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"drvdom/xenstore"
+	"drvdom/xenstore/xenstored"
+)
+
+type fakeOps struct {
+	mu       sync.Mutex
+	blockDev map[string][2]uint32 // path -> major:minor of a block device
+	files    map[string]bool      // regular files
+	attached map[string]string    // loop path -> file
+	detached []string
+	next     uint32
+	links    map[string]bool // netdevs that exist
+	enslaved []string
+}
+
+func newFakeOps() *fakeOps {
+	return &fakeOps{blockDev: map[string][2]uint32{}, files: map[string]bool{}, attached: map[string]string{}, links: map[string]bool{}}
+}
+
+func (f *fakeOps) attachLoop(file string, ro bool) (*loopDevice, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := fmt.Sprintf("/dev/loop%d", f.next)
+	ld := &loopDevice{Path: p, Major: 7, Minor: f.next}
+	f.next++
+	f.attached[p] = file
+	return ld, nil
+}
+
+func (f *fakeOps) detachLoop(p string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.attached[p]; !ok {
+		return errors.New("not attached")
+	}
+	delete(f.attached, p)
+	f.detached = append(f.detached, p)
+	return nil
+}
+
+func (f *fakeOps) blockDevNumber(p string) (uint32, uint32, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n, ok := f.blockDev[p]; ok {
+		return n[0], n[1], true, nil
+	}
+	if f.files[p] {
+		return 0, 0, false, nil
+	}
+	return 0, 0, false, fmt.Errorf("stat %s: no such file", p)
+}
+
+func (f *fakeOps) enslave(ctx context.Context, ifname, bridge string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		f.mu.Lock()
+		ok := f.links[ifname]
+		if ok {
+			f.enslaved = append(f.enslaved, ifname+">"+bridge)
+		}
+		f.mu.Unlock()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("link %s: not there after %v", ifname, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (f *fakeOps) snapshot() (attached map[string]string, detached, enslaved []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a := map[string]string{}
+	for k, v := range f.attached {
+		a[k] = v
+	}
+	return a, slices.Clone(f.detached), slices.Clone(f.enslaved)
+}
+
+func eventually(t *testing.T, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		msg := cond()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+type hpEnv struct {
+	t    *testing.T
+	ctx  context.Context
+	dom0 *xenstore.Client
+	ddc  *xenstore.Client
+	ops  *fakeOps
+	h    *kernelHotplug
+}
+
+func newHPEnv(t *testing.T, vifWait time.Duration) *hpEnv {
+	srv := xenstored.New()
+	srv.IntroduceDomain(1)
+	srv.IntroduceDomain(2)
+	e := &hpEnv{t: t, ctx: context.Background(), ops: newFakeOps()}
+	e.dom0 = xenstore.NewClient(srv.Connect(0))
+	e.ddc = xenstore.NewClient(srv.Connect(1))
+	e.h = newKernelHotplug(e.ddc, 1, "xenbr0", quiet, e.ops)
+	e.h.vifWait = vifWait
+	e.h.resync = 50 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Run did not stop")
+		}
+		e.dom0.Close()
+		e.ddc.Close()
+		srv.Close()
+	})
+	return e
+}
+
+func (e *hpEnv) add(typ, id string, kv ...string) string {
+	e.t.Helper()
+	bp := "/local/domain/1/backend/" + typ + "/2/" + id
+	err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
+		all := append([]string{"frontend", "/local/domain/2/device/" + typ + "/" + id, "online", "1", "state", "1"}, kv...)
+		for i := 0; i+1 < len(all); i += 2 {
+			if err := tx.Write(e.ctx, bp+"/"+all[i], all[i+1]); err != nil {
+				return err
+			}
+		}
+		return tx.SetPerms(e.ctx, bp, []xenstore.Perm{{Domid: 1, Access: xenstore.PermNone}})
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return bp
+}
+
+func (e *hpEnv) read(p string) string {
+	v, err := e.dom0.Read(e.ctx, p)
+	if err != nil {
+		return "<" + err.Error() + ">"
+	}
+	return v
+}
+
+func (e *hpEnv) waitKey(p, want string) {
+	e.t.Helper()
+	eventually(e.t, func() string {
+		if got := e.read(p); got != want {
+			return fmt.Sprintf("%s = %q, want %q", p, got, want)
+		}
+		return ""
+	})
+}
+
+func TestHotplugVBDFileAndBlock(t *testing.T) {
+	e := newHPEnv(t, 2*time.Second)
+	e.ops.files["/srv/guest.img"] = true
+	e.ops.blockDev["/dev/nvme0n1p1"] = [2]uint32{259, 1}
+	e.ops.next = 10
+
+	file := e.add("vbd", "51712", "params", "/srv/guest.img", "mode", "w")
+	e.waitKey(file+"/hotplug-status", "connected")
+	if got := e.read(file + "/physical-device"); got != "7:a" {
+		t.Errorf("physical-device = %q, want 7:a (hex, as blkback scans it)", got)
+	}
+	if got := e.read(file + "/physical-device-path"); got != "/dev/loop10" {
+		t.Errorf("physical-device-path = %q", got)
+	}
+	blk := e.add("vbd", "51728", "params", "phy:/dev/nvme0n1p1")
+	e.waitKey(blk+"/hotplug-status", "connected")
+	if got := e.read(blk + "/physical-device"); got != "103:1" {
+		t.Errorf("physical-device = %q, want 103:1", got)
+	}
+	bad := e.add("vbd", "51744", "params", "/nonexistent")
+	e.waitKey(bad+"/hotplug-status", "error")
+	if got := e.read(bad + "/hotplug-error"); !strings.Contains(got, "/nonexistent") {
+		t.Errorf("hotplug-error = %q", got)
+	}
+	rel := e.add("vbd", "51760", "params", "relative.img")
+	e.waitKey(rel+"/hotplug-status", "error")
+
+	// Toolstack removes the file-backed disk: the loop device goes.
+	if err := e.dom0.Rm(e.ctx, file); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() string {
+		att, det, _ := e.ops.snapshot()
+		if len(att) != 0 || !slices.Equal(det, []string{"/dev/loop10"}) {
+			return fmt.Sprintf("attached %v detached %v", att, det)
+		}
+		return ""
+	})
+	// The block device had no loop: nothing to detach on removal.
+	if err := e.dom0.Rm(e.ctx, blk); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, det, _ := e.ops.snapshot(); len(det) != 1 {
+		t.Errorf("detached %v", det)
+	}
+}
+
+func TestHotplugVBDOfflineClosed(t *testing.T) {
+	e := newHPEnv(t, 2*time.Second)
+	e.ops.files["/srv/a.img"] = true
+	bp := e.add("vbd", "51712", "params", "/srv/a.img")
+	e.waitKey(bp+"/hotplug-status", "connected")
+	if err := e.dom0.Write(e.ctx, bp+"/online", "0"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(60 * time.Millisecond)
+	if _, det, _ := e.ops.snapshot(); len(det) != 0 {
+		t.Fatalf("detached while the kernel may still hold it: %v", det)
+	}
+	if err := e.dom0.Write(e.ctx, bp+"/state", "6"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() string {
+		if _, det, _ := e.ops.snapshot(); len(det) != 1 {
+			return "loop not detached after online=0 + Closed"
+		}
+		return ""
+	})
+}
+
+func TestHotplugVIF(t *testing.T) {
+	e := newHPEnv(t, 2*time.Second)
+	bp := e.add("vif", "0")
+	time.Sleep(50 * time.Millisecond)
+	if got := e.read(bp + "/hotplug-status"); !strings.HasPrefix(got, "<") {
+		t.Fatalf("hotplug-status %q before the netdev exists", got)
+	}
+	e.ops.mu.Lock()
+	e.ops.links["vif2.0"] = true
+	e.ops.mu.Unlock()
+	e.waitKey(bp+"/hotplug-status", "connected")
+	if _, _, ens := e.ops.snapshot(); !slices.Equal(ens, []string{"vif2.0>xenbr0"}) {
+		t.Errorf("enslaved %v", ens)
+	}
+}
+
+func TestHotplugVIFNeverAppears(t *testing.T) {
+	// A vif whose netdev never comes: error, not a hang.
+	e := newHPEnv(t, 100*time.Millisecond)
+	bp2 := e.add("vif", "1", "vifname", "guestnet")
+	e.waitKey(bp2+"/hotplug-status", "error")
+}
+
+func TestHotplugVIFRemovedWhileWaiting(t *testing.T) {
+	// Removed while waiting: the waiter stops (Run's cleanup waits for it)
+	// and the directory is not recreated.
+	e := newHPEnv(t, time.Hour)
+	bp3 := e.add("vif", "2")
+	time.Sleep(30 * time.Millisecond)
+	if err := e.dom0.Rm(e.ctx, bp3); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	if _, err := e.dom0.Read(e.ctx, bp3+"/hotplug-status"); !errors.Is(err, xenstore.ErrNotExist) {
+		t.Errorf("removed vif's directory came back: %v", err)
+	}
+}
+
+func TestDiskTarget(t *testing.T) {
+	for in, want := range map[string]string{"/a.img": "/a.img", "phy:/dev/sda": "/dev/sda", "file:/x": "/x", " /y\n": "/y"} {
+		if got := diskTarget(in); got != want {
+			t.Errorf("diskTarget(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

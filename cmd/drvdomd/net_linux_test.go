@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// inNewNetns runs fn on a locked thread in a fresh network namespace, so the
+// test never touches the host's interfaces.
+func inNewNetns(t *testing.T, fn func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		// The thread is left locked: it dies with the goroutine, taking the
+		// namespace with it.
+		orig, err := netns.Get()
+		if err != nil {
+			t.Errorf("netns.Get: %v", err)
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.New()
+		if err != nil {
+			t.Errorf("netns.New: %v", err)
+			return
+		}
+		defer ns.Close()
+		fn()
+		if err := netns.Set(orig); err != nil {
+			t.Errorf("restore netns: %v", err)
+		}
+	}()
+	<-done
+}
+
+func TestBridgeAndEnslave(t *testing.T) {
+	inNewNetns(t, func() {
+		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "nic0"}}); err != nil {
+			t.Logf("no dummy links in this kernel (%v); using a veth pair", err)
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "nic0"}, PeerName: "nic0p"}); err != nil {
+				t.Errorf("cannot create a test link: %v", err)
+				return
+			}
+		}
+		if err := ensureBridge("brtest"); err != nil {
+			t.Errorf("ensureBridge: %v", err)
+			return
+		}
+		if err := ensureBridge("brtest"); err != nil { // idempotent
+			t.Errorf("ensureBridge again: %v", err)
+		}
+		if err := ensureBridge("nic0"); err == nil {
+			t.Error("ensureBridge accepted a non-bridge link")
+		}
+		ctx := context.Background()
+		if err := enslave(ctx, "nic0", "brtest", time.Second); err != nil {
+			t.Errorf("enslave: %v", err)
+			return
+		}
+		br, _ := netlink.LinkByName("brtest")
+		nic, _ := netlink.LinkByName("nic0")
+		if nic.Attrs().MasterIndex != br.Attrs().Index {
+			t.Errorf("nic0 master = %d, want bridge %d", nic.Attrs().MasterIndex, br.Attrs().Index)
+		}
+		if nic.Attrs().Flags&1 == 0 || br.Attrs().Flags&1 == 0 { // net.FlagUp
+			t.Errorf("links not up: nic %v br %v", nic.Attrs().Flags, br.Attrs().Flags)
+		}
+		start := time.Now()
+		if err := enslave(ctx, "absent0", "brtest", 200*time.Millisecond); err == nil {
+			t.Error("enslave of a missing link succeeded")
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Error("waiting for a missing link did not respect its timeout")
+		}
+	})
+}
