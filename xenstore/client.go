@@ -64,15 +64,17 @@ type Client struct {
 	pending map[uint32]*call
 	watches map[string]*Watch
 	nextID  uint32
-	err     error // non-nil once torn down
+	err     error    // non-nil once torn down
+	staleTx []uint32 // started by abandoned TRANSACTION_STARTs; ended by the next request
 
 	done chan struct{} // closed when the reader has exited
 }
 
 // call is one request waiting for its reply.
 type call struct {
-	typ MsgType
-	ch  chan reply // capacity 1: the reader never blocks on it
+	typ       MsgType
+	ch        chan reply // capacity 1: the reader never blocks on it
+	abandoned bool       // the caller gave up; guarded by Client.mu
 }
 
 type reply struct {
@@ -188,6 +190,17 @@ func (c *Client) dispatch(h Header, p []byte) error {
 	cl := c.pending[h.ReqID]
 	if cl != nil {
 		delete(c.pending, h.ReqID)
+		if cl.abandoned {
+			// Its caller gave up. A transaction it started must still be
+			// ended, or it would hold one of the server's slots; the next
+			// request sends the END (the reader never writes).
+			if h.Type == MsgTransactionStart && validateReply(h.Type, p) == nil {
+				if id, err := strconv.ParseUint(string(trimNul(p)), 10, 32); err == nil {
+					c.staleTx = append(c.staleTx, uint32(id))
+				}
+			}
+			cl = nil
+		}
 	}
 	c.mu.Unlock()
 	if cl == nil {
@@ -302,9 +315,25 @@ func (c *Client) request(ctx context.Context, typ MsgType, tx uint32, rawLast bo
 	c.nextID++
 	id := c.nextID
 	c.pending[id] = cl
+	stale := c.staleTx
+	c.staleTx = nil
+	var staleIDs []uint32
+	for range stale {
+		c.nextID++
+		staleIDs = append(staleIDs, c.nextID) // nobody waits: replies are discarded
+	}
 	c.mu.Unlock()
 
 	c.wmu.Lock()
+	var werr error
+	for i, txid := range stale {
+		// One message per Write: the xenbus device drops the rest of a write.
+		b := AppendHeader(c.wbuf[:0], Header{Type: MsgTransactionEnd, ReqID: staleIDs[i], TxID: txid, Len: 2})
+		b = append(b, 'F', 0)
+		if _, werr = c.conn.Write(b); werr != nil {
+			break
+		}
+	}
 	b := AppendHeader(c.wbuf[:0], Header{Type: typ, ReqID: id, TxID: tx, Len: uint32(n)})
 	for i, a := range args {
 		b = append(b, a...)
@@ -312,7 +341,9 @@ func (c *Client) request(ctx context.Context, typ MsgType, tx uint32, rawLast bo
 			b = append(b, 0)
 		}
 	}
-	_, werr := c.conn.Write(b)
+	if werr == nil {
+		_, werr = c.conn.Write(b)
+	}
 	c.wbuf = b
 	c.wmu.Unlock()
 	if werr != nil {
@@ -333,7 +364,11 @@ func (c *Client) request(ctx context.Context, typ MsgType, tx uint32, rawLast bo
 	case <-ctx.Done():
 		c.mu.Lock()
 		if c.pending[id] == cl {
-			delete(c.pending, id)
+			if typ == MsgTransactionStart {
+				cl.abandoned = true // dispatch remembers the transaction to end it
+			} else {
+				delete(c.pending, id)
+			}
 		}
 		c.mu.Unlock()
 		// cl is not reused: the reader may still hold it.
@@ -538,7 +573,9 @@ func (t *Tx) SetPerms(ctx context.Context, path string, perms []Perm) error {
 	return t.c.setPerms(ctx, t.id, path, perms)
 }
 
-// Begin starts a transaction. Prefer Transaction, which retries.
+// Begin starts a transaction. Prefer Transaction, which retries. If ctx
+// ends before xenstored answers, the transaction it may still start is
+// ended (aborted) together with the client's next request.
 func (c *Client) Begin(ctx context.Context) (*Tx, error) {
 	s, err := c.request(ctx, MsgTransactionStart, TxNone, false, "")
 	if err != nil {
