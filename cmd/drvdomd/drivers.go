@@ -1,14 +1,19 @@
 package main
 
 // ===================== drvdom-mode driver registration =====================
-// This is the single place where drvdomd's userspace backends are wired in.
-// Each entry builds one xenbus.Driver from the daemon's environment.
+// This is the single place where drvdomd's userspace backends are wired in:
+// blkback (vbd) and netback (vif), on the real Xen devices (/dev/xen/gntdev,
+// /dev/xen/evtchn) and real TAP devices. Add a backend here and nowhere else.
 // ===========================================================================
 
 import (
-	"errors"
+	"fmt"
 	"log/slog"
 
+	"drvdom/blkback"
+	"drvdom/evtchn"
+	"drvdom/grant"
+	"drvdom/netback"
 	"drvdom/xenstore/xenbus"
 )
 
@@ -18,11 +23,44 @@ type driverEnv struct {
 	Log *slog.Logger
 }
 
-// errNotBuilt says drvdom mode has no backends compiled in.
-var errNotBuilt = errors.New("drvdom mode not built: no userspace backends are registered in cmd/drvdomd/drivers.go")
-
 // buildDrivers returns the drvdom-mode drivers and a cleanup for what they
-// opened.
+// opened. Each backend gets its own gntdev handle.
 func buildDrivers(env driverEnv) ([]xenbus.Driver, func(), error) {
-	return nil, func() {}, errNotBuilt
+	var closers []func() error
+	cleanup := func() {
+		for _, c := range closers {
+			if err := c(); err != nil {
+				env.Log.Warn("closing driver resources", "err", err)
+			}
+		}
+	}
+	openMapper := func(who string) (grant.Mapper, error) {
+		m, err := grant.OpenGntdev()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w (is xen-gntdev loaded?)", who, err)
+		}
+		closers = append(closers, m.Close)
+		return m, nil
+	}
+	events := func() (evtchn.Handle, error) { return evtchn.Open() }
+	if env.Cfg.Bridge != netback.DefaultBridge {
+		env.Log.Warn("drvdom mode: a vif joins the bridge its backend's \"bridge\" key names, else "+netback.DefaultBridge,
+			"configured_bridge", env.Cfg.Bridge)
+	}
+
+	blkMapper, err := openMapper("blkback")
+	if err != nil {
+		cleanup()
+		return nil, func() {}, err
+	}
+	netMapper, err := openMapper("netback")
+	if err != nil {
+		cleanup()
+		return nil, func() {}, err
+	}
+	drivers := []xenbus.Driver{
+		&blkback.Driver{Grants: blkMapper, Events: events, Log: env.Log.With("drv", "vbd")},
+		&netback.Driver{Host: netback.LinuxHost{}, Mapper: netMapper, Events: events, Log: env.Log.With("drv", "vif")},
+	}
+	return drivers, cleanup, nil
 }
