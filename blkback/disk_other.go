@@ -14,3 +14,7 @@ func OpenBacking(path string, o OpenOptions) (Backing, error) {
 func allocPages(n int) ([]byte, func() error, error) {
 	return make([]byte, n*PageSize), func() error { return nil }, nil
 }
+
+func newURingExec(dev *Device, slots []*slot) (executor, error) {
+	return nil, fmt.Errorf("io_uring is Linux only")
+}

@@ -39,6 +39,7 @@ type slot struct {
 	npg    int
 	m      grant.Mapping // this request's non-persistent mapping, if any
 	io     IO
+	uid    uint64 // io_uring user_data
 	bytes  uint64
 	status int16
 }
@@ -67,7 +68,7 @@ type queue struct {
 	pg    *pgrantTable // nil without persistent grants
 	log   *slog.Logger
 	slots []slot
-	work  chan<- *slot // the device's I/O workers
+	exec  executor // the device's I/O engine
 
 	mu       sync.Mutex // the ring's private indices and responses; inflight
 	drained  *sync.Cond
@@ -358,7 +359,7 @@ func (q *queue) dispatch(s *slot) {
 		q.complete(s, false)
 		return
 	}
-	q.work <- s
+	q.exec.submit(s)
 }
 
 // refuse answers a request that failed validation or mapping.

@@ -146,6 +146,9 @@ var modes = []struct {
 	{"map", false, nil},
 	{"persistent", true, nil},
 	{"grant-copy", true, func(d *blkback.Driver) { d.GrantCopy = true }},
+	{"map+uring", false, func(d *blkback.Driver) { d.Engine = blkback.EngineURing }},
+	{"persistent+uring", true, func(d *blkback.Driver) { d.Engine = blkback.EngineURing }},
+	{"grant-copy+uring", true, func(d *blkback.Driver) { d.GrantCopy, d.Engine = true, blkback.EngineURing }},
 }
 
 var abis = []struct {

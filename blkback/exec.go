@@ -1,0 +1,45 @@
+package blkback
+
+import "sync"
+
+// executor runs validated, mapped requests and completes them.
+type executor interface {
+	submit(s *slot)
+	// stop returns once every submitted request has completed; the rings
+	// must have stopped submitting.
+	stop()
+}
+
+// Engines for Driver.Engine.
+const (
+	EnginePool  = "pool"  // worker goroutines doing preadv/pwritev
+	EngineURing = "uring" // io_uring for reads and writes
+)
+
+// poolExec is a fixed set of worker goroutines blocking in the backing.
+type poolExec struct {
+	work chan *slot
+	wg   sync.WaitGroup
+}
+
+func newPoolExec(dev *Device, workers, depth int) *poolExec {
+	p := &poolExec{work: make(chan *slot, depth)}
+	for i := 0; i < workers; i++ {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			for s := range p.work {
+				s.status = StatusOf(dev.execute(s))
+				s.q.complete(s, true)
+			}
+		}()
+	}
+	return p
+}
+
+func (p *poolExec) submit(s *slot) { p.work <- s }
+
+func (p *poolExec) stop() {
+	close(p.work)
+	p.wg.Wait()
+}

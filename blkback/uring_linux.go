@@ -1,0 +1,322 @@
+//go:build linux
+
+package blkback
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// io_uring ABI from <linux/io_uring.h> (pinned by TestURingLayout).
+const (
+	uringParamsSize = 120
+	uparSqEntries   = 0
+	uparCqEntries   = 4
+	uparFeatures    = 20
+	uparSqOff       = 40 // struct io_sqring_offsets
+	uparCqOff       = 80 // struct io_cqring_offsets
+
+	// io_sqring_offsets / io_cqring_offsets fields (u32 each).
+	ringOffHead    = 0
+	ringOffTail    = 4
+	ringOffMask    = 8
+	ringOffEntries = 12
+	sqOffArray     = 24
+	cqOffCqes      = 20
+
+	uringOffSqRing = 0
+	uringOffCqRing = 0x8000000
+	uringOffSqes   = 0x10000000
+
+	uringFeatSingleMmap = 1 << 0
+
+	sqeSize        = 64
+	sqeOffOpcode   = 0
+	sqeOffFlags    = 1
+	sqeOffFd       = 4
+	sqeOffOff      = 8
+	sqeOffAddr     = 16
+	sqeOffLen      = 24
+	sqeOffOpFlags  = 28
+	sqeOffUserData = 32
+	cqeSize        = 16
+	cqeOffUserData = 0
+	cqeOffRes      = 8
+
+	uringOpNop    = 0
+	uringOpReadv  = 1
+	uringOpWritev = 2
+
+	uringEnterGetEvents = 1 << 0
+)
+
+// uring is a minimal io_uring: submissions from any goroutine (serialised),
+// completions reaped by one goroutine.
+type uring struct {
+	fd      int
+	sqMem   []byte
+	cqMem   []byte // == sqMem with IORING_FEAT_SINGLE_MMAP
+	sqes    []byte
+	sqHead  *uint32
+	sqTail  *uint32
+	sqMask  uint32
+	sqArray []uint32
+	cqHead  *uint32
+	cqTail  *uint32
+	cqMask  uint32
+	cqes    []byte
+	single  bool
+
+	mu sync.Mutex // submission side
+}
+
+func newURing(entries uint32) (*uring, error) {
+	var p [uringParamsSize]byte
+	fd, _, e := unix.Syscall(unix.SYS_IO_URING_SETUP, uintptr(entries), uintptr(unsafe.Pointer(&p[0])), 0)
+	if e != 0 {
+		return nil, fmt.Errorf("io_uring_setup: %w", e)
+	}
+	u := &uring{fd: int(fd)}
+	le := func(off int) uint32 { return *(*uint32)(unsafe.Pointer(&p[off])) }
+	sqEntries, cqEntries := le(uparSqEntries), le(uparCqEntries)
+	sqSize := int(le(uparSqOff+sqOffArray)) + int(sqEntries)*4
+	cqSize := int(le(uparCqOff+cqOffCqes)) + int(cqEntries)*cqeSize
+	single := le(uparFeatures)&uringFeatSingleMmap != 0
+	if single {
+		sqSize = max(sqSize, cqSize)
+	}
+	var err error
+	fail := func(what string, err error) (*uring, error) {
+		u.close()
+		return nil, fmt.Errorf("io_uring mmap %s: %w", what, err)
+	}
+	if u.sqMem, err = unix.Mmap(u.fd, uringOffSqRing, sqSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
+		return fail("sq", err)
+	}
+	u.single = single
+	if single {
+		u.cqMem = u.sqMem
+	} else if u.cqMem, err = unix.Mmap(u.fd, uringOffCqRing, cqSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
+		return fail("cq", err)
+	}
+	if u.sqes, err = unix.Mmap(u.fd, uringOffSqes, int(sqEntries)*sqeSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
+		return fail("sqes", err)
+	}
+	u32 := func(mem []byte, off uint32) *uint32 { return (*uint32)(unsafe.Pointer(&mem[off])) }
+	u.sqHead = u32(u.sqMem, le(uparSqOff+ringOffHead))
+	u.sqTail = u32(u.sqMem, le(uparSqOff+ringOffTail))
+	u.sqMask = *u32(u.sqMem, le(uparSqOff+ringOffMask))
+	u.sqArray = unsafe.Slice(u32(u.sqMem, le(uparSqOff+sqOffArray)), sqEntries)
+	u.cqHead = u32(u.cqMem, le(uparCqOff+ringOffHead))
+	u.cqTail = u32(u.cqMem, le(uparCqOff+ringOffTail))
+	u.cqMask = *u32(u.cqMem, le(uparCqOff+ringOffMask))
+	off := le(uparCqOff + cqOffCqes)
+	u.cqes = u.cqMem[off : off+cqEntries*cqeSize]
+	return u, nil
+}
+
+// submit queues one SQE and enters the kernel. iov points at n iovecs that
+// must stay valid until the completion.
+func (u *uring) submit(op uint8, fd int, iov *unix.Iovec, n int, off int64, user uint64) error {
+	u.mu.Lock()
+	tail := *u.sqTail // only we write it
+	if tail-atomic.LoadUint32(u.sqHead) > u.sqMask {
+		u.mu.Unlock()
+		return fmt.Errorf("io_uring: submission queue full")
+	}
+	idx := tail & u.sqMask
+	sqe := u.sqes[idx*sqeSize : (idx+1)*sqeSize]
+	clear(sqe)
+	sqe[sqeOffOpcode] = op
+	*(*int32)(unsafe.Pointer(&sqe[sqeOffFd])) = int32(fd)
+	*(*uint64)(unsafe.Pointer(&sqe[sqeOffOff])) = uint64(off)
+	*(*uint64)(unsafe.Pointer(&sqe[sqeOffAddr])) = uint64(uintptr(unsafe.Pointer(iov)))
+	*(*uint32)(unsafe.Pointer(&sqe[sqeOffLen])) = uint32(n)
+	*(*uint64)(unsafe.Pointer(&sqe[sqeOffUserData])) = user
+	u.sqArray[idx] = idx
+	atomic.StoreUint32(u.sqTail, tail+1) // release: the SQE before the tail
+	var err error
+	for {
+		_, _, e := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(u.fd), 1, 0, 0, 0, 0)
+		if e == unix.EINTR || e == unix.EAGAIN || e == unix.EBUSY {
+			continue
+		}
+		if e != 0 {
+			err = fmt.Errorf("io_uring_enter: %w", e)
+		}
+		break
+	}
+	u.mu.Unlock()
+	return err
+}
+
+// reap waits for completions and calls fn for each; only one goroutine may
+// reap. It returns when fn returns false.
+func (u *uring) reap(fn func(user uint64, res int32) bool) error {
+	for {
+		head := *u.cqHead
+		tail := atomic.LoadUint32(u.cqTail) // acquire: CQEs below tail are written
+		if head == tail {
+			_, _, e := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(u.fd), 0, 1, uringEnterGetEvents, 0, 0)
+			if e != 0 && e != unix.EINTR && e != unix.EAGAIN && e != unix.EBUSY {
+				return fmt.Errorf("io_uring_enter(getevents): %w", e)
+			}
+			continue
+		}
+		more := true
+		for ; head != tail && more; head++ {
+			c := u.cqes[(head&u.cqMask)*cqeSize:]
+			user := *(*uint64)(unsafe.Pointer(&c[cqeOffUserData]))
+			res := *(*int32)(unsafe.Pointer(&c[cqeOffRes]))
+			atomic.StoreUint32(u.cqHead, head+1)
+			more = fn(user, res)
+		}
+		if !more {
+			return nil
+		}
+	}
+}
+
+func (u *uring) close() error {
+	if u.sqes != nil {
+		unix.Munmap(u.sqes)
+	}
+	if u.cqMem != nil && !u.single {
+		unix.Munmap(u.cqMem)
+	}
+	if u.sqMem != nil {
+		unix.Munmap(u.sqMem)
+	}
+	return unix.Close(u.fd)
+}
+
+// uringIO lets the engine submit a slot's transfer: the iovecs live in
+// the IO's scratch, valid until the completion.
+func (io *IO) fillIovecs() (*unix.Iovec, int) {
+	n := 0
+	for _, b := range io.Bufs {
+		if len(b) == 0 {
+			continue
+		}
+		io.sys.iov[n].Base = &b[0]
+		io.sys.iov[n].SetLen(len(b))
+		n++
+	}
+	return &io.sys.iov[0], n
+}
+
+// rawFD is implemented by backings io_uring can drive directly.
+type rawFD interface{ uringFD() (int, bool) }
+
+func (d *fileDisk) uringFD() (int, bool) { return int(d.f.Fd()), true }
+
+// uringStop is the user_data of the NOP that stops the reaper.
+const uringStop = ^uint64(0)
+
+// uringExec submits reads and writes of a file or block device to
+// io_uring; everything else (flush, barrier, discard, a transfer O_DIRECT
+// refused) goes to a small worker pool.
+type uringExec struct {
+	dev   *Device
+	u     *uring
+	fd    int
+	slots []*slot // user_data -> slot
+	side  *poolExec
+	ops   sync.WaitGroup // submitted, not reaped
+	done  chan struct{}
+}
+
+func newURingExec(dev *Device, slots []*slot) (executor, error) {
+	rf, ok := dev.backing.(rawFD)
+	if !ok {
+		return nil, fmt.Errorf("backing has no file descriptor for io_uring")
+	}
+	fd, _ := rf.uringFD()
+	entries := uint32(1)
+	for int(entries) < len(slots)+1 {
+		entries <<= 1
+	}
+	u, err := newURing(entries)
+	if err != nil {
+		return nil, err
+	}
+	for i, s := range slots {
+		s.uid = uint64(i)
+	}
+	x := &uringExec{dev: dev, u: u, fd: fd, slots: slots, side: newPoolExec(dev, 2, len(slots)), done: make(chan struct{})}
+	go func() {
+		defer close(x.done)
+		if err := u.reap(x.completed); err != nil {
+			dev.log.Error("blkback: io_uring reaper", "err", err)
+		}
+	}()
+	return x, nil
+}
+
+func (x *uringExec) submit(s *slot) {
+	var op uint8
+	switch {
+	case s.req.Operation == OpDiscard || len(s.bufs) == 0:
+	case s.op == OpRead:
+		op = uringOpReadv
+	case s.op == OpWrite:
+		op = uringOpWritev
+	}
+	if op == uringOpNop {
+		x.side.submit(s)
+		return
+	}
+	s.io.Bufs, s.io.Off = s.bufs, int64(s.req.Sector)*SectorSize
+	iov, n := s.io.fillIovecs()
+	x.ops.Add(1)
+	x.dev.stats.InFlight.Add(1)
+	if err := x.u.submit(op, x.fd, iov, n, s.io.Off, s.uid); err != nil {
+		x.ops.Done()
+		x.dev.stats.InFlight.Add(-1)
+		x.dev.log.Warn("blkback: io_uring submit, running on a worker", "err", err)
+		x.side.submit(s)
+	}
+}
+
+// completed runs on the reaper for each CQE.
+func (x *uringExec) completed(user uint64, res int32) bool {
+	if user == uringStop {
+		return false
+	}
+	if user >= uint64(len(x.slots)) {
+		x.dev.log.Error("blkback: io_uring completion for an unknown request", "user", user)
+		return true
+	}
+	s := x.slots[user]
+	x.dev.stats.InFlight.Add(-1)
+	var err error
+	switch {
+	case res >= 0 && uint64(res) == s.bytes:
+		if s.op == OpRead && x.dev.pool != nil {
+			err = s.q.copyOut(s)
+		}
+	default:
+		// Short, refused by O_DIRECT, or failed: the synchronous path
+		// retries it whole (and reports a real error).
+		err = x.dev.execute(s)
+	}
+	s.io.Bufs = nil
+	s.status = StatusOf(err)
+	s.q.complete(s, true)
+	x.ops.Done()
+	return true
+}
+
+func (x *uringExec) stop() {
+	x.ops.Wait()
+	var iov unix.Iovec
+	for x.u.submit(uringOpNop, -1, &iov, 0, 0, uringStop) != nil {
+	}
+	<-x.done
+	x.side.stop()
+	x.u.close()
+}
