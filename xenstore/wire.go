@@ -1,5 +1,17 @@
 // Package xenstore implements the xenstore wire protocol (Xen's
-// xen/include/public/io/xs_wire.h and docs/misc/xenstore.txt).
+// xen/include/public/io/xs_wire.h and docs/misc/xenstore.txt) and a client
+// for it.
+//
+// A Client multiplexes any number of concurrent requests over one
+// connection (OpenXenbus for /dev/xen/xenbus in a domU or driver domain,
+// DialSocket for xenstored's unix socket in dom0, Open for whichever is
+// there, NewClient for anything else such as a pipe to the in-memory
+// server in package xenstored). ERROR replies come back as *Error, which
+// unwraps to a sentinel (errors.Is(err, ErrNotExist)); a connection that
+// breaks the protocol is torn down and everything on it fails with
+// ErrClosed. Transaction retries on ErrAgain. Watches deliver events on a
+// buffered channel and never block the connection; see Watch for what
+// happens when a subscriber falls behind.
 package xenstore
 
 import (
