@@ -382,6 +382,13 @@ func FuzzServeRequests(f *testing.F) {
 	f.Add(false, frame(xenstore.MsgDirectory, 0, "/local/domain\x00"))
 	f.Add(false, xenstore.AppendHeader(nil, xenstore.Header{Type: xenstore.MsgRead, Len: 5000}))
 	f.Add(true, []byte{1, 2, 3})
+	f.Add(false, cat(frame(xenstore.MsgWrite, 0, "/d/a\x00"), frame(xenstore.MsgWrite, 0, "/d/b\x00"),
+		frame(xenstore.MsgDirectoryPart, 0, "/d\x002\x00")))
+	f.Add(false, cat(frame(xenstore.MsgWatch, 0, "@releaseDomain\x00r\x00"), frame(xenstore.MsgIntroduce, 0, "7\x000\x000\x00"),
+		frame(xenstore.MsgRelease, 0, "7\x00"), frame(xenstore.MsgSetPerms, 0, "@releaseDomain\x00n0\x00r5\x00")))
+	f.Add(true, cat(frame(xenstore.MsgWatch, 0, "data\x00t\x00"), frame(xenstore.MsgTransactionStart, 0, "\x00"),
+		frame(xenstore.MsgMkdir, 1, "data/x/y\x00"), frame(xenstore.MsgUnwatch, 0, "data\x00t\x00"),
+		frame(xenstore.MsgResetWatches, 0, "\x00")))
 	f.Fuzz(func(t *testing.T, guest bool, data []byte) {
 		s := New()
 		defer s.Close()
