@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // MemHost is an in-memory Host for the simulator and tests: each TAP is a
@@ -202,8 +203,10 @@ func (q *MemTapQueue) Read(ctx context.Context, b []byte) (int, error) {
 	}
 }
 
-// Write implements TapQueue: the frame is queued for Recv. Like a real TAP
-// whose host side is slow, it drops the frame when the queue is full.
+// Write implements TapQueue: the frame is queued for Recv. Unlike a real
+// TAP (whose host stack may drop at once), it waits up to a second for
+// room, so tests can count every frame, then drops the frame; it gives up
+// when the TAP is closed.
 func (q *MemTapQueue) Write(b []byte) (int, error) {
 	select {
 	case <-q.tap.done:
@@ -214,10 +217,21 @@ func (q *MemTapQueue) Write(b []byte) (int, error) {
 	copy(f, b)
 	select {
 	case q.toHost <- f:
+		return len(b), nil
 	default:
-		q.recycle(f)
 	}
-	return len(b), nil
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case q.toHost <- f:
+		return len(b), nil
+	case <-t.C:
+		q.recycle(f)
+		return len(b), nil // dropped, as a congested host stack does
+	case <-q.tap.done:
+		q.recycle(f)
+		return 0, ErrTapClosed
+	}
 }
 
 func (q *MemTapQueue) buffer(n int) []byte {
