@@ -170,6 +170,14 @@ func (d *Dev) WriteError(ctx context.Context, err error) {
 	}
 }
 
+// clearError forgets the last error so the next one is logged even if it
+// repeats (the device recovered in between).
+func (d *Dev) clearError() {
+	d.mu.Lock()
+	d.lastErr = ""
+	d.mu.Unlock()
+}
+
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s

@@ -472,6 +472,12 @@ func (d *device) start(ctx context.Context) {
 		d.dev.logger().Info("xenbus: resumed", "front", fs.String())
 		return
 	}
+	if (bs == Closing || bs == Closed) && (fs == Closing || fs == Closed || fs == Unknown) {
+		// A previous drvdomd closed it and the frontend has not come back:
+		// stay closed until it reinitialises (no InitWait flicker).
+		d.state = bs
+		return
+	}
 	d.switchState(ctx, InitWait)
 }
 
@@ -581,6 +587,7 @@ func (d *device) step(ctx context.Context) bool {
 			return false
 		}
 		d.connected = true
+		d.dev.clearError()
 		d.switchState(ctx, Connected)
 		d.dev.logger().Info("xenbus: connected", "front", fs.String())
 	case Closing:

@@ -656,3 +656,62 @@ func TestNoGoroutineLeak(t *testing.T) {
 		return ""
 	})
 }
+
+func TestRestartAfterClose(t *testing.T) {
+	e := newEnv(t)
+	e.addDevice("vbd", 51712)
+	// A previous drvdomd closed the device and the frontend is Closed.
+	if err := e.dom0.Write(e.ctx, backPath("vbd", 51712)+"/state", "6"); err != nil {
+		t.Fatal(err)
+	}
+	e.front("vbd", 51712, Closed)
+	var seen []string
+	var mu sync.Mutex
+	w, err := e.dom0.Watch(e.ctx, backPath("vbd", 51712)+"/state", "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	stopWatch := make(chan struct{})
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case _, ok := <-w.Events():
+				if !ok {
+					return
+				}
+				v := e.read(backPath("vbd", 51712) + "/state")
+				mu.Lock()
+				seen = append(seen, v)
+				mu.Unlock()
+			}
+		}
+	}()
+	drv := &fakeDriver{typ: "vbd"}
+	e.start(drv)
+	eventually(t, func() string {
+		if drv.count("probe", "vbd 2/51712") != 1 {
+			return "not probed"
+		}
+		return ""
+	})
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	for _, v := range seen {
+		if v != "6" {
+			t.Errorf("backend state went through %q while the frontend stayed Closed (seen %v)", v, seen)
+		}
+	}
+	mu.Unlock()
+	// The guest comes back.
+	e.front("vbd", 51712, Initialising)
+	e.waitBack("vbd", 51712, InitWait)
+	e.front("vbd", 51712, Initialised)
+	e.waitBack("vbd", 51712, Connected)
+	close(stopWatch)
+	<-watchDone
+}
