@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"drvdom/xenstore"
+	"drvdom/xenstore/xenstored"
 )
 
 // mapStore is a tiny tree for status's reads.
@@ -72,5 +73,42 @@ func TestStatus(t *testing.T) {
 	}
 	if err := writeStatus(context.Background(), s, "nosuch", -1, &b); err == nil {
 		t.Error("no error for a missing driver domain")
+	}
+}
+
+func TestStatusOnXenstored(t *testing.T) {
+	srv := xenstored.New()
+	defer srv.Close()
+	srv.IntroduceDomain(1)
+	srv.IntroduceDomain(2)
+	c := xenstore.NewClient(srv.Connect(0))
+	defer c.Close()
+	ctx := context.Background()
+	for k, v := range map[string]string{
+		"/local/domain/0/name":                         "Domain-0",
+		"/local/domain/1/name":                         "dd",
+		"/local/domain/2/name":                         "g",
+		"/local/domain/1/backend/vbd/2/51728/state":    "2",
+		"/local/domain/1/backend/vbd/2/51728/online":   "1",
+		"/local/domain/1/backend/vbd/2/51728/frontend": "/local/domain/2/device/vbd/51728",
+		"/local/domain/2/device/vbd/51728/state":       "1",
+		"/local/domain/1/backend/vbd/2/51712/state":    "4",
+		"/local/domain/1/backend/vbd/2/51712/online":   "1",
+		"/local/domain/1/backend/vbd/2/51712/frontend": "/local/domain/2/device/vbd/51712",
+		"/local/domain/2/device/vbd/51712/state":       "4",
+	} {
+		if err := c.Write(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var b bytes.Buffer
+	if err := writeStatus(ctx, c, "", 1, &b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	i := strings.Index(out, "51712  Connected  Connected")
+	j := strings.Index(out, "51728  InitWait   Initialising")
+	if i < 0 || j < 0 || i > j {
+		t.Errorf("devices missing or not in numeric order:\n%s", out)
 	}
 }
