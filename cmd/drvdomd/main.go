@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -152,14 +153,18 @@ func daemon(ctx context.Context, console io.Writer) int {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The watchdog has its own context, ended by the deferred wdCancel
+	// only after disarm is decided (a signal must not end it first).
 	var wg sync.WaitGroup
+	wdCtx, wdCancel := context.WithCancel(context.Background())
 	defer wg.Wait()
-	defer cancel()
+	defer wdCancel()
+	var disarm atomic.Bool // set on a clean stop and on configuration errors
 	if cfg.Watchdog {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			feedWatchdog(ctx, "/dev/watchdog", 10*time.Second, log)
+			feedWatchdog(wdCtx, "/dev/watchdog", 10*time.Second, &disarm, log)
 		}()
 	}
 
@@ -179,6 +184,7 @@ func daemon(ctx context.Context, console io.Writer) int {
 		drivers, cleanup, err := buildDrivers(driverEnv{Cfg: cfg, Log: log})
 		if err != nil {
 			log.Error("drvdom mode unavailable", "err", err)
+			disarm.Store(true) // a restart would not help
 			return 1
 		}
 		defer cleanup()
@@ -188,6 +194,7 @@ func daemon(ctx context.Context, console io.Writer) int {
 			return 1
 		}
 	}
+	disarm.Store(true)
 	log.Info("drvdomd stopped")
 	return 0
 }

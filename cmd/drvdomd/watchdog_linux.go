@@ -4,14 +4,17 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
 // feedWatchdog keeps Xen's watchdog (xen_wdt, /dev/watchdog) quiet while
 // drvdomd runs. If drvdomd dies the feeding stops and Xen restarts the
-// domain (on_watchdog="restart"); on a clean stop it writes the magic 'V'
-// to disarm it.
-func feedWatchdog(ctx context.Context, path string, every time.Duration, log *slog.Logger) {
+// domain (on_watchdog="restart"). When ctx ends it writes the magic 'V' to
+// disarm it only if disarm is set (a clean stop or a configuration error
+// that a restart would not fix); otherwise it leaves it armed so that Xen
+// restarts the domain.
+func feedWatchdog(ctx context.Context, path string, every time.Duration, disarm *atomic.Bool, log *slog.Logger) {
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		log.Warn("no watchdog: the domain will not restart by itself if drvdomd dies", "path", path, "err", err)
@@ -26,6 +29,11 @@ func feedWatchdog(ctx context.Context, path string, every time.Duration, log *sl
 		}
 		select {
 		case <-ctx.Done():
+			if !disarm.Load() {
+				f.Close()
+				log.Error("drvdomd failing: watchdog left armed, Xen will restart this domain")
+				return
+			}
 			if _, err := f.Write([]byte("V")); err != nil {
 				log.Warn("watchdog magic close", "err", err)
 			}
