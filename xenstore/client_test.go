@@ -797,7 +797,7 @@ func TestWatchSleepingSubscriberSeesFinalState(t *testing.T) {
 	w, err := c.Watch(ctx, "/slow", "s")
 	require.NoError(t, err)
 
-	const keys, writes = 8, 600
+	const keys, writes, nap = 8, 600, 5 * time.Millisecond
 	final := map[string]string{}
 	state := map[string]string{}
 	rescans := 0
@@ -817,7 +817,7 @@ func TestWatchSleepingSubscriberSeesFinalState(t *testing.T) {
 				if !ok {
 					return
 				}
-				time.Sleep(time.Millisecond) // the slow part
+				time.Sleep(nap) // the slow part
 				if ev.Path == "/slow" {
 					rescans++
 					names, err := c.Directory(ctx, "/slow")
@@ -843,8 +843,8 @@ func TestWatchSleepingSubscriberSeesFinalState(t *testing.T) {
 		final[k] = v
 	}
 	elapsed := time.Since(start)
-	t.Logf("%d writes in %v while the subscriber sleeps 1ms per event", writes, elapsed)
-	assert.Less(t, elapsed, time.Duration(writes)*time.Millisecond, "writes waited for the subscriber")
+	t.Logf("%d writes in %v while the subscriber sleeps %v per event", writes, elapsed, nap)
+	assert.Less(t, elapsed, writes*nap, "writes waited for the subscriber")
 	// A round trip on the watching client: every event queued before it
 	// has been dispatched to the watch.
 	_, err = c.Read(ctx, "/slow/k0")
