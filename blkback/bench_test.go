@@ -159,3 +159,28 @@ func TestSteadyStateAllocs(t *testing.T) {
 		t.Fatalf("%.1f allocations per batch of 32 requests in steady state", allocs)
 	}
 }
+
+// TestBarrierInBatch: a WRITE_BARRIER between writes pushed together waits
+// only for the writes before it, and all three complete (file backing, so
+// the writes run on the I/O engine).
+func TestBarrierInBatch(t *testing.T) {
+	for _, engine := range []string{blkback.EnginePool, blkback.EngineURing} {
+		t.Run(engine, func(t *testing.T) {
+			e := newEnv(t, func(d *blkback.Driver) { d.Engine = engine })
+			path := tempDisk(t, 1<<20)
+			rf := newRawFrontOn(t, e, path, true, blkback.OpWrite, 1)
+			ctx := ctxT(t)
+			b := make([]byte, blkback.RequestSize64)
+			blkback.EncodeRequest(blkback.ABI64, b, &blkback.Request{Operation: blkback.OpWriteBarrier, ID: 1,
+				NrSegments: 1, Sector: 8, Segs: [11]blkback.Segment{{Gref: uint32(rf.share.Refs()[1]), LastSect: 7}}})
+			rf.tmpl[1] = b
+			copy(rf.share.Bytes()[4096:8192], bytes.Repeat([]byte{0x5a}, 4096))
+			for i := 0; i < 20; i++ {
+				rf.batch(t, ctx, 3)
+			}
+			if got := readFile(t, path)[8*512 : 16*512]; !bytes.Equal(got, bytes.Repeat([]byte{0x5a}, 4096)) {
+				t.Fatal("barrier data not on disk")
+			}
+		})
+	}
+}

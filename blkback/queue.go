@@ -72,7 +72,7 @@ type queue struct {
 
 	mu       sync.Mutex // the ring's private indices and responses; inflight
 	drained  *sync.Cond
-	inflight int
+	inflight int // taken (dispatched or being validated) and not answered
 	free     chan *slot
 	batch    []*slot
 	pending  bool // inline responses claimed but not pushed
@@ -152,7 +152,6 @@ func (q *queue) service(ctx context.Context) error {
 				return fmt.Errorf("queue %d: no free request slot", q.idx)
 			}
 			copy(s.raw[:], q.ring.Request())
-			q.inflight++
 			q.batch = append(q.batch, s)
 		}
 		q.mu.Unlock()
@@ -173,6 +172,11 @@ func (q *queue) geometry(g *Geometry) {
 
 // take decodes, validates, maps and dispatches one request copied off the ring.
 func (q *queue) take(s *slot) {
+	// In flight from here: a barrier later in the same batch must not wait
+	// for requests behind it.
+	q.mu.Lock()
+	q.inflight++
+	q.mu.Unlock()
 	var g Geometry
 	q.geometry(&g)
 	r := &s.req
