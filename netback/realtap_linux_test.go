@@ -1,0 +1,226 @@
+//go:build linux
+
+package netback_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"drvdom/internal/xensim/netfront"
+	"drvdom/netback"
+)
+
+// nsRunner runs closures on one OS thread inside a private network
+// namespace (TAP creation, netlink and sockets bind to the thread's netns).
+type nsRunner struct {
+	ch chan func()
+}
+
+func newNsRunner(t *testing.T) *nsRunner {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a network namespace and TAP devices")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skipf("no /dev/net/tun: %v", err)
+	}
+	r := &nsRunner{ch: make(chan func())}
+	ready := make(chan error, 1)
+	stop := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		runtime.LockOSThread() // never unlocked: the thread dies with the namespace
+		ns, err := netns.New()
+		if err != nil {
+			ready <- err
+			return
+		}
+		defer ns.Close()
+		ready <- nil
+		for {
+			select {
+			case f := <-r.ch:
+				f()
+			case <-stop:
+				return
+			}
+		}
+	}()
+	if err := <-ready; err != nil {
+		t.Fatalf("netns: %v", err)
+	}
+	t.Cleanup(func() { close(stop); <-exited })
+	return r
+}
+
+func (r *nsRunner) do(f func()) {
+	done := make(chan struct{})
+	r.ch <- func() { defer close(done); f() }
+	<-done
+}
+
+// nsHost is netback.LinuxHost with every namespace-bound step run inside
+// the runner's namespace.
+type nsHost struct{ r *nsRunner }
+
+func (h nsHost) CreateTap(name, bridge string) (tap netback.Tap, err error) {
+	h.r.do(func() { tap, err = netback.LinuxHost{}.CreateTap(name, bridge) })
+	if err != nil {
+		return nil, err
+	}
+	return nsTap{tap, h.r}, nil
+}
+
+type nsTap struct {
+	netback.Tap
+	r *nsRunner
+}
+
+func (t nsTap) SetQueues(n int) (err error) {
+	t.r.do(func() { err = t.Tap.SetQueues(n) })
+	return err
+}
+
+// TestRealTapBackend runs the whole backend against a real TAP on a real
+// bridge in a private network namespace, with the simulated netfront as the
+// guest: a guest UDP datagram with a blank checksum reaches a host socket,
+// a host datagram reaches the guest, and a 30 kB TCP GSO packet from the
+// guest is accepted by the kernel (which answers it with a RST, as nothing
+// listens).
+func TestRealTapBackend(t *testing.T) {
+	r := newNsRunner(t)
+	e := newEnv(t, func(d *netback.Driver) { d.Host = nsHost{r} })
+	v := e.attach(t, 2, 0, netfront.Nic{Bridge: "xenbr5"}, netfront.Config{Queues: 2, Split: true})
+	ctx := ctxT(t)
+	guestMAC := netback.TestGuestMAC
+	guestIP := net.IPv4(169, 254, 9, 2).To4()
+	var brMAC [6]byte
+	var conn *net.UDPConn
+	var err error
+	r.do(func() {
+		br, e1 := netlink.LinkByName("xenbr5")
+		tap, e2 := netlink.LinkByName("vif2.0")
+		if e1 != nil || e2 != nil {
+			err = errorsJoin(e1, e2)
+			return
+		}
+		if tap.Attrs().MasterIndex != br.Attrs().Index {
+			t.Errorf("vif2.0 not enslaved to xenbr5")
+		}
+		addr, _ := netlink.ParseAddr("169.254.9.1/24")
+		if err = netlink.AddrAdd(br, addr); err != nil {
+			return
+		}
+		if err = netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
+			IP: guestIP, HardwareAddr: net.HardwareAddr(guestMAC[:])}); err != nil {
+			return
+		}
+		br, _ = netlink.LinkByName("xenbr5")
+		copy(brMAC[:], br.Attrs().HardwareAddr)
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(169, 254, 9, 1), Port: 5001})
+	})
+	if err != nil {
+		t.Fatalf("netns setup: %v", err)
+	}
+	defer conn.Close()
+
+	// Guest -> host, checksum left blank.
+	fr := netback.BuildFrame(netback.FrameOpts{UDP: true, Payload: 300, PartialSum: true, Dst: brMAC, Seed: 5})
+	if err := v.f.Send(ctx, 1, netfront.Packet{Frame: fr, Flags: netback.TxCsumBlank | netback.TxDataValidated}, 0); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 65536)
+	n, from, err := conn.ReadFromUDP(buf)
+	if err != nil {
+		t.Fatalf("host socket got nothing: %v", err)
+	}
+	if n != 300 || !bytes.Equal(buf[:n], fr[14+20+8:]) || !from.IP.Equal(guestIP) {
+		t.Fatalf("host got %d bytes from %v", n, from)
+	}
+
+	// Host -> guest.
+	payload := bytes.Repeat([]byte("drvdom"), 200)
+	if _, err := conn.WriteToUDP(payload, &net.UDPAddr{IP: guestIP, Port: 7}); err != nil {
+		t.Fatal(err)
+	}
+	p := waitGuestIPv4(t, v.f, 2, protoUDPNum)
+	if !bytes.Equal(p.Frame[14+20+8:], payload) {
+		t.Fatalf("guest got %d-byte UDP frame with other data", len(p.Frame))
+	}
+	if p.Flags&netback.RxCsumBlank != 0 {
+		netback.CompleteCsum(p.Frame, 34, 6)
+	}
+	if !netback.L4CsumOK(p.Frame) {
+		t.Fatalf("guest UDP frame checksum wrong (flags %#x)", p.Flags)
+	}
+
+	// Guest TSO: a 30 kB TCP GSO packet to a closed port gets a RST back.
+	big := netback.BuildFrame(netback.FrameOpts{Payload: 30000, PartialSum: true, Dst: brMAC, Seed: 6})
+	if err := v.f.Send(ctx, 0, netfront.Packet{Frame: big, Flags: netback.TxCsumBlank,
+		GSOType: netback.GSOTypeTCPv4, GSOSize: 1448}, 0); err != nil {
+		t.Fatal(err)
+	}
+	rst := waitGuestIPv4(t, v.f, 2, protoTCPNum)
+	if rst.Frame[14+20+13]&0x04 == 0 {
+		t.Fatalf("kernel answered the GSO packet with TCP flags %#x, want RST", rst.Frame[14+20+13])
+	}
+	if s := e.drvStats(t, v); s.TxPackets != 2 || s.TxErrors+s.TxDropped != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+const (
+	protoUDPNum = 17
+	protoTCPNum = 6
+)
+
+// waitGuestIPv4 returns the next IPv4 frame of protocol proto received on
+// any of the guest's queues, skipping the kernel's other chatter.
+func waitGuestIPv4(t *testing.T, f *netfront.Front, queues int, proto byte) netfront.Packet {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		for q := 0; q < queues; q++ {
+			select {
+			case p := <-f.RecvChan(q):
+				if len(p.Frame) > 34 && binary.BigEndian.Uint16(p.Frame[12:]) == 0x0800 && p.Frame[14+9] == proto {
+					return p
+				}
+			default:
+			}
+		}
+		select {
+		case <-deadline:
+			t.Fatalf("guest got no IPv4 protocol %d frame", proto)
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+func (e *env) drvStats(t *testing.T, v *vif) netback.Stats {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for {
+		s, err := e.d0.Read(ctx, v.nic.BackPath()+"/"+netback.StatsKey)
+		var st netback.Stats
+		if err == nil && jsonUnmarshal(s, &st) == nil && st.TxPackets > 0 {
+			return st
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no stats: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
