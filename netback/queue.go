@@ -71,6 +71,14 @@ func newQueue(cfg queueConfig) (q *queue, err error) {
 	if q.rx, err = ring.NewBack(q.rxMap.Bytes(), RxEntrySize); err != nil {
 		return q, fmt.Errorf("queue %d: rx ring: %w", cfg.id, err)
 	}
+	// Crash-only restart: responses below the shared rsp_prod were
+	// published by an earlier backend process; requests it took but never
+	// answered are taken again (a tx packet may go out twice, which the
+	// network tolerates; an rx buffer is simply filled again). A fresh
+	// ring has rsp_prod 0. Responses are always pushed a whole packet at a
+	// time, so rsp_prod never splits a chain.
+	q.tx.Resume(q.tx.SharedRspProd(), q.tx.SharedRspProd())
+	q.rx.Resume(q.rx.SharedRspProd(), q.rx.SharedRspProd())
 	if q.localTx, err = cfg.events.BindInterdomain(cfg.front, cfg.txPort); err != nil {
 		return q, fmt.Errorf("queue %d: bind event channel %d: %w", cfg.id, cfg.txPort, err)
 	}

@@ -59,7 +59,21 @@ func newEnv(t testing.TB, tune func(*netback.Driver)) *env {
 	if tune != nil {
 		tune(e.drv)
 	}
-	ddStore := dd.Xenstore()
+	e.stop = e.startManager()
+	e.close = sync.OnceFunc(func() {
+		e.stop()
+		e.d0.Close()
+		host.Close()
+	})
+	t.Cleanup(e.close)
+	return e
+}
+
+// startManager runs a vif Manager with e.drv in the driver domain, as one
+// drvdomd process would; the returned func stops it (a clean shutdown or a
+// crash: the manager leaves xenstore as it is).
+func (e *env) startManager() func() {
+	ddStore := e.dd.Xenstore()
 	mgr := xenbus.NewManager(ddStore, ddID, quietLog(), e.drv)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -67,15 +81,11 @@ func newEnv(t testing.TB, tune func(*netback.Driver)) *env {
 		defer close(done)
 		mgr.Run(ctx)
 	}()
-	e.stop = sync.OnceFunc(func() { cancel(); <-done })
-	e.close = sync.OnceFunc(func() {
-		e.stop()
+	return sync.OnceFunc(func() {
+		cancel()
+		<-done
 		ddStore.Close()
-		e.d0.Close()
-		host.Close()
 	})
-	t.Cleanup(e.close)
-	return e
 }
 
 func ctxT(t testing.TB) context.Context {
