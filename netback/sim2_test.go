@@ -491,4 +491,21 @@ func TestSimBackendRestart(t *testing.T) {
 	if c := v.f.Counters(0); c.TxError+c.TxDropped+c.TxBad != 0 {
 		t.Fatalf("guest saw bad responses across the restart: %+v", c)
 	}
+	// The new process took up exactly where the old one stopped: it did not
+	// re-read answered slots (whose first bytes now hold responses).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := e.d0.Read(ctx, v.nic.BackPath()+"/"+netback.StatsKey)
+		var s netback.Stats
+		if err == nil && jsonUnmarshal(st, &s) == nil && s.TxPackets == 3 && s.RxPackets == 2 {
+			if s.TxErrors != 0 || s.RxErrors != 0 {
+				t.Fatalf("restarted backend stats %+v", s)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restarted backend stats %q %v", st, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
