@@ -123,7 +123,9 @@ func daemon(ctx context.Context, console io.Writer) int {
 	if n, err := ml.Load(without(cfg.Modules, BackendModules)...); err != nil {
 		log.Warn("some modules did not load; carrying on", "loaded", n, "first_err", err)
 	}
-	if err := ensureMount(xenfsMount, log); err != nil {
+	if _, err := os.Stat(xenfsMount.target); err != nil {
+		log.Error("no /proc/xen: not running on Xen, or the xenfs module did not load", "err", err)
+	} else if err := ensureMount(xenfsMount, log); err != nil {
 		log.Error("xenfs", "err", err)
 	}
 
