@@ -173,9 +173,10 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 		return nil, err
 	}
 	init := BaseInit()
-	d, _, err := b.cached("initrd", 40*time.Second, map[string]string{"rootfs": rootKey, "modules": modKey, "init": init}, func(dir string) error {
+	in := map[string]string{"rootfs": rootKey, "modules": modKey, "init": init, "exclude": strings.Join(PackExclude, " ")}
+	d, _, err := b.cached("initrd", 40*time.Second, in, func(dir string) error {
 		out := filepath.Join(dir, "initrd.cpio.gz")
-		if err := b.run(ctx, rootfs, "sh", "-c", "find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > "+shellQuote(out)); err != nil {
+		if err := b.run(ctx, rootfs, "sh", "-c", "find . "+findPrune(PackExclude)+" -print0 | cpio --null -o -H newc --quiet | gzip -1 > "+shellQuote(out)); err != nil {
 			return err
 		}
 		// A second archive, concatenated: the kernel unpacks both.
@@ -234,6 +235,24 @@ func (b *Builder) rootfs(ctx context.Context, v *Versions) (string, string, erro
 var RootfsStrip = []string{"usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
 	"var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "usr/share/i18n", "usr/share/zoneinfo",
 	"usr/lib/x86_64-linux-gnu/gconv"}
+
+// PackExclude are rootfs paths left out of the ramdisk: every domain
+// unpacks the ramdisk into RAM, and nothing the lab runs needs these (udev
+// hwdb, Xen's PVH shim, Python: xl, xenstored and xenconsoled are C).
+var PackExclude = []string{"usr/lib/udev/hwdb.bin", "usr/lib/udev/hwdb.d", "usr/lib/xen-4.17/boot",
+	"usr/lib/python3.11", "usr/lib/python3", "usr/bin/python3.11", "usr/share/perl", "usr/lib/x86_64-linux-gnu/perl"}
+
+// findPrune returns find(1) arguments that skip paths (relative to ".").
+func findPrune(paths []string) string {
+	if len(paths) == 0 {
+		return ""
+	}
+	parts := make([]string, len(paths))
+	for i, p := range paths {
+		parts[i] = "-path " + shellQuote("./"+p)
+	}
+	return "\\( " + strings.Join(parts, " -o ") + " \\) -prune -o"
+}
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 

@@ -5,7 +5,7 @@ import "fmt"
 // FioRandRead is the lab's standard disk figure: 4k random read, QD16,
 // libaio, O_DIRECT, 10 s, JSON output to OUT.
 func FioRandRead(name, dev, out string) string {
-	return fmt.Sprintf("fio --name=%s --filename=%s --rw=randread --bs=4k --iodepth=16 --ioengine=libaio --direct=1 --runtime=10 --time_based --output-format=json --output=%s", name, dev, out)
+	return fmt.Sprintf("fio --name=%s --filename=%s --rw=randread --bs=4k --iodepth=16 --ioengine=libaio --direct=1 --runtime=10 --time_based --output-format=json --eta=never --output=%s", name, dev, out)
 }
 
 // GuestBenchScript is the guest's job in `xenlab run`: fio through the
@@ -44,7 +44,7 @@ fi
 
 // verifyJob is the fio job of the data-integrity check; the same job with
 // --verify_only re-reads and checks what it wrote.
-const verifyJob = "fio --name=verify --filename=/dev/xvdb --rw=randwrite --bs=4k --size=32M --ioengine=libaio --iodepth=16 --direct=1 --verify=crc32c --randseed=42 --output-format=json"
+const verifyJob = "fio --name=verify --filename=/dev/xvdb --rw=randwrite --bs=4k --size=32M --ioengine=libaio --iodepth=16 --direct=1 --verify=crc32c --randseed=42 --output-format=json --eta=never"
 
 // GuestE2EScript is the guest's half of `xenlab e2e`. It cues dom0 with
 // PHASE markers and checks, from inside, what dom0's detach/attach did.

@@ -180,7 +180,7 @@ func TestDom0Script(t *testing.T) {
 	plain := Scenario{Backend: BackendKernel}.Dom0Script()
 	e2e := Scenario{Backend: BackendKernel, E2E: true, GuestTimeout: 90 * time.Second}.Dom0Script()
 	for _, want := range []string{"xl pci-assignable-add 0000:00:05.0", "xl pci-assignable-add 0000:00:06.0",
-		"/sys/bus/pci/devices/0000:00:07.0/net", "169.254.0.1/16", "xl create /lab/drvdom.cfg", "xl create /lab/guest.cfg",
+		"/sys/bus/pci/devices/0000:00:07.0/net", "169.254.0.1/16", "create /lab/drvdom.cfg", "create /lab/guest.cfg", ReadyShell,
 		"drvdom-no-stale-backends"} {
 		if !strings.Contains(plain, want) {
 			t.Errorf("dom0 script lacks %q", want)
@@ -193,6 +193,9 @@ func TestDom0Script(t *testing.T) {
 		if !strings.Contains(e2e, want) {
 			t.Errorf("e2e dom0 script lacks %q", want)
 		}
+	}
+	if img := (Scenario{Backend: BackendKernel, DrvdomImage: "/x.cpio.gz"}).Dom0Script(); !strings.Contains(img, ReadyImage) || strings.Contains(img, ReadyShell) {
+		t.Error("image driver domain: dom0 waits for the wrong readiness line")
 	}
 	if ng := (Scenario{Backend: BackendKernel, NoGuest: true}).Dom0Script(); strings.Contains(ng, "guest.cfg") {
 		t.Error("--no-guest still creates the guest")

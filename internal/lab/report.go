@@ -12,7 +12,7 @@ import (
 type Report struct {
 	Out          string
 	Result       *Result
-	Checks       []Check          // in log order: dom0's, the driver domain's, the guest's
+	Checks       []Check           // in log order: dom0's, the driver domain's, the guest's
 	Files        map[string][]byte // lab_put files (also written to Out)
 	FailedDomain string
 	FailedWhy    string

@@ -250,4 +250,3 @@ func Timeline(ms []Marker) map[string]float64 {
 	}
 	return out
 }
-

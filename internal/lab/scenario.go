@@ -49,6 +49,29 @@ type Scenario struct {
 	DiskTarget   string // the guest disk's path inside the driver domain (default /dev/nvme0n1)
 	// GuestTimeout bounds the guest script (dom0 gives up after it).
 	GuestTimeout time.Duration
+	// DrvdomReady is the console text dom0 waits for before it creates the
+	// guest; default ReadyShell for the shell driver domain, ReadyImage
+	// for an image.
+	DrvdomReady string
+}
+
+// Readiness lines dom0 waits for in the driver domain's console. An image
+// may print ReadyShell itself (exactly "@@LAB READY drvdom@@" on a line of
+// its own) once its backends watch xenstore; otherwise dom0 waits for
+// drvdomd's log line naming the domain, printed just before it serves.
+const (
+	ReadyShell = "@@LAB READY drvdom"
+	ReadyImage = `msg="driver domain"`
+)
+
+func (s Scenario) readyPattern() string {
+	switch {
+	case s.DrvdomReady != "":
+		return s.DrvdomReady
+	case s.DrvdomImage != "":
+		return ReadyImage
+	}
+	return ReadyShell
 }
 
 // DrvdomKind names the driver domain's image kind.
@@ -73,7 +96,7 @@ func (s Scenario) DrvdomConfig() DomainConfig {
 		mem = ImageDDMem
 	}
 	return DomainConfig{
-		Name: DrvdomName, Kernel: "/lab/vmlinuz", Ramdisk: "/lab/drvdom.img",
+		Name: DrvdomName, Kernel: "/tmp/img/vmlinuz", Ramdisk: "/tmp/img/drvdom.img",
 		Extra:    "console=hvc0 lab.role=drvdom drvdom.backend=" + s.Backend,
 		MemoryMB: mem, VCPUs: 1, DriverDomain: true, PCI: []string{NVMeBDF, DDNicBDF},
 	}
@@ -82,11 +105,11 @@ func (s Scenario) DrvdomConfig() DomainConfig {
 // GuestConfig is the guest's xl config: disk and NIC served by the driver domain.
 func (s Scenario) GuestConfig() DomainConfig {
 	return DomainConfig{
-		Name: GuestName, Kernel: "/lab/vmlinuz", Ramdisk: "/lab/guest.img",
+		Name: GuestName, Kernel: "/tmp/img/vmlinuz", Ramdisk: "/tmp/img/guest.img",
 		Extra:    "console=hvc0 lab.role=guest lab.ip=" + GuestIP,
 		MemoryMB: GuestMemMB, VCPUs: 1,
-		Disks:    []string{DiskSpec(GuestVdev, DrvdomName, s.target())},
-		VIFs:     []string{VIFSpec(DrvdomName, Bridge, GuestMAC)},
+		Disks: []string{DiskSpec(GuestVdev, DrvdomName, s.target())},
+		VIFs:  []string{VIFSpec(DrvdomName, Bridge, GuestMAC)},
 	}
 }
 
@@ -121,14 +144,18 @@ ip link set lo up
 ip addr add %[6]s/16 dev "$nic"
 ip link set "$nic" up
 iperf3 -s -D -B %[6]s --logfile /tmp/iperf3-server.log
-timeout 180 xl create /lab/drvdom.cfg || fail_domain %[1]s "xl create failed"
+# libxenguest mmaps the kernel and ramdisk: over 9p that crawls, so copy them.
+mkdir -p /tmp/img
+cp /lab/vmlinuz /lab/drvdom.img /lab/guest.img /tmp/img/ || fail_domain dom0 "cannot copy images from /lab"
+lab_t images-copied
+timeout 300 xl -vvv create /lab/drvdom.cfg 2>/lab/xl-create-drvdom.log || fail_domain %[1]s "xl create failed"
 lab_t drvdom-created
 DD=$(xl domid %[1]s)
-lab_wait_log "$DDLOG" "@@LAB READY drvdom" %[7]d || fail_domain %[1]s "no READY marker after %[7]ds"
+lab_wait_log "$DDLOG" '%[8]s' %[7]d || fail_domain %[1]s "not ready after %[7]ds (waited for: %[8]s)"
 lab_t drvdom-ready
-`, DrvdomName, GuestName, NVMeBDF, DDNicBDF, Dom0NicBD, Dom0IP, defaultWait)
+`, DrvdomName, GuestName, NVMeBDF, DDNicBDF, Dom0NicBD, Dom0IP, defaultWait, s.readyPattern())
 	if !s.NoGuest {
-		fmt.Fprintf(&b, `timeout 180 xl create /lab/guest.cfg || fail_domain %[1]s "xl create failed"
+		fmt.Fprintf(&b, `timeout 300 xl -vvv create /lab/guest.cfg 2>/lab/xl-create-guest.log || fail_domain %[1]s "xl create failed"
 lab_t guest-created
 GID=$(xl domid %[1]s)
 lab_wait_log "$GLOG" "@@LAB READY guest" %[2]d || fail_domain %[1]s "no READY marker after %[2]ds"
