@@ -34,7 +34,10 @@ type Driver struct {
 	// StatsInterval is how often drvdom-stats is rewritten (5 s if 0; never
 	// periodically if negative).
 	StatsInterval time.Duration
-	Log           *slog.Logger
+	// RxDrainTimeout is how long a packet for the guest waits for rx
+	// buffers before it is dropped (DefaultRxDrainTimeout if 0).
+	RxDrainTimeout time.Duration
+	Log            *slog.Logger
 }
 
 var _ xenbus.Driver = (*Driver)(nil)
@@ -178,6 +181,7 @@ func (v *Vif) Connect(ctx context.Context) error {
 		c.feat, c.mcast, c.mapper, c.log = feat, mcast, v.drv.Mapper, v.log
 		c.tap = v.tap.Queue(i)
 		c.stats = &counters{}
+		c.rxDrain = v.drv.RxDrainTimeout
 		if v.rateCfg != nil {
 			r := *v.rateCfg
 			c.rate = &r

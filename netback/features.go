@@ -36,7 +36,7 @@ func (f frontFeatures) gsoMask() uint8 {
 	if f.gsoTCPv4 {
 		m |= 1 << GSOTypeTCPv4
 	}
-	if f.gsoTCPv6 {
+	if f.gsoTCPv6 && f.ipv6Csum { // TSO6 needs IPv6 checksum offload (as NETIF_F_TSO6 needs NETIF_F_IPV6_CSUM)
 		m |= 1 << GSOTypeTCPv6
 	}
 	return m

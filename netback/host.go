@@ -77,7 +77,7 @@ func offloadFor(f frontFeatures) uint32 {
 	if f.sg && f.gsoTCPv4 {
 		o |= TunFTSO4 | TunFTSOECN
 	}
-	if f.sg && f.gsoTCPv6 {
+	if f.sg && f.gsoTCPv6 && f.ipv6Csum {
 		o |= TunFTSO6 | TunFTSOECN
 	}
 	return o

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"drvdom/evtchn"
 	"drvdom/grant"
@@ -29,6 +30,8 @@ type queueConfig struct {
 	tap    TapQueue
 	log    *slog.Logger
 	stats  *counters
+	// rxDrain: how long a packet waits for rx buffers (0: default).
+	rxDrain time.Duration
 }
 
 // queue serves one tx/rx ring pair with two goroutines: the tx goroutine

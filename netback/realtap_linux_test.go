@@ -4,7 +4,6 @@ package netback_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"net"
 	"os"
@@ -205,22 +204,5 @@ func waitGuestIPv4(t *testing.T, f *netfront.Front, queues int, proto byte) netf
 			t.Fatalf("guest got no IPv4 protocol %d frame", proto)
 		case <-time.After(time.Millisecond):
 		}
-	}
-}
-
-func (e *env) drvStats(t *testing.T, v *vif) netback.Stats {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for {
-		s, err := e.d0.Read(ctx, v.nic.BackPath()+"/"+netback.StatsKey)
-		var st netback.Stats
-		if err == nil && jsonUnmarshal(s, &st) == nil && st.TxPackets > 0 {
-			return st
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("no stats: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

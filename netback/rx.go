@@ -2,9 +2,11 @@ package netback
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"drvdom/grant"
 )
@@ -62,12 +64,22 @@ func (q *queue) rxPacket(ctx context.Context, pkt []byte) error {
 		q.stats.rxDropped.Add(1)
 		return nil
 	}
-	meta, err := rxMetaOf(DecodeVnetHdr(pkt), q.feat.gsoMask())
+	vh := DecodeVnetHdr(pkt)
+	meta, err := rxMetaOf(vh, q.feat.gsoMask())
 	if err != nil {
 		q.stats.rxDropped.Add(1)
 		return nil
 	}
 	frame := pkt[VnetHdrSize:]
+	if meta.flags&RxCsumBlank != 0 && !meta.hasGSO && (q.feat.noCsumOffload ||
+		!q.feat.ipv6Csum && len(frame) > 13 && binary.BigEndian.Uint16(frame[12:]) == etherTypeIPv6) {
+		// The guest cannot take this partial checksum: finish it here.
+		if err := completeCsum(frame, vh); err != nil {
+			q.stats.rxDropped.Add(1)
+			return nil
+		}
+		meta.flags = RxDataValidated
+	}
 	if q.mcast != nil && !q.mcast.accepts(frame) {
 		q.stats.rxDropped.Add(1)
 		return nil
@@ -81,6 +93,10 @@ func (q *queue) rxPacket(ctx context.Context, pkt []byte) error {
 		slots++
 	}
 	if err := q.waitRxSlots(ctx, slots); err != nil {
+		if errors.Is(err, errRxStalled) {
+			q.stats.rxDropped.Add(1) // the guest posts no buffers: drop, keep draining the TAP
+			return nil
+		}
 		return err
 	}
 	// Take the requests (copied out before use) and build the copies.
@@ -148,7 +164,18 @@ func (q *queue) rxPacket(ctx context.Context, pkt []byte) error {
 // waitRxSlots blocks until the frontend has posted at least n rx buffers,
 // arming req_event (as Linux's xenvif_rx_ring_slots_available does:
 // req_event = req_prod + 1) so that its next post notifies us.
+//
+// If the guest posts nothing for rxDrain it returns errRxStalled and the
+// packet is dropped, as Linux netback's rx_drain_timeout does, so a guest
+// that stopped receiving cannot hold the TAP queue (and the host's
+// senders) forever.
 func (q *queue) waitRxSlots(ctx context.Context, n int) error {
+	var stall *time.Timer
+	defer func() {
+		if stall != nil {
+			stall.Stop()
+		}
+	}()
 	for {
 		avail, err := q.rx.Unconsumed()
 		if err != nil {
@@ -174,12 +201,30 @@ func (q *queue) waitRxSlots(ctx context.Context, n int) error {
 		if more {
 			continue
 		}
+		if stall == nil {
+			stall = time.NewTimer(q.rxDrainTimeout()) // slow path only
+		}
 		select {
 		case <-q.rxWake:
+		case <-stall.C:
+			return errRxStalled
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+var errRxStalled = errors.New("netback: guest posts no rx buffers")
+
+// DefaultRxDrainTimeout is how long a packet waits for rx buffers before it
+// is dropped (Linux's rx_drain_timeout_msecs).
+const DefaultRxDrainTimeout = 10 * time.Second
+
+func (q *queue) rxDrainTimeout() time.Duration {
+	if q.rxDrain > 0 {
+		return q.rxDrain
+	}
+	return DefaultRxDrainTimeout
 }
 
 // mcastList is a vif's multicast filter (request-multicast-control): rx

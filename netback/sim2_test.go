@@ -509,3 +509,55 @@ func TestSimBackendRestart(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestSimRxDrainTimeout: a packet the guest has no buffers for is dropped
+// after the drain timeout, and the queue goes on with the next one.
+func TestSimRxDrainTimeout(t *testing.T) {
+	e := newEnv(t, func(d *netback.Driver) { d.RxDrainTimeout = 30 * time.Millisecond })
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2})
+	inject(t, v.tap, 0, netback.VnetHdr{}, netback.BuildFrame(netback.FrameOpts{Payload: 10000}))
+	small := netback.BuildFrame(netback.FrameOpts{Payload: 100, Seed: 3})
+	inject(t, v.tap, 0, netback.VnetHdr{}, small)
+	if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, small) {
+		t.Fatal("frame after the stalled one differs")
+	}
+	if s := e.drvStats(t, v); s.RxDropped != 1 || s.RxPackets != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestSimRxChecksumForGuestsWithoutOffload: partial checksums are finished
+// in the backend for a guest that cannot take them (no IPv6 checksum
+// offload; feature-no-csum-offload), and the TAP offloads follow.
+func TestSimRxChecksumForGuestsWithoutOffload(t *testing.T) {
+	e := newEnv(t, nil)
+	v6 := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{NoIPv6Csum: true})
+	none := e.attach(t, 3, 0, netfront.Nic{}, netfront.Config{NoCsumOffload: true})
+	if o := v6.tap.Offload(); o != netback.TunFCsum|netback.TunFTSO4|netback.TunFTSOECN {
+		t.Fatalf("no-ipv6-csum guest: offload %#x", o)
+	}
+	if o := none.tap.Offload(); o != 0 {
+		t.Fatalf("no-csum-offload guest: offload %#x", o)
+	}
+	u6 := netback.BuildFrame(netback.FrameOpts{IPv6: true, UDP: true, Payload: 333, PartialSum: true})
+	inject(t, v6.tap, 0, netback.VnetHdr{Flags: netback.VnetFNeedsCsum, CsumStart: 54, CsumOffset: 6}, u6)
+	p := recvGuest(t, v6.f, 0)
+	if p.Flags != netback.RxDataValidated || !netback.L4CsumOK(p.Frame) {
+		t.Fatalf("ipv6 to a guest without ipv6 csum offload: flags %#x, checksum ok %v", p.Flags, netback.L4CsumOK(p.Frame))
+	}
+	t4 := netback.BuildFrame(netback.FrameOpts{Payload: 500, PartialSum: true})
+	inject(t, v6.tap, 0, netback.VnetHdr{Flags: netback.VnetFNeedsCsum, CsumStart: 34, CsumOffset: 16}, t4)
+	if p := recvGuest(t, v6.f, 0); p.Flags != netback.RxCsumBlank|netback.RxDataValidated || netback.L4CsumOK(p.Frame) {
+		t.Fatalf("ipv4 to the same guest should stay partial: flags %#x", p.Flags)
+	}
+	inject(t, none.tap, 0, netback.VnetHdr{Flags: netback.VnetFNeedsCsum, CsumStart: 34, CsumOffset: 16}, t4)
+	if p := recvGuest(t, none.f, 0); p.Flags != netback.RxDataValidated || !netback.L4CsumOK(p.Frame) {
+		t.Fatalf("no-csum-offload guest: flags %#x, checksum ok %v", p.Flags, netback.L4CsumOK(p.Frame))
+	}
+	// A bogus csum_start from the host side is dropped, not followed.
+	inject(t, none.tap, 0, netback.VnetHdr{Flags: netback.VnetFNeedsCsum, CsumStart: 60000, CsumOffset: 16}, t4)
+	inject(t, none.tap, 0, netback.VnetHdr{}, t4)
+	if p := recvGuest(t, none.f, 0); p.Flags != 0 {
+		t.Fatalf("after a bogus header: flags %#x", p.Flags)
+	}
+}

@@ -298,3 +298,21 @@ func rxMetaOf(h VnetHdr, gsoMask uint8) (rxMeta, error) {
 	m.gso = ExtraInfo{Type: ExtraTypeGSO, GSOType: t, GSOSize: h.GSOSize}
 	return m, nil
 }
+
+// completeCsum finishes a partial checksum in software (for a guest that
+// cannot take one): the one's complement sum from csum_start, stored at
+// csum_start+csum_offset, as a NIC does for VIRTIO_NET_HDR_F_NEEDS_CSUM.
+// It refuses offsets outside the frame.
+func completeCsum(frame []byte, h VnetHdr) error {
+	start, off := int(h.CsumStart), int(h.CsumOffset)
+	if start+off+2 > len(frame) {
+		return fmt.Errorf("%w: csum_start %d + csum_offset %d outside a %d-byte frame", ErrChecksumSetup, start, off, len(frame))
+	}
+	// The field holds the pseudo-header sum; it is part of what is summed.
+	c := ^fold(sumBytes(0, frame[start:]))
+	if c == 0 && off == udpCsumOffset {
+		c = 0xffff // UDP: zero means no checksum
+	}
+	binary.BigEndian.PutUint16(frame[start+off:], c)
+	return nil
+}

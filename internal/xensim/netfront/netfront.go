@@ -38,6 +38,11 @@ type Config struct {
 	Split  bool // event-channel-tx/-rx (when the backend offers it)
 	NoSG   bool // do not write feature-sg (and thus no rx GSO)
 	NoGSO  bool // do not write feature-gso-tcpv4/-tcpv6
+	// NoIPv6Csum does not write feature-ipv6-csum-offload.
+	NoIPv6Csum bool
+	// NoCsumOffload writes feature-no-csum-offload=1 (the guest wants
+	// every received packet fully checksummed).
+	NoCsumOffload bool
 	// MulticastControl writes request-multicast-control.
 	MulticastControl bool
 	// RxBuffers is how many rx buffers to post per queue (ring size if 0).
@@ -169,7 +174,12 @@ func Attach(ctx context.Context, store *xenstore.Client, sharer grant.Sharer, ev
 	}
 	kv["request-rx-copy"] = "1"
 	kv["feature-rx-notify"] = "1"
-	kv["feature-ipv6-csum-offload"] = "1"
+	if !cfg.NoIPv6Csum {
+		kv["feature-ipv6-csum-offload"] = "1"
+	}
+	if cfg.NoCsumOffload {
+		kv["feature-no-csum-offload"] = "1"
+	}
 	if !cfg.NoSG {
 		kv["feature-sg"] = "1"
 	}
