@@ -223,3 +223,35 @@ func TestRealTap(t *testing.T) {
 		}
 	})
 }
+
+// TestEnsureBridge creates a bridge with an uplink (a dummy NIC standing in
+// for the passed-through one), idempotently, and refuses a non-bridge.
+func TestEnsureBridge(t *testing.T) {
+	inNetns(t, func() {
+		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "eth9"}}); err != nil {
+			t.Errorf("dummy: %v", err)
+			return
+		}
+		for i := 0; i < 2; i++ {
+			if err := EnsureBridge("xenbr0", "eth9"); err != nil {
+				t.Errorf("EnsureBridge #%d: %v", i, err)
+				return
+			}
+		}
+		br, err := netlink.LinkByName("xenbr0")
+		if err != nil || br.Type() != "bridge" || br.Attrs().Flags&net.FlagUp == 0 {
+			t.Errorf("bridge: %v %v", br, err)
+			return
+		}
+		up, _ := netlink.LinkByName("eth9")
+		if up.Attrs().MasterIndex != br.Attrs().Index || up.Attrs().Flags&net.FlagUp == 0 {
+			t.Errorf("uplink master %d (bridge %d), flags %v", up.Attrs().MasterIndex, br.Attrs().Index, up.Attrs().Flags)
+		}
+		if err := EnsureBridge("eth9", ""); err == nil {
+			t.Error("a dummy NIC accepted as a bridge")
+		}
+		if err := EnsureBridge("xenbr1", "nope0"); err == nil {
+			t.Error("a missing uplink accepted")
+		}
+	})
+}
