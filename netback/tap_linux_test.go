@@ -224,12 +224,14 @@ func TestRealTap(t *testing.T) {
 	})
 }
 
-// TestEnsureBridge creates a bridge with an uplink (a dummy NIC standing in
-// for the passed-through one), idempotently, and refuses a non-bridge.
+// TestEnsureBridge creates a bridge with an uplink (a persistent TAP
+// standing in for the passed-through NIC: it needs no module beyond tun),
+// idempotently, and refuses a non-bridge or a missing uplink.
 func TestEnsureBridge(t *testing.T) {
 	inNetns(t, func() {
-		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "eth9"}}); err != nil {
-			t.Errorf("dummy: %v", err)
+		if err := netlink.LinkAdd(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "eth9"}, Mode: netlink.TUNTAP_MODE_TAP,
+			Flags: netlink.TUNTAP_DEFAULTS}); err != nil {
+			t.Errorf("uplink: %v", err)
 			return
 		}
 		for i := 0; i < 2; i++ {
@@ -248,7 +250,7 @@ func TestEnsureBridge(t *testing.T) {
 			t.Errorf("uplink master %d (bridge %d), flags %v", up.Attrs().MasterIndex, br.Attrs().Index, up.Attrs().Flags)
 		}
 		if err := EnsureBridge("eth9", ""); err == nil {
-			t.Error("a dummy NIC accepted as a bridge")
+			t.Error("a NIC accepted as a bridge")
 		}
 		if err := EnsureBridge("xenbr1", "nope0"); err == nil {
 			t.Error("a missing uplink accepted")
