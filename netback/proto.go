@@ -1,18 +1,3 @@
-// Package netback is a userspace Xen netif backend: it serves the
-// paravirtual network device of xen/include/public/io/netif.h to a guest's
-// netfront, moving packets between the guest's tx/rx shared rings (by batched
-// grant copy) and a host TAP device (with a virtio-net header carrying GSO
-// and checksum offload), bridged to the driver domain's uplink.
-//
-// The path of a guest packet, one file per layer: proto.go (wire layout),
-// tx.go (event, ring, chain validation, grant copy, virtio-net header, TAP
-// write, responses), vnet.go (checksum/GSO header mapping), tap*.go (the
-// device), driver.go (xenbus lifecycle). The reverse path is rx.go.
-//
-// Everything read from a ring is hostile: requests are copied out of the
-// shared page before they are looked at, malformed chains are answered with
-// error responses and dropped, and nothing a frontend writes can make the
-// backend panic or touch memory outside the bounds it validated.
 package netback
 
 import (
