@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,6 +62,13 @@ const DefaultResync = 10 * time.Second
 // Manager runs the backend lifecycle for a set of drivers. It watches
 // /local/domain/<self>/backend/<type> for each driver, and each device's
 // frontend state. Every device has one goroutine, owned by Run's context.
+//
+// A device is removed (Disconnect, state Closed, Close, then its backend
+// directory, error node and an emptied frontend-domain directory deleted,
+// as xl devd does in a driver domain) when online=0 and the frontend is
+// Closing, Closed or gone, or when the frontend directory vanished (guest
+// destroyed). A backend directory removed by the toolstack is Disconnect
+// and Close only.
 type Manager struct {
 	store   *xenstore.Client
 	self    uint16
@@ -526,6 +534,34 @@ func (d *device) teardown() {
 	d.dev.logger().Info("xenbus: closed")
 }
 
+// removeNodes deletes the device's backend directory, its error node and
+// the frontend domain's directory if that is now empty. In a driver domain
+// this is the backend's job: dom0's toolstack removes only the frontend
+// side (it is what xl devd does after the hotplug script's remove).
+func (d *device) removeNodes(ctx context.Context) {
+	st := d.dev.Store
+	log := d.dev.logger()
+	if err := st.Rm(ctx, d.dev.BackPath); err != nil && !errors.Is(err, xenstore.ErrNotExist) {
+		log.Warn("xenbus: remove backend directory", "err", err)
+	}
+	errDir := strings.TrimSuffix(d.dev.ErrorPath(), "/error")
+	if err := st.Rm(ctx, errDir); err != nil && !errors.Is(err, xenstore.ErrNotExist) {
+		log.Debug("xenbus: remove error node", "err", err)
+	}
+	parent := path.Dir(d.dev.BackPath)
+	err := st.Transaction(ctx, func(tx *xenstore.Tx) error {
+		ents, err := tx.Directory(ctx, parent)
+		if err != nil || len(ents) > 0 {
+			return err
+		}
+		return tx.Rm(ctx, parent)
+	})
+	if err != nil && !errors.Is(err, xenstore.ErrNotExist) {
+		log.Debug("xenbus: remove empty frontend-domain directory", "path", parent, "err", err)
+	}
+	log.Info("xenbus: removed")
+}
+
 // step looks at xenstore as it is now (level-triggered: watch events may be
 // coalesced) and moves the device. It reports whether the device is gone.
 func (d *device) step(ctx context.Context) bool {
@@ -557,12 +593,20 @@ func (d *device) step(ctx context.Context) bool {
 		d.dev.logger().Debug("xenbus: frontend state unreadable, taken as Unknown", "err", ferr)
 	}
 
-	if !isOnline && (fs == Closing || fs == Closed || fs == Unknown || d.inst == nil) {
-		d.dev.logger().Info("xenbus: removing", "front", fs.String())
+	frontGone := false
+	if fs == Unknown {
+		// A removed frontend node reads as ENOENT, or as EACCES when its
+		// parent (the guest's home, not readable by us) decides.
+		_, derr := d.dev.Store.Directory(ctx, d.dev.FrontPath)
+		frontGone = errors.Is(derr, xenstore.ErrNotExist) || errors.Is(derr, xenstore.ErrPermission)
+	}
+	if frontGone || !isOnline && (fs == Closing || fs == Closed || fs == Unknown || d.inst == nil) {
+		d.dev.logger().Info("xenbus: removing", "front", fs.String(), "online", isOnline, "frontend_gone", frontGone)
 		d.disconnect()
 		d.switchState(ctx, Closed)
 		d.m.forget(d)
 		d.teardown()
+		d.removeNodes(ctx)
 		return true
 	}
 	if d.inst == nil { // probe failed: wait for removal

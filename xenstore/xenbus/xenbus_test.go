@@ -453,7 +453,6 @@ func TestVBDLifecycle(t *testing.T) {
 		t.Fatalf("closed while the frontend was still Connected")
 	}
 	e.front("vbd", id, Closed)
-	e.waitBack("vbd", id, Closed)
 	eventually(t, func() string {
 		if n := drv.count("close", name); n != 1 {
 			return fmt.Sprintf("closes = %d, want 1", n)
@@ -463,10 +462,16 @@ func TestVBDLifecycle(t *testing.T) {
 		}
 		return ""
 	})
-	// libxl removes the directory: nothing is probed again.
-	if err := e.dom0.Rm(e.ctx, backPath("vbd", id)); err != nil {
-		t.Fatal(err)
-	}
+	// The driver domain removes the backend directory (dom0's libxl only
+	// removes the frontend side), and the emptied frontend-domain directory.
+	eventually(t, func() string {
+		for _, p := range []string{backPath("vbd", id), fmt.Sprintf("/local/domain/%d/backend/vbd/%d", dd, guest)} {
+			if _, err := e.dom0.Directory(e.ctx, p); !errors.Is(err, xenstore.ErrNotExist) {
+				return fmt.Sprintf("%s still there (%v)", p, err)
+			}
+		}
+		return ""
+	})
 	time.Sleep(150 * time.Millisecond)
 	stop()
 	if n := drv.count("probe", name); n != 1 {
@@ -533,8 +538,44 @@ func TestProbeErrorWritesError(t *testing.T) {
 		if m.Devices() != 0 {
 			return "failed device not removed on online=0"
 		}
+		for _, p := range []string{backPath("vbd", 51712), fmt.Sprintf("/local/domain/%d/error/backend/vbd/%d/51712", dd, guest)} {
+			if _, err := e.dom0.Directory(e.ctx, p); !errors.Is(err, xenstore.ErrNotExist) {
+				return fmt.Sprintf("%s still there (%v)", p, err)
+			}
+		}
 		return ""
 	})
+}
+
+func TestFrontendVanished(t *testing.T) {
+	e := newEnv(t)
+	drv := &fakeDriver{typ: "vbd"}
+	m, _ := e.start(drv)
+	e.addDevice("vbd", 51712)
+	e.addDevice("vbd", 51728)
+	e.waitBack("vbd", 51712, InitWait)
+	e.front("vbd", 51712, Initialised)
+	e.waitBack("vbd", 51712, Connected)
+	// The guest is destroyed: its frontend directory goes, online stays 1.
+	if err := e.dom0.Rm(e.ctx, frontPath("vbd", 51712)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() string {
+		if drv.count("close", "vbd 2/51712") != 1 {
+			return "not closed after its frontend vanished"
+		}
+		if _, err := e.dom0.Directory(e.ctx, backPath("vbd", 51712)); !errors.Is(err, xenstore.ErrNotExist) {
+			return fmt.Sprintf("backend directory still there (%v)", err)
+		}
+		if m.Devices() != 1 {
+			return fmt.Sprintf("%d devices, want the other one left", m.Devices())
+		}
+		return ""
+	})
+	// The sibling is untouched and the frontend-domain directory stays.
+	if got := e.read(backPath("vbd", 51728) + "/state"); got != "2" {
+		t.Errorf("sibling state = %q, want 2", got)
+	}
 }
 
 func TestBackendDirRemoved(t *testing.T) {
