@@ -203,6 +203,20 @@ func (q *MemTapQueue) Read(ctx context.Context, b []byte) (int, error) {
 	}
 }
 
+// TryRead reads a frame injected by the host if one is waiting.
+func (q *MemTapQueue) TryRead(b []byte) (int, bool, error) {
+	select {
+	case f := <-q.toVif:
+		n := copy(b, f)
+		q.recycle(f)
+		return n, true, nil
+	case <-q.tap.done:
+		return 0, false, ErrTapClosed
+	default:
+		return 0, false, nil
+	}
+}
+
 // Write implements TapQueue: the frame is queued for Recv. Unlike a real
 // TAP (whose host stack may drop at once), it waits up to a second for
 // room, so tests can count every frame, then drops the frame; it gives up

@@ -24,31 +24,77 @@ const (
 	// rxMaxSlots is the most slots one packet can take: 17 data pages + the
 	// GSO extra.
 	rxMaxSlots = (rxBufSize+PageSize-1)/PageSize + 1
+	// rxArenaSize holds one wakeup's batch of frames: at least four
+	// maximal ones, or many small ones.
+	rxArenaSize = 4 * rxBufSize
+	// rxBatchMax bounds the packets delivered per grant copy batch.
+	rxBatchMax = 64
+	// rxMaxOut bounds the response slots of one batch.
+	rxMaxOut = 256 + rxMaxSlots
 )
 
+// tryReader is implemented by TAP queues that can read a frame without
+// blocking; the rx goroutine then batches every frame already waiting into
+// one grant copy and one notification.
+type tryReader interface {
+	// TryRead reads one frame if one is waiting: (n, true, nil); (0, false,
+	// nil) if none.
+	TryRead(b []byte) (int, bool, error)
+}
+
+// rxOut is one rx ring slot of the current batch, in ring order.
+type rxOut struct {
+	id    uint16
+	extra bool // the GSO extra-info slot
+	seg   int  // data slot: its copy segment
+	flags uint16
+}
+
+// rxPkt is one packet of the current batch.
+type rxPkt struct {
+	outStart, outEnd int
+	segStart, segEnd int
+	gso              ExtraInfo
+	n                int
+}
+
 type rxState struct {
-	rxBuf  []byte
-	rxReqs []RxRequest
-	rxSegs []grant.CopySeg
+	rxArena []byte
+	rxSegs  []grant.CopySeg
+	rxOuts  []rxOut
+	rxPkts  []rxPkt
 }
 
 func (q *queue) initRx() {
-	q.rxBuf = make([]byte, rxBufSize)
-	q.rxReqs = make([]RxRequest, 0, rxMaxSlots)
-	q.rxSegs = make([]grant.CopySeg, 0, rxMaxSlots)
+	q.rxArena = make([]byte, rxArenaSize)
+	q.rxSegs = make([]grant.CopySeg, 0, rxMaxOut)
+	q.rxOuts = make([]rxOut, 0, rxMaxOut)
+	q.rxPkts = make([]rxPkt, 0, rxBatchMax)
 }
 
 // serveRx is the rx goroutine. It owns the TAP queue's reads and the rx ring.
 func (q *queue) serveRx(ctx context.Context) error {
+	tr, _ := q.tap.(tryReader)
 	for {
-		n, err := q.tap.Read(ctx, q.rxBuf)
+		n, err := q.tap.Read(ctx, q.rxArena[:rxBufSize])
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("queue %d: tap: %w", q.id, err)
 		}
-		if err := q.rxPacket(ctx, q.rxBuf[:n]); err != nil {
+		err = q.rxAdd(ctx, q.rxArena[:n])
+		used := n
+		for err == nil && tr != nil && len(q.rxPkts) < rxBatchMax && len(q.rxArena)-used >= rxBufSize {
+			m, ok, rerr := tr.TryRead(q.rxArena[used : used+rxBufSize])
+			if rerr != nil || !ok {
+				break // an error shows again on the next blocking Read
+			}
+			err = q.rxAdd(ctx, q.rxArena[used:used+m])
+			used += m
+		}
+		q.rxFlush()
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -57,9 +103,18 @@ func (q *queue) serveRx(ctx context.Context) error {
 	}
 }
 
-// rxPacket delivers one frame read from the TAP. It returns an error only
-// when the queue cannot go on (a corrupted ring, ctx ended).
+// rxPacket delivers one frame read from the TAP at once.
 func (q *queue) rxPacket(ctx context.Context, pkt []byte) error {
+	err := q.rxAdd(ctx, pkt)
+	q.rxFlush()
+	return err
+}
+
+// rxAdd checks one frame read from the TAP, takes the rx requests it needs
+// (waiting for the guest to post them) and queues its copies and responses
+// in the batch; pkt must stay untouched until rxFlush. It returns an error
+// only when the queue cannot go on (a corrupted ring, ctx ended).
+func (q *queue) rxAdd(ctx context.Context, pkt []byte) error {
 	if len(pkt) < VnetHdrSize+EthHeaderLen {
 		q.stats.rxDropped.Add(1)
 		return nil
@@ -72,7 +127,7 @@ func (q *queue) rxPacket(ctx context.Context, pkt []byte) error {
 	}
 	frame := pkt[VnetHdrSize:]
 	if meta.flags&RxCsumBlank != 0 && !meta.hasGSO && (q.feat.noCsumOffload ||
-		!q.feat.ipv6Csum && len(frame) > 13 && binary.BigEndian.Uint16(frame[12:]) == etherTypeIPv6) {
+		!q.feat.ipv6Csum && binary.BigEndian.Uint16(frame[12:]) == etherTypeIPv6) {
 		// The guest cannot take this partial checksum: finish it here.
 		if err := completeCsum(frame, vh); err != nil {
 			q.stats.rxDropped.Add(1)
@@ -92,25 +147,43 @@ func (q *queue) rxPacket(ctx context.Context, pkt []byte) error {
 	if meta.hasGSO {
 		slots++
 	}
-	if err := q.waitRxSlots(ctx, slots); err != nil {
-		if errors.Is(err, errRxStalled) {
-			q.stats.rxDropped.Add(1) // the guest posts no buffers: drop, keep draining the TAP
-			return nil
+	if len(q.rxOuts)+slots > cap(q.rxOuts) || len(q.rxPkts) == cap(q.rxPkts) {
+		q.rxFlush()
+	}
+	avail, err := q.rx.Unconsumed()
+	if err != nil {
+		return fmt.Errorf("queue %d: rx: %w: %w", q.id, ErrRing, err)
+	}
+	if int(avail) < slots {
+		q.rxFlush() // the guest needs these responses to post more
+		if err := q.waitRxSlots(ctx, slots); err != nil {
+			if errors.Is(err, errRxStalled) {
+				q.stats.rxDropped.Add(1) // the guest posts no buffers: drop, keep draining the TAP
+				return nil
+			}
+			return err
 		}
-		return err
 	}
-	// Take the requests (copied out before use) and build the copies.
-	q.rxReqs = q.rxReqs[:0]
-	q.rxSegs = q.rxSegs[:0]
-	for i := 0; i < slots; i++ {
-		q.rxReqs = append(q.rxReqs, DecodeRxRequest(q.rx.Request()))
-	}
+	p := rxPkt{outStart: len(q.rxOuts), segStart: len(q.rxSegs), gso: meta.gso, n: len(frame)}
 	pos := 0
-	for i, r := range q.rxReqs {
+	for i := 0; i < slots; i++ {
+		r := DecodeRxRequest(q.rx.Request()) // copied out before use
 		if meta.hasGSO && i == 1 {
-			continue // the extra-info slot
+			q.rxOuts = append(q.rxOuts, rxOut{id: r.ID, extra: true})
+			continue
 		}
 		n := min(PageSize, len(frame)-pos)
+		var flags uint16
+		if i == 0 {
+			flags = meta.flags
+			if meta.hasGSO {
+				flags |= RxExtraInfo
+			}
+		}
+		if pos+n < len(frame) {
+			flags |= RxMoreData
+		}
+		q.rxOuts = append(q.rxOuts, rxOut{id: r.ID, seg: len(q.rxSegs), flags: flags})
 		q.rxSegs = append(q.rxSegs, grant.CopySeg{
 			Src: grant.CopyPtr{Local: frame[pos : pos+n]},
 			Dst: grant.CopyPtr{Ref: grant.Ref(r.Gref), Dom: q.front},
@@ -118,47 +191,52 @@ func (q *queue) rxPacket(ctx context.Context, pkt []byte) error {
 		})
 		pos += n
 	}
+	p.outEnd, p.segEnd = len(q.rxOuts), len(q.rxSegs)
+	q.rxPkts = append(q.rxPkts, p)
+	return nil
+}
+
+// rxFlush copies the batch into the guest's buffers, writes every response
+// in the slot of the request it consumed, pushes and notifies once.
+func (q *queue) rxFlush() {
+	if len(q.rxOuts) == 0 {
+		return
+	}
 	batchErr := q.mapper.Copy(q.rxSegs)
-	failed := false
-	seg := 0
-	pos = 0
-	for i, r := range q.rxReqs {
-		slot := q.rx.Response() // the slot of request i: responses stay in step
-		if meta.hasGSO && i == 1 {
-			meta.gso.Encode(slot)
-			continue
+	for i := range q.rxPkts {
+		p := &q.rxPkts[i]
+		failed := batchErr != nil
+		for _, s := range q.rxSegs[p.segStart:p.segEnd] {
+			failed = failed || s.Status != 0
 		}
-		s := &q.rxSegs[seg]
-		seg++
-		rsp := RxResponse{ID: r.ID, Status: int16(s.Len)}
-		pos += int(s.Len)
-		if i == 0 {
-			rsp.Flags = meta.flags
-			if meta.hasGSO {
-				rsp.Flags |= RxExtraInfo
+		for _, o := range q.rxOuts[p.outStart:p.outEnd] {
+			slot := q.rx.Response() // rsp_prod_pvt == the request's index
+			if o.extra {
+				p.gso.Encode(slot)
+				continue
 			}
+			s := &q.rxSegs[o.seg]
+			rsp := RxResponse{ID: o.id, Flags: o.flags, Status: int16(s.Len)}
+			if batchErr != nil || s.Status != 0 {
+				rsp.Status = RspError
+			}
+			rsp.Encode(slot)
 		}
-		if pos < len(frame) {
-			rsp.Flags |= RxMoreData
+		if failed {
+			q.stats.rxErrors.Add(1)
+		} else {
+			q.stats.rxPackets.Add(1)
+			q.stats.rxBytes.Add(uint64(p.n))
 		}
-		if batchErr != nil || s.Status != 0 {
-			rsp.Status = RspError
-			failed = true
-		}
-		rsp.Encode(slot)
 	}
 	if q.rx.PushResponses() {
 		if err := q.events.Notify(q.localRx); err != nil {
 			q.log.Warn("notify rx", "queue", q.id, "err", err)
 		}
 	}
-	if failed {
-		q.stats.rxErrors.Add(1)
-		return nil
-	}
-	q.stats.rxPackets.Add(1)
-	q.stats.rxBytes.Add(uint64(len(frame)))
-	return nil
+	q.rxSegs = q.rxSegs[:0]
+	q.rxOuts = q.rxOuts[:0]
+	q.rxPkts = q.rxPkts[:0]
 }
 
 // waitRxSlots blocks until the frontend has posted at least n rx buffers,

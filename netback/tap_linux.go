@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -258,6 +259,14 @@ func (t *linuxTap) Close() error {
 type linuxTapQueue struct {
 	f *os.File
 
+	// TryRead state: the raw conn and its read callback, made once so a
+	// non-blocking read allocates nothing.
+	rc     syscall.RawConn
+	tryFn  func(fd uintptr) bool
+	tryBuf []byte
+	tryN   int
+	tryErr error
+
 	mu   sync.Mutex      // orders deadline changes
 	ctx  context.Context // the context reads are currently bound to
 	stop func() bool
@@ -299,6 +308,36 @@ func (q *linuxTapQueue) Read(ctx context.Context, b []byte) (int, error) {
 		}
 		return 0, fmt.Errorf("netback: tap read: %w", err)
 	}
+}
+
+// TryRead implements tryReader: one read(2) on the non-blocking fd.
+func (q *linuxTapQueue) TryRead(b []byte) (int, bool, error) {
+	if q.rc == nil {
+		rc, err := q.f.SyscallConn()
+		if err != nil {
+			return 0, false, fmt.Errorf("netback: tap: %w", err)
+		}
+		q.rc = rc
+		q.tryFn = func(fd uintptr) bool {
+			q.tryN, q.tryErr = unix.Read(int(fd), q.tryBuf)
+			return true // never wait for readiness
+		}
+	}
+	q.tryBuf = b
+	err := q.rc.Read(q.tryFn)
+	q.tryBuf = nil
+	switch {
+	case err != nil:
+		if errors.Is(err, os.ErrClosed) {
+			return 0, false, ErrTapClosed
+		}
+		return 0, false, fmt.Errorf("netback: tap read: %w", err)
+	case q.tryErr == unix.EAGAIN || q.tryErr == unix.EINTR:
+		return 0, false, nil
+	case q.tryErr != nil:
+		return 0, false, fmt.Errorf("netback: tap read: %w", q.tryErr)
+	}
+	return q.tryN, true, nil
 }
 
 func (q *linuxTapQueue) Write(b []byte) (int, error) {
