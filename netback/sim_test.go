@@ -307,19 +307,19 @@ func errorsJoin(errs ...error) error { return errors.Join(errs...) }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
 
-// drvStats waits for the vif's drvdom-stats key to count some traffic.
-func (e *env) drvStats(t *testing.T, v *vif) netback.Stats {
+// drvStats waits for the vif's drvdom-stats key to satisfy want.
+func (e *env) drvStats(t *testing.T, v *vif, want func(netback.Stats) bool) netback.Stats {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for {
 		s, err := e.d0.Read(ctx, v.nic.BackPath()+"/"+netback.StatsKey)
 		var st netback.Stats
-		if err == nil && jsonUnmarshal(s, &st) == nil && st.TxPackets+st.RxPackets > 0 {
+		if err == nil && jsonUnmarshal(s, &st) == nil && want(st) {
 			return st
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("no stats: %v", err)
+			t.Fatalf("stats %q: %v", s, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
