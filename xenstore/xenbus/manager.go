@@ -63,10 +63,9 @@ const DefaultResync = 10 * time.Second
 // /local/domain/<self>/backend/<type> for each driver, and each device's
 // frontend state. Every device has one goroutine, owned by Run's context.
 //
-// A device is removed (Disconnect, state Closed, Close, then its backend
-// directory, error node and an emptied frontend-domain directory deleted,
-// as xl devd does in a driver domain) when online=0 and the frontend is
-// Closing, Closed or gone, or when the frontend directory vanished (guest
+// A device is removed (Disconnect, state Closed, Close, then with
+// RemoveNodes its backend directory deleted) when online=0 and the frontend
+// is Closing, Closed or gone, or when the frontend directory vanished (guest
 // destroyed). A backend directory removed by the toolstack is Disconnect
 // and Close only.
 type Manager struct {
@@ -77,6 +76,12 @@ type Manager struct {
 
 	// Resync is the rescan period (DefaultResync if zero). Set before Run.
 	Resync time.Duration
+	// RemoveNodes makes a removed device's backend directory, error node and
+	// an emptied frontend-domain directory go too, as xl devd does in a
+	// driver domain (dom0's libxl removes only the frontend side and waits
+	// for the driver domain to clean the backend side). drvdomd sets it;
+	// without it the last state (Closed) stays readable. Set before Run.
+	RemoveNodes bool
 
 	running atomic.Bool
 	seq     atomic.Uint64
@@ -606,7 +611,9 @@ func (d *device) step(ctx context.Context) bool {
 		d.switchState(ctx, Closed)
 		d.m.forget(d)
 		d.teardown()
-		d.removeNodes(ctx)
+		if d.m.RemoveNodes {
+			d.removeNodes(ctx)
+		}
 		return true
 	}
 	if d.inst == nil { // probe failed: wait for removal

@@ -246,6 +246,8 @@ type env struct {
 	ddc    *xenstore.Client
 	guestc *xenstore.Client
 	ctx    context.Context
+	// removeNodes is Manager.RemoveNodes for managers start makes.
+	removeNodes bool
 }
 
 func newEnv(t *testing.T) *env {
@@ -253,7 +255,7 @@ func newEnv(t *testing.T) *env {
 	srv := xenstored.New()
 	srv.IntroduceDomain(dd)
 	srv.IntroduceDomain(guest)
-	e := &env{t: t, srv: srv, ctx: context.Background()}
+	e := &env{t: t, srv: srv, ctx: context.Background(), removeNodes: true}
 	e.dom0 = xenstore.NewClient(srv.Connect(0))
 	e.ddc = xenstore.NewClient(srv.Connect(dd))
 	e.guestc = xenstore.NewClient(srv.Connect(guest))
@@ -361,6 +363,7 @@ func (e *env) start(drivers ...Driver) (*Manager, func()) {
 	e.t.Helper()
 	m := NewManager(e.ddc, dd, slog.New(slog.NewTextHandler(io.Discard, nil)), drivers...)
 	m.Resync = 50 * time.Millisecond
+	m.RemoveNodes = e.removeNodes
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- m.Run(ctx) }()
@@ -755,4 +758,28 @@ func TestRestartAfterClose(t *testing.T) {
 	e.waitBack("vbd", 51712, Connected)
 	close(stopWatch)
 	<-watchDone
+}
+
+func TestKeepNodesByDefault(t *testing.T) {
+	e := newEnv(t)
+	e.removeNodes = false
+	drv := &fakeDriver{typ: "vbd"}
+	m, _ := e.start(drv)
+	e.addDevice("vbd", 51712)
+	e.waitBack("vbd", 51712, InitWait)
+	if err := e.dom0.Write(e.ctx, backPath("vbd", 51712)+"/online", "0"); err != nil {
+		t.Fatal(err)
+	}
+	e.front("vbd", 51712, Closed)
+	e.waitBack("vbd", 51712, Closed)
+	eventually(t, func() string {
+		if m.Devices() != 0 || drv.count("close", "vbd 2/51712") != 1 {
+			return "not closed"
+		}
+		return ""
+	})
+	time.Sleep(50 * time.Millisecond)
+	if got := e.read(backPath("vbd", 51712) + "/state"); got != "6" {
+		t.Errorf("backend state = %q, want 6 kept without RemoveNodes", got)
+	}
 }
