@@ -29,6 +29,7 @@ const (
 	iffNoPI         = 0x1000
 	iffVnetHdr      = 0x4000
 	iffMultiQueue   = 0x0100
+	iffTunExcl      = 0x8000 // when creating: fail if the device exists
 	tunDevice       = "/dev/net/tun"
 	ifreqSize       = 40 // struct ifreq on 64-bit Linux
 	offIfreqName    = 0  // char ifr_name[IFNAMSIZ]
@@ -59,7 +60,12 @@ func openTapQueue(name string, first bool) (*os.File, error) {
 	}
 	var ifr [ifreqSize]byte
 	copy(ifr[offIfreqName:offIfreqName+ifNameSize-1], name)
-	binary.NativeEndian.PutUint16(ifr[offIfreqFlags:], tapFlags)
+	flags := uint16(tapFlags)
+	if first {
+		// Never attach to someone else's TAP of the same (cut) name.
+		flags |= iffTunExcl
+	}
+	binary.NativeEndian.PutUint16(ifr[offIfreqFlags:], flags)
 	if err := ioctlPtr(uintptr(fd), tunSetIff, unsafe.Pointer(&ifr[0])); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("TUNSETIFF %s: %w", name, err)

@@ -30,6 +30,7 @@ func TestTunABI(t *testing.T) {
 		{"IFF_NO_PI", iffNoPI, unix.IFF_NO_PI},
 		{"IFF_VNET_HDR", iffVnetHdr, unix.IFF_VNET_HDR},
 		{"IFF_MULTI_QUEUE", iffMultiQueue, unix.IFF_MULTI_QUEUE},
+		{"IFF_TUN_EXCL", iffTunExcl, unix.IFF_TUN_EXCL},
 		{"TUN_F_CSUM", uint64(TunFCsum), unix.TUN_F_CSUM},
 		{"TUN_F_TSO4", uint64(TunFTSO4), unix.TUN_F_TSO4},
 		{"TUN_F_TSO6", uint64(TunFTSO6), unix.TUN_F_TSO6},
@@ -106,6 +107,9 @@ func TestRealTap(t *testing.T) {
 		}
 		if link.Attrs().MasterIndex != br.Attrs().Index || link.Attrs().HardwareAddr.String() != vifMAC || link.Attrs().Flags&net.FlagUp == 0 {
 			t.Errorf("tap attrs: master %d (bridge %d), mac %s, flags %v", link.Attrs().MasterIndex, br.Attrs().Index, link.Attrs().HardwareAddr, link.Attrs().Flags)
+		}
+		if _, err := (LinuxHost{}).CreateTap("vif9.0", "xenbr9"); err == nil {
+			t.Error("a second TAP of the same name was created (it would share the first one's queues)")
 		}
 		if err := tap.SetQueues(2); err != nil {
 			t.Errorf("2 queues: %v", err)
