@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -21,12 +22,33 @@ import (
 // rawFront drives one ring directly, without blkfront's per-request
 // bookkeeping, so allocation counts and CPU time are the backend's.
 type rawFront struct {
-	r     *ring.Front
-	evh   evtchn.Handle
-	port  evtchn.Port
-	tmpl  [][]byte
-	ports []evtchn.Port
-	share grant.Share
+	r       *ring.Front
+	evh     evtchn.Handle
+	port    evtchn.Port
+	tmpl    [][]byte
+	ports   []evtchn.Port
+	share   grant.Share
+	abi     blkback.ABI
+	ringRef uint32
+}
+
+// one puts slot on the ring as it is and returns the response.
+func (rf *rawFront) one(t testing.TB, ctx context.Context, slot []byte) blkback.Response {
+	copy(rf.r.Request(), slot)
+	if rf.r.PushRequests() {
+		rf.evh.Notify(rf.port)
+	}
+	for {
+		if rf.r.Unconsumed() > 0 {
+			return blkback.DecodeResponse(rf.r.Response())
+		}
+		if !rf.r.FinalCheckForResponses() {
+			if _, err := rf.evh.Wait(ctx, rf.ports); err != nil {
+				t.Fatalf("no response: %v", err)
+			}
+			rf.evh.Unmask(rf.port)
+		}
+	}
 }
 
 func newRawFront(t testing.TB, e *env, persistent bool, op uint8) *rawFront {
@@ -35,19 +57,29 @@ func newRawFront(t testing.TB, e *env, persistent bool, op uint8) *rawFront {
 
 // newRawFrontOn: requests i of the ring at sector (i*stride)*8.
 func newRawFrontOn(t testing.TB, e *env, params string, persistent bool, op uint8, stride int) *rawFront {
-	f, _ := e.attach(t, 51712, params, "w", blkfront.Config{Protocol: blkback.ProtoX86_64, Persistent: persistent, Manual: true})
+	return newRawFrontDev(t, e, 51712, params, blkback.ProtoX86_64, persistent, op, stride)
+}
+
+func newRawFrontDev(t testing.TB, e *env, devid uint32, params, proto string, persistent bool, op uint8, stride int) *rawFront {
+	f, d := e.attach(t, devid, params, "w", blkfront.Config{Protocol: proto, Persistent: persistent, Manual: true})
+	abi, _ := blkback.ParseProtocol(proto)
+	rr, err := e.d0.Read(ctxT(t), d.FrontPath()+"/ring-ref")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ringRef, _ := strconv.ParseUint(rr, 10, 32)
 	r := f.Ring(0)
 	sh, err := f.Share(int(r.Size()), true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sh.Close() })
-	rf := &rawFront{r: r, evh: f.Evtchn(), port: f.Port(0), ports: make([]evtchn.Port, 1), share: sh}
+	rf := &rawFront{r: r, evh: f.Evtchn(), port: f.Port(0), ports: make([]evtchn.Port, 1), share: sh, abi: abi, ringRef: uint32(ringRef)}
 	for i := 0; i < int(r.Size()); i++ {
-		b := make([]byte, blkback.RequestSize64)
+		b := make([]byte, abi.RequestSize())
 		req := blkback.Request{Operation: op, NrSegments: 1, ID: uint64(i), Sector: uint64(i * 8 * stride),
 			Segs: [11]blkback.Segment{{Gref: uint32(sh.Refs()[i]), FirstSect: 0, LastSect: 7}}}
-		blkback.EncodeRequest(blkback.ABI64, b, &req)
+		blkback.EncodeRequest(abi, b, &req)
 		rf.tmpl = append(rf.tmpl, b)
 	}
 	return rf

@@ -613,10 +613,12 @@ func TestTeardownNoLeaks(t *testing.T) {
 	}
 	waitFor(t, "grants unmapped", func() bool { return e.host.Grants.Mapped(ddID) == 0 })
 	waitFor(t, "ports unbound", func() bool { return e.host.Events.BoundPorts(ddID) == 0 })
-	waitFor(t, "backend state Closed", func() bool {
-		v, err := e.d0.Read(ctx, disks[0].BackPath()+"/state")
-		return err == nil && v == strconv.Itoa(int(xenbus.Closed))
-	})
+	for _, d := range disks {
+		waitFor(t, "backend state Closed", func() bool {
+			v, err := e.d0.Read(ctx, d.BackPath()+"/state")
+			return err == nil && v == strconv.Itoa(int(xenbus.Closed)) || errors.Is(err, xenstore.ErrNotExist)
+		})
+	}
 	e.closeAll()
 	waitFor(t, "backing files closed", func() bool { return countFDs(t) == fdsBefore })
 	deadline := time.Now().Add(5 * time.Second)
