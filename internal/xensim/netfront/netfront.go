@@ -95,6 +95,7 @@ type fqueue struct {
 	tx      *ring.Front
 	txPages grant.Share // one page per tx id
 	txFree  []uint16
+	txBusy  []bool // id outstanding (a response for an idle id is bad)
 	txSpace chan struct{}
 	txLast  map[uint16]int16 // last status per id
 
@@ -243,6 +244,7 @@ func (q *fqueue) setup(split bool) error {
 	if q.rxPages, err = f.sharer.Share(f.backDom, int(q.rx.Size()), true); err != nil {
 		return fmt.Errorf("share rx pages: %w", err)
 	}
+	q.txBusy = make([]bool, q.tx.Size())
 	for id := int(q.tx.Size()) - 1; id >= 0; id-- {
 		q.txFree = append(q.txFree, uint16(id))
 	}
@@ -369,6 +371,10 @@ func (f *Front) receive(ctx context.Context) {
 	}
 }
 
+// maxRxPacket bounds a received packet: a backend that chains slots
+// forever gets its packet counted as an error, not an ever-growing buffer.
+const maxRxPacket = 65536 + 4096
+
 // ErrNoRoom is returned by Send when the packet can never fit the ring.
 var ErrNoRoom = errors.New("netfront: packet needs more slots than the ring has")
 
@@ -460,6 +466,7 @@ func (q *fqueue) sendSlots(ctx context.Context, items []any) error {
 		s := it.(Slot)
 		id := q.txFree[len(q.txFree)-1]
 		q.txFree = q.txFree[:len(q.txFree)-1]
+		q.txBusy[id] = true
 		r := s.Req
 		r.ID = id
 		if r.Gref == 0 {
@@ -499,10 +506,11 @@ func (q *fqueue) gcTx() {
 			default:
 				q.cnt.TxBad++
 			}
-			if int(r.ID) >= int(q.tx.Size()) {
-				q.cnt.TxBad++
+			if int(r.ID) >= len(q.txBusy) || !q.txBusy[r.ID] {
+				q.cnt.TxBad++ // unknown or idle id: never free it twice
 				continue
 			}
+			q.txBusy[r.ID] = false
 			q.txLast[r.ID] = r.Status
 			q.txFree = append(q.txFree, r.ID)
 		}
@@ -567,7 +575,8 @@ func (q *fqueue) drainRx() {
 				q.rxCur = &Packet{Flags: r.Flags &^ netback.RxMoreData}
 				q.rxExtra = r.Flags&netback.RxExtraInfo != 0
 			}
-			if r.ID != id || r.Status < 0 || int(r.Offset)+int(r.Status) > netback.PageSize {
+			if r.ID != id || r.Status < 0 || int(r.Offset)+int(r.Status) > netback.PageSize ||
+				len(q.rxCur.Frame)+int(r.Status) > maxRxPacket {
 				q.rxErr = true
 			} else {
 				base := int(id) * netback.PageSize
