@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -167,7 +168,10 @@ func (h *kernelHotplug) scan(ctx context.Context) {
 	}
 }
 
-// check brings one backend directory's hotplug up to date.
+// check brings one backend directory's hotplug up to date. Like xl devd it
+// also removes the directory when the device is gone (online=0 and the
+// kernel backend Closed, or the frontend vanished): in a driver domain dom0
+// removes only the frontend side.
 func (h *kernelHotplug) check(ctx context.Context, typ, fd, id string) {
 	bp := h.base() + "/" + typ + "/" + fd + "/" + id
 	h.mu.Lock()
@@ -177,46 +181,60 @@ func (h *kernelHotplug) check(ctx context.Context, typ, fd, id string) {
 	if _, err := h.store.Directory(ctx, bp); errors.Is(err, xenstore.ErrNotExist) {
 		if d != nil {
 			h.log.Info("hotplug: backend removed", "backend", bp)
-			h.remove(bp, d)
+			h.release(bp, d)
 		}
 		return
 	}
-	online, _ := h.store.Read(ctx, bp+"/online")
-	online = strings.TrimSpace(online)
-	if d != nil {
-		if online != "1" {
-			st, _ := h.store.Read(ctx, bp+"/state")
-			if strings.TrimSpace(st) == "6" { // Closed: the kernel let go
-				h.log.Info("hotplug: backend offline and closed", "backend", bp)
-				h.remove(bp, d)
+	read := func(k string) string {
+		v, _ := h.store.Read(ctx, bp+"/"+k)
+		return strings.TrimSpace(v)
+	}
+	online, state, hs := read("online"), read("state"), read("hotplug-status")
+	gone := false
+	if fp := read("frontend"); fp != "" {
+		_, err := h.store.Read(ctx, fp+"/state")
+		gone = err != nil && ctx.Err() == nil
+	}
+	if online == "0" && state == "6" || gone && state != "" && state != "1" {
+		h.log.Info("hotplug: device gone", "backend", bp, "online", online, "state", state, "frontend_gone", gone)
+		if d == nil && typ == "vbd" && hs == "connected" {
+			// Set up by a previous drvdomd: its loop device is ours.
+			if pdp := read("physical-device-path"); strings.HasPrefix(pdp, "/dev/loop") {
+				d = &hpDev{typ: typ, loop: pdp}
 			}
 		}
+		if d != nil {
+			h.release(bp, d)
+		}
+		h.removeNodes(ctx, bp)
 		return
 	}
-	if online != "1" {
+	if d != nil || online != "1" || gone {
 		return
 	}
-	hs, _ := h.store.Read(ctx, bp+"/hotplug-status")
 	switch typ {
 	case "vbd":
-		if strings.TrimSpace(hs) == "connected" {
+		if hs == "connected" {
 			// A previous drvdomd did it: adopt its loop device.
-			pdp, _ := h.store.Read(ctx, bp+"/physical-device-path")
 			d = &hpDev{typ: typ}
-			if strings.HasPrefix(pdp, "/dev/loop") {
+			if pdp := read("physical-device-path"); strings.HasPrefix(pdp, "/dev/loop") {
 				d.loop = pdp
 			}
 			h.add(bp, d)
 			return
 		}
-		if strings.TrimSpace(hs) == "error" {
+		if hs == "error" {
 			return // reported already; the toolstack removes it
 		}
 		h.setupVBD(ctx, bp)
 	case "vif":
-		name, err := h.store.Read(ctx, bp+"/vifname")
-		if err != nil || strings.TrimSpace(name) == "" {
+		name := read("vifname")
+		if name == "" {
 			name = "vif" + fd + "." + id
+		}
+		bridge := read("bridge")
+		if bridge == "" {
+			bridge = h.bridge
 		}
 		vctx, cancel := context.WithCancel(ctx)
 		d = &hpDev{typ: typ, cancel: cancel}
@@ -225,8 +243,27 @@ func (h *kernelHotplug) check(ctx context.Context, typ, fd, id string) {
 		go func() {
 			defer h.wg.Done()
 			defer cancel()
-			h.setupVIF(vctx, bp, strings.TrimSpace(name))
+			h.setupVIF(vctx, bp, name, bridge)
 		}()
+	}
+}
+
+// removeNodes deletes a gone device's backend directory and the frontend
+// domain's directory if that is now empty.
+func (h *kernelHotplug) removeNodes(ctx context.Context, bp string) {
+	if err := h.store.Rm(ctx, bp); err != nil && !errors.Is(err, xenstore.ErrNotExist) {
+		h.log.Warn("hotplug: remove backend directory", "backend", bp, "err", err)
+	}
+	parent := path.Dir(bp)
+	err := h.store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		ents, err := tx.Directory(ctx, parent)
+		if err != nil || len(ents) > 0 {
+			return err
+		}
+		return tx.Rm(ctx, parent)
+	})
+	if err != nil && !errors.Is(err, xenstore.ErrNotExist) {
+		h.log.Debug("hotplug: remove empty directory", "path", parent, "err", err)
 	}
 }
 
@@ -236,7 +273,9 @@ func (h *kernelHotplug) add(bp string, d *hpDev) {
 	h.mu.Unlock()
 }
 
-func (h *kernelHotplug) remove(bp string, d *hpDev) {
+// release forgets the device and frees its host side (the vif waiter, the
+// loop device).
+func (h *kernelHotplug) release(bp string, d *hpDev) {
 	h.mu.Lock()
 	delete(h.devs, bp)
 	h.mu.Unlock()
@@ -322,8 +361,8 @@ func (h *kernelHotplug) setupVBD(ctx context.Context, bp string) {
 	h.log.Info("hotplug: vbd ready", "backend", bp, "disk", target, "device", dev, "physical-device", fmt.Sprintf("%x:%x", maj, min))
 }
 
-func (h *kernelHotplug) setupVIF(ctx context.Context, bp, name string) {
-	if err := h.ops.enslave(ctx, name, h.bridge, h.vifWait); err != nil {
+func (h *kernelHotplug) setupVIF(ctx context.Context, bp, name, bridge string) {
+	if err := h.ops.enslave(ctx, name, bridge, h.vifWait); err != nil {
 		if ctx.Err() == nil {
 			h.fail(ctx, bp, err)
 		}
@@ -339,5 +378,5 @@ func (h *kernelHotplug) setupVIF(ctx context.Context, bp, name string) {
 		h.log.Error("hotplug: write hotplug-status", "backend", bp, "err", err)
 		return
 	}
-	h.log.Info("hotplug: vif ready", "backend", bp, "vif", name, "bridge", h.bridge)
+	h.log.Info("hotplug: vif ready", "backend", bp, "vif", name, "bridge", bridge)
 }

@@ -153,11 +153,18 @@ func (e *hpEnv) add(typ, id string, kv ...string) string {
 	e.t.Helper()
 	bp := "/local/domain/1/backend/" + typ + "/2/" + id
 	err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
-		all := append([]string{"frontend", "/local/domain/2/device/" + typ + "/" + id, "online", "1", "state", "1"}, kv...)
+		fp := "/local/domain/2/device/" + typ + "/" + id
+		all := append([]string{"frontend", fp, "online", "1", "state", "1"}, kv...)
 		for i := 0; i+1 < len(all); i += 2 {
 			if err := tx.Write(e.ctx, bp+"/"+all[i], all[i+1]); err != nil {
 				return err
 			}
+		}
+		if err := tx.Write(e.ctx, fp+"/state", "1"); err != nil {
+			return err
+		}
+		if err := tx.SetPerms(e.ctx, fp+"/state", []xenstore.Perm{{Domid: 2, Access: xenstore.PermNone}, {Domid: 1, Access: xenstore.PermRead}}); err != nil {
+			return err
 		}
 		return tx.SetPerms(e.ctx, bp, []xenstore.Perm{{Domid: 1, Access: xenstore.PermNone}})
 	})
@@ -252,8 +259,43 @@ func TestHotplugVBDOfflineClosed(t *testing.T) {
 		if _, det, _ := e.ops.snapshot(); len(det) != 1 {
 			return "loop not detached after online=0 + Closed"
 		}
+		// The driver domain cleans the backend side, as xl devd does.
+		for _, p := range []string{bp, "/local/domain/1/backend/vbd/2"} {
+			if _, err := e.dom0.Directory(e.ctx, p); !errors.Is(err, xenstore.ErrNotExist) {
+				return fmt.Sprintf("%s still there (%v)", p, err)
+			}
+		}
 		return ""
 	})
+}
+
+func TestHotplugFrontendVanished(t *testing.T) {
+	e := newHPEnv(t, 2*time.Second)
+	e.ops.files["/srv/a.img"] = true
+	e.ops.files["/srv/b.img"] = true
+	bp := e.add("vbd", "51712", "params", "/srv/a.img")
+	other := e.add("vbd", "51728", "params", "/srv/b.img")
+	e.waitKey(bp+"/hotplug-status", "connected")
+	e.waitKey(other+"/hotplug-status", "connected")
+	if err := e.dom0.Write(e.ctx, bp+"/state", "4"); err != nil {
+		t.Fatal(err)
+	}
+	// The guest is destroyed: its frontend goes; online stays 1.
+	if err := e.dom0.Rm(e.ctx, "/local/domain/2/device/vbd/51712"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() string {
+		if _, err := e.dom0.Directory(e.ctx, bp); !errors.Is(err, xenstore.ErrNotExist) {
+			return fmt.Sprintf("backend still there (%v)", err)
+		}
+		if _, det, _ := e.ops.snapshot(); len(det) != 1 {
+			return fmt.Sprintf("detached %v, want one loop", det)
+		}
+		return ""
+	})
+	if got := e.read(other + "/hotplug-status"); got != "connected" {
+		t.Errorf("the other disk: hotplug-status %q", got)
+	}
 }
 
 func TestHotplugVIF(t *testing.T) {
@@ -269,6 +311,15 @@ func TestHotplugVIF(t *testing.T) {
 	e.waitKey(bp+"/hotplug-status", "connected")
 	if _, _, ens := e.ops.snapshot(); !slices.Equal(ens, []string{"vif2.0>xenbr0"}) {
 		t.Errorf("enslaved %v", ens)
+	}
+	// A vif whose backend names its bridge joins that one.
+	e.ops.mu.Lock()
+	e.ops.links["vif2.3"] = true
+	e.ops.mu.Unlock()
+	bp3 := e.add("vif", "3", "bridge", "xenbr9")
+	e.waitKey(bp3+"/hotplug-status", "connected")
+	if _, _, ens := e.ops.snapshot(); !slices.Contains(ens, "vif2.3>xenbr9") {
+		t.Errorf("enslaved %v, want vif2.3 in xenbr9", ens)
 	}
 }
 
