@@ -18,8 +18,13 @@ import (
 type Artifacts struct {
 	Versions *Versions
 	Xen      string // the gunzipped hypervisor (multiboot ELF)
-	Vmlinuz  string // the Debian kernel, used by every domain
-	// Initrd is the one rootfs ramdisk (cpio newc, gzip) every domain boots:
+	Vmlinuz  string // the Debian kernel (bzImage): dom0's, loaded by Xen
+	// Vmlinux is the same kernel decompressed (an ELF): domUs boot it,
+	// because libxenguest's xz decompression of a bzImage takes ~40 s in a
+	// TCG dom0.
+	Vmlinux string
+	// Initrd is the one rootfs ramdisk (cpio newc, uncompressed: inflating
+	// it took a loaded TCG domain over a minute) every domain boots:
 	// debootstrap minbase + RootfsPkgs + the union of the module sets + the
 	// lab's base /init, which picks the domain's role from lab.role= on the
 	// kernel command line and runs /lab/init-<role>.sh (per run).
@@ -146,13 +151,17 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 		return nil, err
 	}
 	kin := map[string]string{"kernel": v.KernelPkg + "=" + v.KernelVer}
-	kdir, _, err := b.cached("kernel", time.Second, kin, func(dir string) error {
-		return copyFile(filepath.Join(kroot, "boot", "vmlinuz-"+v.KRelease), filepath.Join(dir, "vmlinuz"))
+	kdir, _, err := b.cached("kernel", 5*time.Second, map[string]string{"kernel": kin["kernel"], "files": "vmlinuz,vmlinux"}, func(dir string) error {
+		if err := copyFile(filepath.Join(kroot, "boot", "vmlinuz-"+v.KRelease), filepath.Join(dir, "vmlinuz")); err != nil {
+			return err
+		}
+		return ExtractVmlinux(ctx, filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "vmlinux"))
 	})
 	if err != nil {
 		return nil, err
 	}
 	a.Vmlinuz = filepath.Join(kdir, "vmlinuz")
+	a.Vmlinux = filepath.Join(kdir, "vmlinux")
 
 	mods := func(role string, list []string) (string, string, error) {
 		return b.cached("modules-"+role, 5*time.Second, map[string]string{"kernel": kin["kernel"], "modules": strings.Join(list, ",")},
@@ -173,10 +182,10 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 		return nil, err
 	}
 	init := BaseInit()
-	in := map[string]string{"rootfs": rootKey, "modules": modKey, "init": init, "exclude": strings.Join(PackExclude, " ")}
+	in := map[string]string{"format": "newc", "rootfs": rootKey, "modules": modKey, "init": init, "exclude": strings.Join(PackExclude, " ")}
 	d, _, err := b.cached("initrd", 40*time.Second, in, func(dir string) error {
-		out := filepath.Join(dir, "initrd.cpio.gz")
-		if err := b.run(ctx, rootfs, "sh", "-c", "find . "+findPrune(PackExclude)+" -print0 | cpio --null -o -H newc --quiet | gzip -1 > "+shellQuote(out)); err != nil {
+		out := filepath.Join(dir, "initrd.cpio")
+		if err := b.run(ctx, rootfs, "sh", "-c", "find . "+findPrune(PackExclude)+" -print0 | cpio --null -o -H newc --quiet > "+shellQuote(out)); err != nil {
 			return err
 		}
 		// A second archive, concatenated: the kernel unpacks both.
@@ -185,7 +194,7 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 			return fmt.Errorf("initrd: %w", err)
 		}
 		defer f.Close()
-		w := NewCpioWriter(f, true)
+		w := NewCpioWriter(f, false)
 		if err := w.AddTree(filepath.Join(allMods, "lib", "modules"), "usr/lib/modules"); err != nil {
 			return err
 		}
@@ -200,7 +209,7 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.Initrd = filepath.Join(d, "initrd.cpio.gz")
+	a.Initrd = filepath.Join(d, "initrd.cpio")
 	if st, err := os.Stat(a.Initrd); err == nil {
 		b.Progress.Printf("artifacts ready in %.1fs (initrd %d MB)", time.Since(start).Seconds(), st.Size()>>20)
 	}

@@ -96,7 +96,7 @@ func (s Scenario) DrvdomConfig() DomainConfig {
 		mem = ImageDDMem
 	}
 	return DomainConfig{
-		Name: DrvdomName, Kernel: "/tmp/img/vmlinuz", Ramdisk: "/tmp/img/drvdom.img",
+		Name: DrvdomName, Kernel: "/tmp/img/vmlinux", Ramdisk: "/tmp/img/drvdom.img",
 		Extra:    "console=hvc0 lab.role=drvdom drvdom.backend=" + s.Backend,
 		MemoryMB: mem, VCPUs: 1, DriverDomain: true, PCI: []string{NVMeBDF, DDNicBDF},
 	}
@@ -105,7 +105,7 @@ func (s Scenario) DrvdomConfig() DomainConfig {
 // GuestConfig is the guest's xl config: disk and NIC served by the driver domain.
 func (s Scenario) GuestConfig() DomainConfig {
 	return DomainConfig{
-		Name: GuestName, Kernel: "/tmp/img/vmlinuz", Ramdisk: "/tmp/img/guest.img",
+		Name: GuestName, Kernel: "/tmp/img/vmlinux", Ramdisk: "/tmp/img/guest.img",
 		Extra:    "console=hvc0 lab.role=guest lab.ip=" + GuestIP,
 		MemoryMB: GuestMemMB, VCPUs: 1,
 		Disks: []string{DiskSpec(GuestVdev, DrvdomName, s.target())},
@@ -146,7 +146,7 @@ ip link set "$nic" up
 iperf3 -s -D -B %[6]s --logfile /tmp/iperf3-server.log
 # libxenguest mmaps the kernel and ramdisk: over 9p that crawls, so copy them.
 mkdir -p /tmp/img
-cp /lab/vmlinuz /lab/drvdom.img /lab/guest.img /tmp/img/ || fail_domain dom0 "cannot copy images from /lab"
+cp /lab/vmlinux /lab/drvdom.img /lab/guest.img /tmp/img/ || fail_domain dom0 "cannot copy images from /lab"
 lab_t images-copied
 timeout 300 xl -vvv create /lab/drvdom.cfg 2>/lab/xl-create-drvdom.log || fail_domain %[1]s "xl create failed"
 lab_t drvdom-created
@@ -213,7 +213,7 @@ func (s Scenario) Prepare(a *Artifacts, out string) error {
 			return fmt.Errorf("lab: %w", err)
 		}
 	}
-	if err := linkOrCopy(a.Vmlinuz, filepath.Join(out, "vmlinuz")); err != nil {
+	if err := linkOrCopy(a.Vmlinux, filepath.Join(out, "vmlinux")); err != nil {
 		return err
 	}
 	ddFiles := map[string]string{"lib.sh": LibSh, "init-drvdom.sh": InitDrvdom, "hotplug.sh": HotplugSh}
@@ -235,7 +235,7 @@ func (s Scenario) Prepare(a *Artifacts, out string) error {
 }
 
 // RunDirFiles are the large per-run files Cleanup removes unless kept.
-var RunDirFiles = []string{"vmlinuz", "drvdom.img", "guest.img", "nvme.img"}
+var RunDirFiles = []string{"vmlinux", "drvdom.img", "guest.img", "nvme.img"}
 
 // Cleanup removes the run directory's large files.
 func Cleanup(out string) {
