@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path"
 	"path/filepath"
 	"strconv"
@@ -40,13 +41,14 @@ func (realHotplugOps) enslave(ctx context.Context, i, b string, w time.Duration)
 // vbd its physical-device (a loop device for a file), put a vif in the
 // bridge, and write hotplug-status.
 type kernelHotplug struct {
-	store   *xenstore.Client
-	self    uint16
-	bridge  string
-	log     *slog.Logger
-	ops     hotplugOps
-	vifWait time.Duration
-	resync  time.Duration
+	store    *xenstore.Client
+	self     uint16
+	bridge   string
+	log      *slog.Logger
+	ops      hotplugOps
+	vifWait  time.Duration
+	diskWait time.Duration
+	resync   time.Duration
 
 	mu   sync.Mutex
 	devs map[string]*hpDev // by backend path
@@ -55,14 +57,14 @@ type kernelHotplug struct {
 
 type hpDev struct {
 	typ    string
-	loop   string             // loop device we attached, to detach on removal
-	cancel context.CancelFunc // a vif's setup goroutine
+	loop   string             // loop device we attached, to detach on removal (guarded by kernelHotplug.mu)
+	cancel context.CancelFunc // stops the device's setup goroutine
 }
 
 func newKernelHotplug(store *xenstore.Client, self uint16, bridge string, log *slog.Logger, ops hotplugOps) *kernelHotplug {
 	return &kernelHotplug{
 		store: store, self: self, bridge: bridge, log: log, ops: ops,
-		vifWait: 30 * time.Second, resync: 10 * time.Second,
+		vifWait: 30 * time.Second, diskWait: 30 * time.Second, resync: 10 * time.Second,
 		devs: map[string]*hpDev{},
 	}
 }
@@ -226,7 +228,15 @@ func (h *kernelHotplug) check(ctx context.Context, typ, fd, id string) {
 		if hs == "error" {
 			return // reported already; the toolstack removes it
 		}
-		h.setupVBD(ctx, bp)
+		vctx, cancel := context.WithCancel(ctx)
+		d = &hpDev{typ: typ, cancel: cancel}
+		h.add(bp, d)
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			defer cancel()
+			h.setupVBD(vctx, bp, d)
+		}()
 	case "vif":
 		name := read("vifname")
 		if name == "" {
@@ -282,11 +292,15 @@ func (h *kernelHotplug) release(bp string, d *hpDev) {
 	if d.cancel != nil {
 		d.cancel()
 	}
-	if d.loop != "" {
-		if err := h.ops.detachLoop(d.loop); err != nil {
-			h.log.Warn("hotplug: detach loop", "backend", bp, "loop", d.loop, "err", err)
+	h.mu.Lock()
+	loop := d.loop
+	d.loop = ""
+	h.mu.Unlock()
+	if loop != "" {
+		if err := h.ops.detachLoop(loop); err != nil {
+			h.log.Warn("hotplug: detach loop", "backend", bp, "loop", loop, "err", err)
 		} else {
-			h.log.Info("hotplug: loop detached", "loop", d.loop)
+			h.log.Info("hotplug: loop detached", "loop", loop)
 		}
 	}
 }
@@ -307,7 +321,26 @@ func (h *kernelHotplug) fail(ctx context.Context, bp string, err error) {
 	_ = h.store.Write(ctx, bp+"/hotplug-status", "error")
 }
 
-func (h *kernelHotplug) setupVBD(ctx context.Context, bp string) {
+// waitDisk waits up to h.diskWait for target to exist (a passed-through
+// NVMe may still be probing when the first guest's disk appears).
+func (h *kernelHotplug) waitDisk(ctx context.Context, target string) (major, minor uint32, isBlock bool, err error) {
+	deadline := time.Now().Add(h.diskWait)
+	for {
+		major, minor, isBlock, err = h.ops.blockDevNumber(target)
+		if err == nil || !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
+			return major, minor, isBlock, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, 0, false, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// setupVBD gives the vbd its physical-device: the block device named by
+// params, or a loop device over the file it names.
+func (h *kernelHotplug) setupVBD(ctx context.Context, bp string, d *hpDev) {
 	params, err := h.store.Read(ctx, bp+"/params")
 	if err != nil || strings.TrimSpace(params) == "" {
 		params, err = h.store.Read(ctx, bp+"/target")
@@ -323,20 +356,31 @@ func (h *kernelHotplug) setupVBD(ctx context.Context, bp string) {
 	}
 	mode, _ := h.store.Read(ctx, bp+"/mode")
 	ro := strings.TrimSpace(mode) == "r"
-	maj, min, isBlk, err := h.ops.blockDevNumber(target)
+	maj, min, isBlk, err := h.waitDisk(ctx, target)
 	if err != nil {
-		h.fail(ctx, bp, err)
+		if ctx.Err() == nil {
+			h.fail(ctx, bp, err)
+		}
 		return
 	}
-	d := &hpDev{typ: "vbd"}
-	dev := target
+	dev, loop := target, ""
 	if !isBlk {
 		ld, err := h.ops.attachLoop(target, ro)
 		if err != nil {
 			h.fail(ctx, bp, err)
 			return
 		}
-		maj, min, dev, d.loop = ld.Major, ld.Minor, ld.Path, ld.Path
+		maj, min, dev, loop = ld.Major, ld.Minor, ld.Path, ld.Path
+		h.mu.Lock()
+		mine := h.devs[bp] == d
+		if mine {
+			d.loop = loop
+		}
+		h.mu.Unlock()
+		if !mine { // released while we attached: undo
+			_ = h.ops.detachLoop(loop)
+			return
+		}
 	}
 	err = h.store.Transaction(ctx, func(tx *xenstore.Tx) error {
 		if _, err := tx.Read(ctx, bp+"/online"); err != nil {
@@ -351,13 +395,11 @@ func (h *kernelHotplug) setupVBD(ctx context.Context, bp string) {
 		return tx.Write(ctx, bp+"/hotplug-status", "connected")
 	})
 	if err != nil {
-		h.log.Error("hotplug: publish physical-device", "backend", bp, "err", err)
-		if d.loop != "" {
-			_ = h.ops.detachLoop(d.loop)
+		if ctx.Err() == nil {
+			h.log.Error("hotplug: publish physical-device", "backend", bp, "err", err)
 		}
-		return
+		return // the loop device, if any, goes when the device is released
 	}
-	h.add(bp, d)
 	h.log.Info("hotplug: vbd ready", "backend", bp, "disk", target, "device", dev, "physical-device", fmt.Sprintf("%x:%x", maj, min))
 }
 

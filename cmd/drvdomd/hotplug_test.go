@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -59,7 +60,7 @@ func (f *fakeOps) blockDevNumber(p string) (uint32, uint32, bool, error) {
 	if f.files[p] {
 		return 0, 0, false, nil
 	}
-	return 0, 0, false, fmt.Errorf("stat %s: no such file", p)
+	return 0, 0, false, fmt.Errorf("stat %s: %w", p, os.ErrNotExist)
 }
 
 func (f *fakeOps) enslave(ctx context.Context, ifname, bridge string, wait time.Duration) error {
@@ -119,7 +120,7 @@ type hpEnv struct {
 	h    *kernelHotplug
 }
 
-func newHPEnv(t *testing.T, vifWait time.Duration) *hpEnv {
+func newHPEnv(t *testing.T, vifWait time.Duration, tune ...func(*kernelHotplug)) *hpEnv {
 	srv := xenstored.New()
 	srv.IntroduceDomain(1)
 	srv.IntroduceDomain(2)
@@ -128,6 +129,10 @@ func newHPEnv(t *testing.T, vifWait time.Duration) *hpEnv {
 	e.ddc = xenstore.NewClient(srv.Connect(1))
 	e.h = newKernelHotplug(e.ddc, 1, "xenbr0", quiet, e.ops)
 	e.h.vifWait = vifWait
+	e.h.diskWait = 200 * time.Millisecond
+	for _, f := range tune {
+		f(e.h) // before Run: its goroutines read these
+	}
 	e.h.resync = 50 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -350,5 +355,21 @@ func TestDiskTarget(t *testing.T) {
 		if got := diskTarget(in); got != want {
 			t.Errorf("diskTarget(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestHotplugVBDWaitsForLateDisk(t *testing.T) {
+	e := newHPEnv(t, 2*time.Second, func(h *kernelHotplug) { h.diskWait = 5 * time.Second })
+	bp := e.add("vbd", "51712", "params", "/dev/nvme0n1")
+	time.Sleep(150 * time.Millisecond)
+	if got := e.read(bp + "/hotplug-status"); !strings.HasPrefix(got, "<") {
+		t.Fatalf("hotplug-status %q before the disk exists", got)
+	}
+	e.ops.mu.Lock()
+	e.ops.blockDev["/dev/nvme0n1"] = [2]uint32{259, 0}
+	e.ops.mu.Unlock()
+	e.waitKey(bp+"/hotplug-status", "connected")
+	if got := e.read(bp + "/physical-device"); got != "103:0" {
+		t.Errorf("physical-device = %q", got)
 	}
 }
