@@ -135,6 +135,9 @@ func writeStatus(ctx context.Context, s storeReader, name string, domid int, w i
 				online, _ := s.Read(ctx, bp+"/online")
 				hp, _ := s.Read(ctx, bp+"/hotplug-status")
 				errv, _ := s.Read(ctx, "/local/domain/"+strconv.Itoa(domid)+"/error/backend/"+typ+"/"+fd+"/"+id+"/error")
+				if errv == "" {
+					errv, _ = s.Read(ctx, bp+"/hotplug-error")
+				}
 				guest := fd
 				if fdn, err := strconv.Atoi(fd); err == nil && names[fdn] != "" {
 					guest += " (" + names[fdn] + ")"

@@ -55,6 +55,10 @@ func TestStatus(t *testing.T) {
 		"/local/domain/1/backend/vif/2/0/frontend":           "/local/domain/2/device/vif/0",
 		"/local/domain/2/device/vif/0/state":                 "zz",
 		"/local/domain/1/error/backend/vif/2/0/error":        "5 connect: map ring: grant refused",
+		"/local/domain/1/backend/vbd/2/51728/state":          "6",
+		"/local/domain/1/backend/vbd/2/51728/online":         "1",
+		"/local/domain/1/backend/vbd/2/51728/hotplug-status": "error",
+		"/local/domain/1/backend/vbd/2/51728/hotplug-error":  "stat /srv/x.img: no such file",
 	}
 	var b bytes.Buffer
 	if err := writeStatus(context.Background(), s, "drvdom", -1, &b); err != nil {
@@ -66,6 +70,7 @@ func TestStatus(t *testing.T) {
 		"vbd   2 (guest)  51712  Connected  Connected",
 		"vif   2 (guest)  0      Closing    bad(\"zz\")",
 		"5 connect: map ring: grant refused",
+		"stat /srv/x.img: no such file",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)
