@@ -83,6 +83,11 @@ func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Hand
 	if err != nil {
 		return nil, err
 	}
+	// Crash-only: a ring a previous backend process served keeps its
+	// indices. Everything below rsp_prod was answered; requests between it
+	// and req_prod are taken (again) from there. A fresh ring starts at 0.
+	p := r.SharedRspProd()
+	r.Resume(p, p)
 	q := &queue{dev: dev, idx: idx, abi: abi, rmap: rmap, ring: r, evh: evh, port: port,
 		log: dev.log.With("queue", idx)}
 	q.drained = sync.NewCond(&q.mu)

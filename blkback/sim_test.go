@@ -59,7 +59,7 @@ func newEnv(t testing.TB, tune func(*blkback.Driver)) *env {
 	dom0 := host.NewDomain(0)
 	dd := host.NewDomain(ddID)
 	guest := host.NewDomain(guestID)
-	e := &env{t: t, host: host, dd: dd, guest: guest, d0: dom0.Xenstore(), gstore: guest.Xenstore(), done: make(chan struct{})}
+	e := &env{t: t, host: host, dd: dd, guest: guest, d0: dom0.Xenstore(), gstore: guest.Xenstore()}
 	e.drv = &blkback.Driver{
 		Grants:         dd.Mapper(),
 		Events:         func() (evtchn.Handle, error) { return dd.Evtchn(), nil },
@@ -72,17 +72,9 @@ func newEnv(t testing.TB, tune func(*blkback.Driver)) *env {
 	if tune != nil {
 		tune(e.drv)
 	}
-	ddStore := dd.Xenstore()
-	mgr := xenbus.NewManager(ddStore, ddID, quietLog(), e.drv)
-	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	go func() {
-		defer close(e.done)
-		mgr.Run(ctx)
-	}()
+	e.startManager()
 	e.closeAll = sync.OnceFunc(func() {
 		e.stop()
-		ddStore.Close()
 		e.d0.Close()
 		e.gstore.Close()
 		host.Close()
@@ -91,6 +83,23 @@ func newEnv(t testing.TB, tune func(*blkback.Driver)) *env {
 	return e
 }
 
+// startManager runs the driver domain's daemon: a Manager with blkback on
+// a fresh xenstore connection.
+func (e *env) startManager() {
+	ddStore := e.dd.Xenstore()
+	mgr := xenbus.NewManager(ddStore, ddID, quietLog(), e.drv)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	e.cancel, e.done = cancel, done
+	go func() {
+		defer close(done)
+		defer ddStore.Close()
+		mgr.Run(ctx)
+	}()
+}
+
+// stop stops the daemon as a crash would look to the guest: xenstore is left
+// as it is, the host side is freed.
 func (e *env) stop() {
 	e.cancel()
 	<-e.done
@@ -672,5 +681,43 @@ func TestReconnect(t *testing.T) {
 	got := make([]byte, 4096)
 	if err := f2.Read(ctx, 0, 0, got); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("read after reconnect: %v", err)
+	}
+}
+
+// TestBackendRestart: the backend process goes away and a new one takes
+// over the Connected device; the guest notices nothing, and a request it
+// pushed while no backend ran is served by the new one.
+func TestBackendRestart(t *testing.T) {
+	for _, abi := range abis[1:] {
+		t.Run(abi.name, func(t *testing.T) {
+			e := newEnv(t, nil)
+			path := tempDisk(t, 1<<20)
+			f, _ := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: abi.proto, Persistent: true})
+			ctx := ctxT(t)
+			for i := 0; i < 40; i++ { // wrap past one ring's worth of indices
+				if err := f.Write(ctx, 0, uint64(i*8), pattern(4096, uint64(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.stop()
+			waitFor(t, "old backend let go", func() bool {
+				return e.host.Grants.Mapped(ddID) == 0 && e.host.Events.BoundPorts(ddID) == 0
+			})
+			data := pattern(8192, 99)
+			res := make(chan error, 1)
+			go func() { res <- f.Write(ctx, 0, 512, data) }()
+			time.Sleep(20 * time.Millisecond) // the request sits on the ring, unanswered
+			e.startManager()
+			if err := <-res; err != nil {
+				t.Fatalf("request pushed during the restart: %v", err)
+			}
+			got := make([]byte, len(data))
+			if err := f.Read(ctx, 0, 512, got); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("read after restart: %v", err)
+			}
+			if !bytes.Equal(readFile(t, path)[39*8*512:39*8*512+4096], pattern(4096, 39)) {
+				t.Fatal("data from before the restart lost")
+			}
+		})
 	}
 }
