@@ -111,10 +111,12 @@ func (d *fileDisk) probe(o OpenOptions) error {
 			return err
 		}
 		if !o.ReadOnly {
-			// A zero-length discard reports EOPNOTSUPP before anything else
-			// when the device cannot discard, and does nothing otherwise.
-			d.discard = d.ioctlDiscard(ioctlBLKDISCARD, 0, 0) == nil
-			d.secure = d.ioctlDiscard(ioctlBLKSECDISCARD, 0, 0) == nil
+			// A zero-length discard fails with EOPNOTSUPP before anything
+			// else when the device cannot do it (EINVAL or nothing at all
+			// otherwise); sysfs says the same for plain discard.
+			d.discard = sysfsUint(st.Rdev, "queue/discard_max_bytes") > 0 ||
+				!errors.Is(d.ioctlDiscard(ioctlBLKDISCARD, 0, 0), unix.EOPNOTSUPP)
+			d.secure = !errors.Is(d.ioctlDiscard(ioctlBLKSECDISCARD, 0, 0), unix.EOPNOTSUPP)
 		}
 		d.gran = d.physical
 		if g := sysfsUint(st.Rdev, "queue/discard_granularity"); g >= uint64(d.logical) && g <= 1<<30 {
