@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -142,8 +143,8 @@ func (d *Dev) ErrorPath() string {
 }
 
 // WriteError records err for the toolstack the way xenbus_dev_fatal does
-// ("<positive errno> <message>" at ErrorPath; EIO unless err wraps a
-// syscall.Errno) and logs it, once per distinct message.
+// ("<positive errno> <message>" at ErrorPath; the errno err wraps, ENOENT
+// or EACCES for fs.ErrNotExist or fs.ErrPermission, else EIO) and logs it, once per distinct message.
 // It never fails: a device in trouble must not get into more trouble by
 // reporting it.
 func (d *Dev) WriteError(ctx context.Context, err error) {
@@ -152,8 +153,13 @@ func (d *Dev) WriteError(ctx context.Context, err error) {
 	}
 	errno := int(syscall.EIO)
 	var en syscall.Errno
-	if errors.As(err, &en) {
+	switch {
+	case errors.As(err, &en):
 		errno = int(en)
+	case errors.Is(err, fs.ErrNotExist):
+		errno = int(syscall.ENOENT)
+	case errors.Is(err, fs.ErrPermission):
+		errno = int(syscall.EACCES)
 	}
 	msg := truncate(err.Error(), 1024)
 	val := strconv.Itoa(errno) + " " + msg

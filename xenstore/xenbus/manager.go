@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"path"
 	"strconv"
@@ -82,6 +83,10 @@ type Manager struct {
 	// for the driver domain to clean the backend side). drvdomd sets it;
 	// without it the last state (Closed) stays readable. Set before Run.
 	RemoveNodes bool
+	// ProbeWait is how long Probe is retried while it fails with an error
+	// wrapping fs.ErrNotExist (the backing disk not there yet); 0: no
+	// retry. Set before Run.
+	ProbeWait time.Duration
 
 	running atomic.Bool
 	seq     atomic.Uint64
@@ -432,7 +437,7 @@ func (d *device) run(ctx context.Context, prev chan struct{}) {
 	}
 
 	log.Info("xenbus: probe", "frontend", d.dev.FrontPath)
-	inst, err := d.drv.Probe(ctx, d.dev)
+	inst, err := d.probe(ctx)
 	switch {
 	case err != nil:
 		if ctx.Err() != nil {
@@ -468,6 +473,28 @@ func (d *device) run(ctx context.Context, prev chan struct{}) {
 		}
 	}
 }
+
+// probe runs the driver's Probe; while it fails because a file or device
+// does not exist yet (a disk still probing at boot) it retries for up to
+// Manager.ProbeWait.
+func (d *device) probe(ctx context.Context) (Instance, error) {
+	deadline := time.Now().Add(d.m.ProbeWait)
+	for {
+		inst, err := d.drv.Probe(ctx, d.dev)
+		if err == nil || !errors.Is(err, fs.ErrNotExist) || ctx.Err() != nil || !time.Now().Before(deadline) {
+			return inst, err
+		}
+		d.dev.logger().Info("xenbus: probe: not there yet, retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(probeRetryDelay):
+		}
+	}
+}
+
+// probeRetryDelay is the pause between Probe attempts under ProbeWait.
+const probeRetryDelay = 250 * time.Millisecond
 
 // start follows a successful Probe: InitWait, or, when a previous drvdomd
 // left the device Connected and the frontend is still there, connect again

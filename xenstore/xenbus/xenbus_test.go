@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"runtime"
 	"strconv"
@@ -129,8 +130,10 @@ type fakeDriver struct {
 	// failConnect makes Connect fail for these device ids.
 	failConnect map[uint32]bool
 	failProbe   map[uint32]bool
-	open        int // instances probed and not closed
-	connected   int
+	// missingProbes makes Probe fail with fs.ErrNotExist this many times.
+	missingProbes int
+	open          int // instances probed and not closed
+	connected     int
 }
 
 func (f *fakeDriver) Type() string { return f.typ }
@@ -146,6 +149,15 @@ func (f *fakeDriver) Probe(ctx context.Context, d *Dev) (Instance, error) {
 	f.record("probe", d)
 	if f.failProbe[d.DevID] {
 		return nil, errors.New("no such disk")
+	}
+	f.mu.Lock()
+	missing := f.missingProbes > 0
+	if missing {
+		f.missingProbes--
+	}
+	f.mu.Unlock()
+	if missing {
+		return nil, fmt.Errorf("open /dev/nvme0n1: %w", fs.ErrNotExist)
 	}
 	if _, err := d.ReadBack(ctx, "params"); err != nil {
 		return nil, err
@@ -246,8 +258,10 @@ type env struct {
 	ddc    *xenstore.Client
 	guestc *xenstore.Client
 	ctx    context.Context
-	// removeNodes is Manager.RemoveNodes for managers start makes.
+	// removeNodes and probeWait are Manager.RemoveNodes and ProbeWait for
+	// managers start makes.
 	removeNodes bool
+	probeWait   time.Duration
 }
 
 func newEnv(t *testing.T) *env {
@@ -364,6 +378,7 @@ func (e *env) start(drivers ...Driver) (*Manager, func()) {
 	m := NewManager(e.ddc, dd, slog.New(slog.NewTextHandler(io.Discard, nil)), drivers...)
 	m.Resync = 50 * time.Millisecond
 	m.RemoveNodes = e.removeNodes
+	m.ProbeWait = e.probeWait
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- m.Run(ctx) }()
@@ -781,5 +796,26 @@ func TestKeepNodesByDefault(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if got := e.read(backPath("vbd", 51712) + "/state"); got != "6" {
 		t.Errorf("backend state = %q, want 6 kept without RemoveNodes", got)
+	}
+}
+
+func TestProbeRetriesMissingDisk(t *testing.T) {
+	e := newEnv(t)
+	e.probeWait = 5 * time.Second
+	drv := &fakeDriver{typ: "vbd", missingProbes: 2}
+	e.start(drv)
+	e.addDevice("vbd", 51712)
+	e.waitBack("vbd", 51712, InitWait)
+	if n := drv.count("probe", "vbd 2/51712"); n != 3 {
+		t.Errorf("probes = %d, want 3 (two misses, then the disk)", n)
+	}
+	// Without ProbeWait a missing disk fails at once.
+	e2 := newEnv(t)
+	drv2 := &fakeDriver{typ: "vbd", missingProbes: 1}
+	e2.start(drv2)
+	e2.addDevice("vbd", 51712)
+	e2.waitBack("vbd", 51712, Closing)
+	if v := e2.read(fmt.Sprintf("/local/domain/%d/error/backend/vbd/%d/51712/error", dd, guest)); !strings.HasPrefix(v, "2 ") {
+		t.Errorf("error node = %q, want ENOENT (2)", v)
 	}
 }
