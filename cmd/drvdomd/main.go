@@ -194,7 +194,7 @@ func daemon(ctx context.Context, console io.Writer) int {
 		}
 		defer cleanup()
 		m := xenbus.NewManager(store, uint16(self), log, drivers...)
-		m.RemoveNodes = true // the driver domain cleans its backend side, as xl devd does
+		m.RemoveNodes = true           // the driver domain cleans its backend side, as xl devd does
 		m.ProbeWait = 30 * time.Second // a passed-through disk may still be probing
 		if err := m.Run(ctx); err != nil {
 			log.Error("xenbus manager stopped", "err", err)
