@@ -197,6 +197,14 @@ func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, e
 	default:
 		return nil, fmt.Errorf("%s: mode %q is neither r nor w", d.Name(), mode)
 	}
+	// The Manager probes only online devices; a toolstack that raced us
+	// to online=0 gets nothing opened.
+	if v, err := d.ReadBack(ctx, "online"); err == nil && strings.TrimSpace(v) != "1" {
+		return nil, fmt.Errorf("%s: device is not online (online=%q)", d.Name(), truncate(v, 8))
+	}
+	// type (phy, file, ...) only says how libxl found the target: both are
+	// opened the same way here.
+	typ, _ := d.ReadBack(ctx, "type")
 	if v, err := d.ReadBack(ctx, "device-type"); err == nil && strings.TrimSpace(v) == "cdrom" {
 		dev.cdrom = true
 	}
@@ -257,7 +265,7 @@ func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, e
 		b.Close()
 		return nil, fmt.Errorf("%s: publish features: %w", d.Name(), err)
 	}
-	log.Info("blkback: probed", "params", params, "ro", dev.readOnly, "sectors", dev.sectors.Load(),
+	log.Info("blkback: probed", "params", params, "type", typ, "ro", dev.readOnly, "sectors", dev.sectors.Load(),
 		"sector-size", dev.logical, "discard", dev.discard)
 	return dev, nil
 }
