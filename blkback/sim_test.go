@@ -721,3 +721,43 @@ func TestBackendRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestGuestDestroyed: the guest dies with requests mapped and persistent
+// grants held; once the toolstack removes the backend directory nothing of
+// it stays mapped or bound, and another guest's disk is untouched.
+func TestGuestDestroyed(t *testing.T) {
+	e := newEnv(t, nil)
+	other := e.host.NewDomain(3)
+	ostore := other.Xenstore()
+	defer ostore.Close()
+	ctx := ctxT(t)
+	f, d := e.attach(t, 51712, tempDisk(t, 1<<20), "w", blkfront.Config{Protocol: blkback.ProtoX86_64, Persistent: true, Queues: 2})
+	od := blkfront.Disk{BackDom: ddID, FrontDom: 3, DevID: 51712, Params: tempDisk(t, 1<<20), Mode: "w"}
+	if err := blkfront.AddDisk(ctx, e.d0, od); err != nil {
+		t.Fatal(err)
+	}
+	of, err := blkfront.Attach(ctx, ostore, other.Sharer(), other.Evtchn(), od.FrontPath(), blkfront.Config{Protocol: blkback.ProtoX86_64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for q := 0; q < 2; q++ {
+		if err := f.Write(ctx, q, 0, pattern(32*1024, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.host.Destroy(guestID)
+	if err := e.d0.Rm(ctx, d.BackPath()); err != nil {
+		t.Fatal(err)
+	}
+	// What remains mapped and bound is the other guest's one ring.
+	waitFor(t, "dead guest's grants unmapped", func() bool { return e.host.Grants.Mapped(ddID) == 1 })
+	waitFor(t, "dead guest's ports unbound", func() bool { return e.host.Events.BoundPorts(ddID) == 1 })
+	data := pattern(4096, 3)
+	got := make([]byte, 4096)
+	if err := of.Write(ctx, 0, 8, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := of.Read(ctx, 0, 8, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("other guest after the first died: %v", err)
+	}
+}
