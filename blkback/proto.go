@@ -1,14 +1,26 @@
 // Package blkback is a userspace backend for Xen's paravirtual block
-// protocol (blkif, xen/include/public/io/blkif.h).
+// protocol (blkif, xen/include/public/io/blkif.h), served to Linux (or any)
+// blkfront from a driver domain.
 //
 // A request's whole path, one file per layer:
 //   - proto.go: the wire layout of requests, segments and responses for both
-//     ABIs, and their decoding (from a private copy, never from shared memory);
-//   - validate.go: everything a hostile frontend could get wrong;
-//   - disk.go, disk_linux.go: the backing (file, block device, null disk);
-//   - grants.go: the data pages (persistent grants, batch map, grant copy);
-//   - queue.go: one goroutine per ring: event channel, ring, dispatch, respond;
-//   - driver.go: the xenbus Driver (probe, connect, resize, statistics, teardown).
+//     ABIs (x86_32 without a protocol key, x86_64 native), decoded from a
+//     private copy of the ring slot, each field read once;
+//   - validate.go: everything a hostile frontend could get wrong, refused
+//     with BLKIF_RSP_ERROR or BLKIF_RSP_EOPNOTSUPP (preallocated errors);
+//   - queue.go: one goroutine per ring: event channel, ring.Back, copy,
+//     validate, indirect segments, data pages, dispatch, respond;
+//   - grants.go: persistent grants (bounded per ring, LRU purge as Linux);
+//     bounce.go: the grant-copy alternative (Driver.GrantCopy);
+//   - exec.go, uring_linux.go: the I/O engines (io_uring by default, a
+//     worker pool otherwise); disk.go, disk_linux.go: the backing (raw file
+//     or block device with O_DIRECT, the null disk);
+//   - driver.go: the xenbus.Driver: probe, connect (multi-queue, multi-page
+//     rings), online resize, statistics, teardown.
+//
+// Non-persistent grants are unmapped before the response is written.
+// Statistics are Device.Stats and, as JSON, the backend key drvdom-stats
+// (StatsKey), rewritten when they change.
 package blkback
 
 import (
