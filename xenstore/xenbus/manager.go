@@ -479,12 +479,14 @@ func (d *device) run(ctx context.Context, prev chan struct{}) {
 // Manager.ProbeWait.
 func (d *device) probe(ctx context.Context) (Instance, error) {
 	deadline := time.Now().Add(d.m.ProbeWait)
-	for {
+	for attempt := 0; ; attempt++ {
 		inst, err := d.drv.Probe(ctx, d.dev)
 		if err == nil || !errors.Is(err, fs.ErrNotExist) || ctx.Err() != nil || !time.Now().Before(deadline) {
 			return inst, err
 		}
-		d.dev.logger().Info("xenbus: probe: not there yet, retrying", "err", err)
+		if attempt == 0 {
+			d.dev.logger().Info("xenbus: probe: not there yet, retrying", "for", time.Until(deadline).Round(time.Second), "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, err
