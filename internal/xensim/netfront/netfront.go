@@ -48,8 +48,11 @@ type Config struct {
 	// RxBuffers is how many rx buffers to post per queue (ring size if 0).
 	RxBuffers int
 	// RecvDepth is the capacity of each queue's received-packet channel
-	// (1024 if 0); packets beyond it are counted as RxOverflow and dropped.
-	RecvDepth int
+	// (1024 if 0). When it is full the receiver waits for the reader (and
+	// reposts no buffers meanwhile), unless DropOnFull: then the packet is
+	// counted as RxOverflow and dropped, as a busy guest stack would.
+	RecvDepth  int
+	DropOnFull bool
 }
 
 // Packet is one frame with its netif metadata: NETTXF_* flags when sent,
@@ -106,8 +109,9 @@ type fqueue struct {
 	rxCons  uint32      // ring index of the next response
 	rxCur   *Packet     // packet being assembled
 	rxErr   bool
-	rxExtra bool // next response is an extra-info
-	rxMore  bool // the last data slot had NETRXF_more_data
+	rxExtra bool     // next response is an extra-info
+	rxMore  bool     // the last data slot had NETRXF_more_data
+	ready   []Packet // assembled, to deliver once rxMu is released
 	recv    chan Packet
 
 	cnt Counters
@@ -365,7 +369,7 @@ func (f *Front) receive(ctx context.Context) {
 				q.gcTx()
 			}
 			if p == q.rxPort {
-				q.drainRx()
+				q.drainRx(ctx)
 			}
 		}
 	}
@@ -547,8 +551,9 @@ func (f *Front) WaitTxIdle(ctx context.Context, q int) error {
 	return nil
 }
 
-// drainRx consumes rx responses, assembles packets and reposts buffers.
-func (q *fqueue) drainRx() {
+// drainRx consumes rx responses, assembles packets, delivers them and
+// reposts the buffers.
+func (q *fqueue) drainRx(ctx context.Context) {
 	q.rxMu.Lock()
 	posted := 0
 	pages := q.rxPages.Bytes()
@@ -591,10 +596,33 @@ func (q *fqueue) drainRx() {
 			break
 		}
 	}
+	ready := q.ready
+	q.ready = nil
 	q.rxMu.Unlock()
+	for _, p := range ready {
+		if q.f.cfg.DropOnFull {
+			select {
+			case q.recv <- p:
+			default:
+				q.count(func(c *Counters) { c.RxOverflow++; c.RxPackets-- })
+			}
+			continue
+		}
+		select {
+		case q.recv <- p:
+		case <-ctx.Done():
+			return
+		}
+	}
 	if posted > 0 {
 		q.postRx(posted)
 	}
+}
+
+func (q *fqueue) count(f func(*Counters)) {
+	q.rxMu.Lock()
+	defer q.rxMu.Unlock()
+	f(&q.cnt)
 }
 
 func (q *fqueue) finishRx() {
@@ -605,12 +633,8 @@ func (q *fqueue) finishRx() {
 		q.cnt.RxErrors++
 		return
 	}
-	select {
-	case q.recv <- p:
-		q.cnt.RxPackets++
-	default:
-		q.cnt.RxOverflow++
-	}
+	q.cnt.RxPackets++
+	q.ready = append(q.ready, p)
 }
 
 // Recv returns the next packet received on queue q.
