@@ -559,3 +559,75 @@ func TestSimRxChecksumForGuestsWithoutOffload(t *testing.T) {
 		t.Fatalf("after a bogus header: flags %#x", p.Flags)
 	}
 }
+
+// TestSimBadFrontendKeys: a frontend that publishes nonsense (or refs it
+// never granted) gets its vif closed with an error in xenstore; nothing
+// stays mapped or bound, and another guest's vif works meanwhile.
+func TestSimBadFrontendKeys(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := ctxT(t)
+	good := e.attach(t, 3, 0, netfront.Nic{}, netfront.Config{})
+	cases := []map[string]string{
+		{"tx-ring-ref": "abc", "rx-ring-ref": "9", "event-channel": "1"},
+		{"tx-ring-ref": "12345", "rx-ring-ref": "12346", "event-channel": "1"}, // never granted
+		{"tx-ring-ref": "1", "rx-ring-ref": "2"},                              // no event channel
+		{"multi-queue-num-queues": "99", "tx-ring-ref": "1", "rx-ring-ref": "2", "event-channel": "1"},
+		{"multi-queue-num-queues": "0", "tx-ring-ref": "1", "rx-ring-ref": "2", "event-channel": "1"},
+		{"request-rx-copy": "0", "tx-ring-ref": "1", "rx-ring-ref": "2", "event-channel": "1"},
+		{"tx-ring-ref": "-1", "rx-ring-ref": "99999999999", "event-channel": "1"},
+	}
+	for i, keys := range cases {
+		dom := uint16(10 + i)
+		g := e.host.NewDomain(dom)
+		nic := netfront.Nic{BackDom: ddID, FrontDom: dom, DevID: 0, MAC: "00:16:3e:00:01:01"}
+		if err := netfront.AddNic(ctx, e.d0, nic); err != nil {
+			t.Fatal(err)
+		}
+		gs := g.Xenstore()
+		defer gs.Close()
+		// Wait for InitWait as a frontend would, then publish garbage.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+			if s, _ := gs.Read(ctx, nic.BackPath()+"/state"); s == "2" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("case %d: backend never reached InitWait", i)
+			}
+		}
+		if _, ok := keys["request-rx-copy"]; !ok {
+			keys["request-rx-copy"] = "1"
+		}
+		for k, v := range keys {
+			if err := gs.Write(ctx, nic.FrontPath()+"/"+k, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := gs.Write(ctx, nic.FrontPath()+"/state", "4"); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+			s, _ := gs.Read(ctx, nic.BackPath()+"/state")
+			if s == "5" || s == "6" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("case %d (%v): backend state %q, want Closing", i, keys, s)
+			}
+		}
+		errPath := "/local/domain/" + strconv.Itoa(ddID) + "/error/backend/vif/" + strconv.Itoa(int(dom)) + "/0/error"
+		if s, err := e.d0.Read(ctx, errPath); err != nil || s == "" {
+			t.Fatalf("case %d: no error node (%q, %v)", i, s, err)
+		}
+		// Only the good vif's two ring pages are mapped.
+		if m := e.host.Grants.Mapped(ddID); m != 2 {
+			t.Fatalf("case %d: %d pages mapped, want the good vif's 2", i, m)
+		}
+		fr := netback.BuildFrame(netback.FrameOpts{Payload: 100, Seed: byte(i)})
+		if err := good.f.Send(ctx, 0, netfront.Packet{Frame: fr}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, got := recvHost(t, good.tap, 0); !bytes.Equal(got, fr) {
+			t.Fatal("good vif frame differs")
+		}
+	}
+}
