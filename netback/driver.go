@@ -257,14 +257,23 @@ func (v *Vif) publishStats(ctx context.Context, iv time.Duration) {
 	defer v.wg.Done()
 	t := time.NewTicker(iv)
 	defer t.Stop()
+	last := ""
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := v.dev.WriteBack(ctx, StatsKey, v.Stats().JSON()); err != nil && ctx.Err() == nil {
-				v.log.Debug("publish stats", "err", err)
+			s := v.Stats().JSON()
+			if s == last {
+				continue // an idle vif costs xenstore nothing
 			}
+			if err := v.dev.WriteBack(ctx, StatsKey, s); err != nil {
+				if ctx.Err() == nil {
+					v.log.Debug("publish stats", "err", err)
+				}
+				continue
+			}
+			last = s
 		}
 	}
 }
