@@ -631,3 +631,31 @@ func TestSimBadFrontendKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestSimOddValidChains: legal but unusual chains (followers at page
+// offsets, an empty follower, data_validated only) arrive intact.
+func TestSimOddValidChains(t *testing.T) {
+	e := newEnv(t, nil)
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{})
+	ctx := ctxT(t)
+	fr := netback.BuildFrame(netback.FrameOpts{Payload: 6000, Seed: 8})
+	a, b, c := fr[:100], fr[100:4000], fr[4000:]
+	if err := v.f.SendRaw(ctx, 0,
+		netfront.Slot{Req: netback.TxRequest{Offset: 3996, Flags: netback.TxMoreData | netback.TxDataValidated, Size: uint16(len(fr))}, Data: a},
+		netfront.Slot{Req: netback.TxRequest{Offset: 196, Flags: netback.TxMoreData, Size: uint16(len(b))}, Data: b},
+		netfront.Slot{Req: netback.TxRequest{Offset: 7, Flags: netback.TxMoreData, Size: 0}},
+		netfront.Slot{Req: netback.TxRequest{Offset: 2000, Size: uint16(len(c))}, Data: c},
+	); err != nil {
+		t.Fatal(err)
+	}
+	h, got := recvHost(t, v.tap, 0)
+	if !bytes.Equal(got, fr) || h != (netback.VnetHdr{Flags: netback.VnetFDataValid}) {
+		t.Fatalf("odd chain: %d bytes (want %d), vnet %+v", len(got), len(fr), h)
+	}
+	if err := v.f.WaitTxIdle(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if c := v.f.Counters(0); c.TxOkay != 4 || c.TxError != 0 {
+		t.Fatalf("responses %+v", c)
+	}
+}
