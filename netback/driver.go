@@ -29,6 +29,9 @@ type Driver struct {
 	Host   Host                          // TAP factory (LinuxHost{} or a MemHost)
 	Mapper grant.Mapper                  // maps rings, copies packets
 	Events func() (evtchn.Handle, error) // opens an event channel handle (one per queue)
+	// Bridge is the bridge of a vif whose backend has no bridge key
+	// (DefaultBridge if empty).
+	Bridge string
 	// MaxQueues is published as multi-queue-max-queues (runtime.NumCPU() if 0).
 	MaxQueues int
 	// StatsInterval is how often drvdom-stats is rewritten (5 s if 0; never
@@ -65,6 +68,9 @@ func (d *Driver) Probe(ctx context.Context, dev *xenbus.Dev) (xenbus.Instance, e
 		return nil, fmt.Errorf("%s: online is %q", dev.Name(), on)
 	}
 	v := &Vif{drv: d, dev: dev, log: log, bridge: DefaultBridge}
+	if d.Bridge != "" {
+		v.bridge = d.Bridge
+	}
 	if m, err := dev.ReadBack(ctx, "mac"); err == nil {
 		hw, err := net.ParseMAC(m)
 		if err != nil || len(hw) != 6 {

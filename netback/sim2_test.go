@@ -659,3 +659,15 @@ func TestSimOddValidChains(t *testing.T) {
 		t.Fatalf("responses %+v", c)
 	}
 }
+
+func TestSimDriverBridge(t *testing.T) {
+	e := newEnv(t, func(d *netback.Driver) { d.Bridge = "br-lab" })
+	e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{})
+	e.attach(t, 3, 0, netfront.Nic{Bridge: "xenbr1"}, netfront.Config{})
+	if got := e.mem.Bridge("br-lab"); len(got) != 1 || got[0] != "vif2.0" {
+		t.Fatalf("br-lab = %v", got)
+	}
+	if got := e.mem.Bridge("xenbr1"); len(got) != 1 || got[0] != "vif3.0" {
+		t.Fatalf("xenbr1 = %v (the bridge key wins)", got)
+	}
+}
