@@ -23,7 +23,8 @@
 //	netback.EnsureBridge("xenbr0", "eth0") // the passed-through NIC
 //	xenbus.NewManager(store, self, log, drv).Run(ctx)
 //
-// Backend keys read at probe: mac, bridge (default xenbr0), rate
+// Backend keys read at probe: mac, bridge (default Driver.Bridge, else
+// xenbr0), rate
 // ("<bytes>,<usec>", Linux's tx credit), online. Published: feature-sg,
 // feature-gso-tcpv4, feature-gso-tcpv6, feature-ipv6-csum-offload,
 // feature-rx-copy=1, feature-rx-flip=0, feature-multicast-control,
