@@ -570,7 +570,7 @@ func TestSimBadFrontendKeys(t *testing.T) {
 	cases := []map[string]string{
 		{"tx-ring-ref": "abc", "rx-ring-ref": "9", "event-channel": "1"},
 		{"tx-ring-ref": "12345", "rx-ring-ref": "12346", "event-channel": "1"}, // never granted
-		{"tx-ring-ref": "1", "rx-ring-ref": "2"},                              // no event channel
+		{"tx-ring-ref": "1", "rx-ring-ref": "2"},                               // no event channel
 		{"multi-queue-num-queues": "99", "tx-ring-ref": "1", "rx-ring-ref": "2", "event-channel": "1"},
 		{"multi-queue-num-queues": "0", "tx-ring-ref": "1", "rx-ring-ref": "2", "event-channel": "1"},
 		{"request-rx-copy": "0", "tx-ring-ref": "1", "rx-ring-ref": "2", "event-channel": "1"},
