@@ -567,14 +567,21 @@ func TestSimBadFrontendKeys(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx := ctxT(t)
 	good := e.attach(t, 3, 0, netfront.Nic{}, netfront.Config{})
+	// TX/RX stand for refs of two ring pages the guest really granted,
+	// EV for a port it really offered: each case breaks one thing.
 	cases := []map[string]string{
-		{"tx-ring-ref": "abc", "rx-ring-ref": "9", "event-channel": "1"},
-		{"tx-ring-ref": "12345", "rx-ring-ref": "12346", "event-channel": "1"}, // never granted
-		{"tx-ring-ref": "1", "rx-ring-ref": "2"},                               // no event channel
-		{"multi-queue-num-queues": "99", "tx-ring-ref": "1", "rx-ring-ref": "2", "event-channel": "1"},
-		{"multi-queue-num-queues": "0", "tx-ring-ref": "1", "rx-ring-ref": "2", "event-channel": "1"},
-		{"request-rx-copy": "0", "tx-ring-ref": "1", "rx-ring-ref": "2", "event-channel": "1"},
-		{"tx-ring-ref": "-1", "rx-ring-ref": "99999999999", "event-channel": "1"},
+		{"tx-ring-ref": "abc", "rx-ring-ref": "RX", "event-channel": "EV"},
+		{"tx-ring-ref": "12345", "rx-ring-ref": "RX", "event-channel": "EV"}, // never granted
+		{"tx-ring-ref": "TX", "rx-ring-ref": "RX"},                           // no event channel
+		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "77"},     // not offered
+		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel-tx": "EV", "event-channel-rx": "EV"},
+		{"multi-queue-num-queues": "99", "tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "EV"},
+		{"multi-queue-num-queues": "0", "tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "EV"},
+		{"multi-queue-num-queues": "2", "queue-0/tx-ring-ref": "TX", "queue-0/rx-ring-ref": "RX", "queue-0/event-channel": "EV"},
+		{"request-rx-copy": "0", "tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "EV"},
+		{"tx-ring-ref": "-1", "rx-ring-ref": "99999999999", "event-channel": "EV"},
+		// Control: the same pages and port, published right, connect.
+		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "EV", "_ok": ""},
 	}
 	for i, keys := range cases {
 		dom := uint16(10 + i)
@@ -597,13 +604,45 @@ func TestSimBadFrontendKeys(t *testing.T) {
 		if _, ok := keys["request-rx-copy"]; !ok {
 			keys["request-rx-copy"] = "1"
 		}
+		rings, err := g.Sharer().Share(ddID, 2, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rings.Close()
+		gev := g.Evtchn()
+		defer gev.Close()
+		port, err := gev.BindUnbound(ddID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subst := map[string]string{"TX": strconv.Itoa(int(rings.Refs()[0])), "RX": strconv.Itoa(int(rings.Refs()[1])),
+			"EV": strconv.Itoa(int(port))}
+		_, wantOK := keys["_ok"]
+		delete(keys, "_ok")
 		for k, v := range keys {
+			if r, ok := subst[v]; ok {
+				v = r
+			}
 			if err := gs.Write(ctx, nic.FrontPath()+"/"+k, v); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if err := gs.Write(ctx, nic.FrontPath()+"/state", "4"); err != nil {
 			t.Fatal(err)
+		}
+		if wantOK {
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+				if s, _ := gs.Read(ctx, nic.BackPath()+"/state"); s == "4" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("control case did not connect")
+				}
+			}
+			if m := e.host.Grants.Mapped(ddID); m != 4 {
+				t.Fatalf("control case: %d pages mapped, want 4", m)
+			}
+			continue
 		}
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(2 * time.Millisecond) {
 			s, _ := gs.Read(ctx, nic.BackPath()+"/state")
