@@ -573,7 +573,7 @@ func TestSimBadFrontendKeys(t *testing.T) {
 		{"tx-ring-ref": "abc", "rx-ring-ref": "RX", "event-channel": "EV"},
 		{"tx-ring-ref": "12345", "rx-ring-ref": "RX", "event-channel": "EV"}, // never granted
 		{"tx-ring-ref": "TX", "rx-ring-ref": "RX"},                           // no event channel
-		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "77"},     // not offered
+		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "77"},    // not offered
 		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel-tx": "EV", "event-channel-rx": "EV"},
 		{"multi-queue-num-queues": "99", "tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "EV"},
 		{"multi-queue-num-queues": "0", "tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "EV"},
