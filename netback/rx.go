@@ -24,9 +24,10 @@ const (
 	// rxMaxSlots is the most slots one packet can take: 17 data pages + the
 	// GSO extra.
 	rxMaxSlots = (rxBufSize+PageSize-1)/PageSize + 1
-	// rxArenaSize holds one wakeup's batch of frames: at least four
-	// maximal ones, or many small ones.
-	rxArenaSize = 4 * rxBufSize
+	// rxArenaSize holds one wakeup's batch of frames: another frame is
+	// read while a maximal one still fits, so at least two maximal ones,
+	// or ~45 of 1500 bytes (about 130 KiB per queue).
+	rxArenaSize = 2 * rxBufSize
 	// rxBatchMax bounds the packets delivered per grant copy batch.
 	rxBatchMax = 64
 	// rxMaxOut bounds the response slots of one batch.
