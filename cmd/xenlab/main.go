@@ -18,13 +18,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"drvdom/initramfs"
 	"drvdom/internal/lab"
 )
 
@@ -44,6 +48,8 @@ func main() {
 		code, err = runCmd(ctx, p, os.Args[2:])
 	case "e2e":
 		code, err = e2eCmd(ctx, p, os.Args[2:])
+	case "image":
+		err = imageCmd(ctx, p, os.Args[2:])
 	case "bench":
 		fmt.Fprintln(os.Stderr, "xenlab bench: not built yet (use `xenlab run` for fio + iperf3 figures)")
 		code = 2
@@ -70,9 +76,11 @@ func usage() {
 	fmt.Fprintln(os.Stderr, `usage: xenlab build
        xenlab run [--guest-script FILE] [--drvdom-script FILE] [--no-baseline] [common flags]
        xenlab e2e [--backend=kernel|drvdom|both] [common flags]
+       xenlab image [-o out/drvdom.cpio.gz]   the u-root driver-domain image (package initramfs) for the lab's kernel
        xenlab bench
        xenlab clean-cache
-common flags: --backend=kernel|drvdom --drvdom-image PATH --disk-target PATH --out DIR --timeout D --keep -v`)
+common flags: --backend=kernel|drvdom --drvdom-image PATH --drvdomd PATH --kernel-hotplug=script|drvdomd
+              --disk-target PATH --out DIR --timeout D --keep -v`)
 	os.Exit(2)
 }
 
@@ -90,18 +98,22 @@ func build(ctx context.Context, p *lab.Progress) (*lab.Artifacts, error) {
 
 // common are the flags every boot takes.
 type common struct {
-	backend     string
-	drvdomImage string
-	diskTarget  string
-	out         string
-	timeout     time.Duration
-	keep        bool
-	verbose     bool
+	backend       string
+	drvdomImage   string
+	drvdomd       string
+	kernelHotplug string
+	diskTarget    string
+	out           string
+	timeout       time.Duration
+	keep          bool
+	verbose       bool
 }
 
 func (c *common) register(fs *flag.FlagSet, defTimeout time.Duration) {
 	fs.StringVar(&c.backend, "backend", lab.BackendKernel, "driver domain backend: kernel|drvdom (passed as drvdom.backend=)")
 	fs.StringVar(&c.drvdomImage, "drvdom-image", "", "driver domain ramdisk (cpio[.gz], e.g. from `make initramfs`); default: the shell rootfs with a hotplug script")
+	fs.StringVar(&c.drvdomd, "drvdomd", "", "drvdomd binary for the shell driver domain (default: built from this repo when needed)")
+	fs.StringVar(&c.kernelHotplug, "kernel-hotplug", lab.HotplugScript, "who does the kernel backends' hotplug in the shell driver domain: script|drvdomd")
 	fs.StringVar(&c.diskTarget, "disk-target", lab.NVMeTarget, "the guest disk's path inside the driver domain")
 	fs.StringVar(&c.out, "out", "", "run directory (default $XDG_CACHE_HOME/drvdom/runs/<time>)")
 	fs.DurationVar(&c.timeout, "timeout", defTimeout, "whole-boot timeout; QEMU is killed after it")
@@ -129,6 +141,9 @@ func boot(ctx context.Context, p *lab.Progress, a *lab.Artifacts, c *common, s l
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return nil, fmt.Errorf("run dir: %w", err)
+	}
+	if err := needDrvdomd(ctx, p, &s, filepath.Join(out, "bin")); err != nil {
+		return nil, err
 	}
 	if s.DrvdomImage != "" {
 		if s.DrvdomImage, err = filepath.Abs(s.DrvdomImage); err != nil {
@@ -160,7 +175,63 @@ func (c *common) scenario() (lab.Scenario, error) {
 	if c.backend != lab.BackendKernel && c.backend != lab.BackendDrvdom {
 		return lab.Scenario{}, fmt.Errorf("--backend=%s: want kernel or drvdom", c.backend)
 	}
-	return lab.Scenario{Backend: c.backend, DrvdomImage: c.drvdomImage, DiskTarget: c.diskTarget}, nil
+	if c.kernelHotplug != lab.HotplugScript && c.kernelHotplug != lab.HotplugDrvdomd {
+		return lab.Scenario{}, fmt.Errorf("--kernel-hotplug=%s: want script or drvdomd", c.kernelHotplug)
+	}
+	return lab.Scenario{Backend: c.backend, DrvdomImage: c.drvdomImage, DiskTarget: c.diskTarget,
+		Drvdomd: c.drvdomd, KernelHotplug: c.kernelHotplug}, nil
+}
+
+// needDrvdomd builds drvdomd from this repository into dir when the shell
+// driver domain will run it and no binary was given.
+func needDrvdomd(ctx context.Context, p *lab.Progress, s *lab.Scenario, dir string) error {
+	if s.DrvdomImage != "" || s.Drvdomd != "" {
+		return nil
+	}
+	if s.Backend != lab.BackendDrvdom && s.KernelHotplug != lab.HotplugDrvdomd {
+		return nil
+	}
+	root, err := initramfs.FindModuleRoot(".")
+	if err != nil {
+		return fmt.Errorf("drvdomd: %w", err)
+	}
+	out := filepath.Join(dir, "drvdomd")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("drvdomd: %w", err)
+	}
+	done := p.Step("go build ./cmd/drvdomd (static, for the shell driver domain)", 20*time.Second)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/drvdomd")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		err = fmt.Errorf("go build ./cmd/drvdomd: %w\n%s", err, b)
+	}
+	done(err)
+	s.Drvdomd = out
+	return err
+}
+
+func imageCmd(ctx context.Context, p *lab.Progress, args []string) error {
+	fs := flag.NewFlagSet("image", flag.ExitOnError)
+	out := fs.String("o", filepath.Join("out", "drvdom.cpio.gz"), "output image (gzip-compressed cpio)")
+	_ = fs.Parse(args)
+	a, err := build(ctx, p)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	done := p.Step(fmt.Sprintf("u-root image with drvdomd and %s's modules -> %s", a.Versions.KRelease, *out), 30*time.Second)
+	res, err := initramfs.Build(initramfs.Options{Output: *out, KernelVersion: a.Versions.KRelease, ModulesRoot: a.ModulesRoot,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	done(err)
+	if err != nil {
+		return err
+	}
+	p.Printf("image %s: %d KB, %d modules, missing %v", *out, res.Size>>10, len(res.Modules), res.Missing)
+	return nil
 }
 
 func readScript(path string) (string, error) {

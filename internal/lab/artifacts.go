@@ -29,6 +29,9 @@ type Artifacts struct {
 	// lab's base /init, which picks the domain's role from lab.role= on the
 	// kernel command line and runs /lab/init-<role>.sh (per run).
 	Initrd string
+	// ModulesRoot holds the full module trees of the kernel (<krel>/...),
+	// for image builders that trim their own set (`xenlab image`).
+	ModulesRoot string
 	// Modules maps a role (dom0, driver-domain, guest) to a directory that
 	// holds usr/lib/modules/<krel> with that role's trimmed, depmod'ed set.
 	Modules map[string]string
@@ -150,6 +153,7 @@ func (b *Builder) Build(ctx context.Context) (*Artifacts, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.ModulesRoot = filepath.Join(kroot, "lib", "modules")
 	kin := map[string]string{"kernel": v.KernelPkg + "=" + v.KernelVer}
 	kdir, _, err := b.cached("kernel", 5*time.Second, map[string]string{"kernel": kin["kernel"], "files": "vmlinuz,vmlinux"}, func(dir string) error {
 		if err := copyFile(filepath.Join(kroot, "boot", "vmlinuz-"+v.KRelease), filepath.Join(dir, "vmlinuz")); err != nil {

@@ -119,9 +119,14 @@ sleep 60
 // netback plus /lab/hotplug.sh; drvdom: drvdomd if the image has it).
 const InitDrvdom = domUCommon + `lab_t drvdom-init
 backend=kernel
+hotplug=script
 for a in $(cat /proc/cmdline); do
-	case "$a" in drvdom.backend=*) backend="${a#drvdom.backend=}" ;; esac
+	case "$a" in
+	drvdom.backend=*) backend="${a#drvdom.backend=}" ;;
+	lab.hotplug=*) hotplug="${a#lab.hotplug=}" ;;
+	esac
 done
+[ -f /lab/drvdomd ] && ln -sf /lab/drvdomd /usr/local/bin/drvdomd
 for m in xen-evtchn xen-gntdev xen-gntalloc xenfs xen-pcifront nvme e1000 loop bridge xen-blkback xen-netback; do
 	modprobe $m || echo "lab: modprobe $m failed"
 done
@@ -139,13 +144,17 @@ echo 4 > /proc/sys/kernel/printk
 if [ -f /lab/drvdom.sh ]; then lab_run /lab/drvdom.sh drvdom.sh; fi
 case "$backend" in
 kernel)
-	sh /lab/hotplug.sh &
+	if [ "$hotplug" = drvdomd ] && command -v drvdomd >/dev/null; then
+		drvdomd &
+	else
+		sh /lab/hotplug.sh &
+	fi
 	;;
 drvdom)
 	if command -v drvdomd >/dev/null; then
 		drvdomd &
 	else
-		lab_check drvdom-backend 1 "drvdom.backend=drvdom but this driver-domain image has no drvdomd (use --drvdom-image)"
+		lab_check drvdom-backend 1 "drvdom.backend=drvdom but this driver domain has no drvdomd"
 	fi
 	;;
 *)
@@ -200,7 +209,12 @@ add_vif() {
 	fi
 }
 remove() {
-	d=$1; key=$2
+	d=$1; key=$2; type=$3; fe=$4; id=$5
+	# netback frees vifF.N asynchronously: a device re-attached with the
+	# same id before it is gone fails to create its interface.
+	if [ "$type" = vif ]; then
+		lab_wait 20 sh -c "! test -e /sys/class/net/vif$fe.$id"
+	fi
 	if [ -f "/run/lab-hotplug/$key" ]; then
 		losetup -d "$(cat "/run/lab-hotplug/$key")"
 		rm -f "/run/lab-hotplug/$key"
@@ -222,9 +236,9 @@ scan() {
 				if [ "$online" = 1 ] && [ -z "$hs" ] && [ "$gone" = 0 ]; then
 					add_$type "$d" "$key" "$fe" "$id"
 				elif [ "$online" = 0 ] && [ "$state" = 6 ]; then
-					remove "$d" "$key"
+					remove "$d" "$key" "$type" "$fe" "$id"
 				elif [ "$gone" = 1 ] && [ -n "$state" ] && [ "$state" != 1 ]; then
-					remove "$d" "$key"
+					remove "$d" "$key" "$type" "$fe" "$id"
 				fi
 			done
 			if [ -z "$(xenstore-list "$base/$type/$fe" 2>/dev/null)" ]; then

@@ -155,7 +155,7 @@ func TestDomainConfigRender(t *testing.T) {
 	s := Scenario{Backend: BackendDrvdom}
 	dd := s.DrvdomConfig().Render()
 	for _, want := range []string{`name = "drvdom"`, `type = "pv"`, "driver_domain = 1", `pci = ['0000:00:05.0', '0000:00:06.0']`,
-		`extra = "console=hvc0 lab.role=drvdom drvdom.backend=drvdom"`, "memory = 1200", `on_poweroff = "destroy"`} {
+		`extra = "console=hvc0 lab.role=drvdom drvdom.backend=drvdom"`, "memory = 768", `on_poweroff = "destroy"`} {
 		if !strings.Contains(dd, want) {
 			t.Errorf("driver domain config lacks %q:\n%s", want, dd)
 		}
@@ -189,7 +189,7 @@ func TestDom0Script(t *testing.T) {
 	if strings.Contains(plain, "block-detach") {
 		t.Error("plain run detaches devices")
 	}
-	for _, want := range []string{"xl block-detach guest xvdb", "xl network-detach guest 0", "PHASE block-detach", "PHASE network-detach", `"@@LAB END guest.sh" 90`} {
+	for _, want := range []string{"block-detach guest xvdb", "network-detach guest 0", "PHASE block-detach", "PHASE network-detach", `"@@LAB END guest.sh" 90`} {
 		if !strings.Contains(e2e, want) {
 			t.Errorf("e2e dom0 script lacks %q", want)
 		}

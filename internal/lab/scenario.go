@@ -29,9 +29,9 @@ const (
 	Bridge      = "xenbr0"
 	GuestVdev   = "xvdb"
 	NVMeTarget  = "/dev/nvme0n1"
-	ShellDDMem  = 1200 // MB: the shared rootfs unpacks into RAM (LAB-NOTES)
-	ImageDDMem  = 512  // MB: a u-root image is ~5 MB
-	GuestMemMB  = 1200
+	ShellDDMem  = 768 // MB: the 153 MB uncompressed ramdisk and its unpacked copy fit (LAB-NOTES: 245 MB gzip rootfs needed 1200)
+	ImageDDMem  = 512 // MB: a u-root image is ~5 MB
+	GuestMemMB  = 768
 	defaultWait = 300 // s, dom0's wait for a domain's marker
 )
 
@@ -49,11 +49,22 @@ type Scenario struct {
 	DiskTarget   string // the guest disk's path inside the driver domain (default /dev/nvme0n1)
 	// GuestTimeout bounds the guest script (dom0 gives up after it).
 	GuestTimeout time.Duration
+	// Drvdomd, if set, is a drvdomd binary put in the shell driver domain
+	// as /lab/drvdomd: it serves drvdom.backend=drvdom, and with
+	// KernelHotplug=HotplugDrvdomd also does the kernel backends' hotplug.
+	Drvdomd       string
+	KernelHotplug string // HotplugScript (default) or HotplugDrvdomd
 	// DrvdomReady is the console text dom0 waits for before it creates the
 	// guest; default ReadyShell for the shell driver domain, ReadyImage
 	// for an image.
 	DrvdomReady string
 }
+
+// Who does the kernel backends' hotplug in the shell driver domain.
+const (
+	HotplugScript  = "script"  // /lab/hotplug.sh
+	HotplugDrvdomd = "drvdomd" // drvdomd's kernel mode
+)
 
 // Readiness lines dom0 waits for in the driver domain's console. An image
 // may print ReadyShell itself (exactly "@@LAB READY drvdom@@" on a line of
@@ -97,9 +108,16 @@ func (s Scenario) DrvdomConfig() DomainConfig {
 	}
 	return DomainConfig{
 		Name: DrvdomName, Kernel: "/tmp/img/vmlinux", Ramdisk: "/tmp/img/drvdom.img",
-		Extra:    "console=hvc0 lab.role=drvdom drvdom.backend=" + s.Backend,
+		Extra:    strings.TrimSpace("console=hvc0 lab.role=drvdom drvdom.backend=" + s.Backend + " " + s.hotplugArg()),
 		MemoryMB: mem, VCPUs: 1, DriverDomain: true, PCI: []string{NVMeBDF, DDNicBDF},
 	}
+}
+
+func (s Scenario) hotplugArg() string {
+	if s.KernelHotplug != "" && s.KernelHotplug != HotplugScript {
+		return "lab.hotplug=" + s.KernelHotplug
+	}
+	return ""
 }
 
 // GuestConfig is the guest's xl config: disk and NIC served by the driver domain.
@@ -163,18 +181,18 @@ lab_t guest-ready
 `, GuestName, defaultWait)
 		if s.E2E {
 			fmt.Fprintf(&b, `lab_wait_log "$GLOG" "@@LAB PHASE block-detach" %[2]d || fail_domain %[1]s "no block-detach cue"
-xl block-detach %[1]s %[3]s
+xl -vvv block-detach %[1]s %[3]s 2>/lab/xl-block-detach.log
 ck dom0-block-detach $? "xl block-detach %[1]s %[3]s"
 lab_wait 30 sh -c "! xenstore-read /local/domain/$DD/backend/vbd/$GID/51728/state"
 ck drvdom-vbd-backend-removed $? "/local/domain/$DD/backend/vbd/$GID/51728"
-xl block-attach %[1]s '%[4]s'
+xl -vvv block-attach %[1]s '%[4]s' 2>/lab/xl-block-attach.log
 ck dom0-block-attach $? "xl block-attach"
 lab_wait_log "$GLOG" "@@LAB PHASE network-detach" %[2]d || fail_domain %[1]s "no network-detach cue"
-xl network-detach %[1]s 0
+xl -vvv network-detach %[1]s 0 2>/lab/xl-network-detach.log
 ck dom0-network-detach $? "xl network-detach %[1]s 0"
 lab_wait 30 sh -c "! xenstore-read /local/domain/$DD/backend/vif/$GID/0/state"
 ck drvdom-vif-backend-removed $? "/local/domain/$DD/backend/vif/$GID/0"
-xl network-attach %[1]s '%[5]s'
+xl -vvv network-attach %[1]s '%[5]s' 2>/lab/xl-network-attach.log
 ck dom0-network-attach $? "xl network-attach"
 `, GuestName, defaultWait, GuestVdev, DiskSpec(GuestVdev, DrvdomName, s.target()), VIFSpec(DrvdomName, Bridge, GuestMAC))
 		}
@@ -219,6 +237,13 @@ func (s Scenario) Prepare(a *Artifacts, out string) error {
 	ddFiles := map[string]string{"lib.sh": LibSh, "init-drvdom.sh": InitDrvdom, "hotplug.sh": HotplugSh}
 	if s.DrvdomScript != "" {
 		ddFiles["drvdom.sh"] = s.DrvdomScript
+	}
+	if s.Drvdomd != "" && s.DrvdomImage == "" {
+		b, err := os.ReadFile(s.Drvdomd)
+		if err != nil {
+			return fmt.Errorf("lab: drvdomd: %w", err)
+		}
+		ddFiles["drvdomd"] = string(b)
 	}
 	ddBase, ddMods := a.Initrd, ""
 	if s.DrvdomImage != "" {
