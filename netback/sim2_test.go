@@ -710,3 +710,35 @@ func TestSimDriverBridge(t *testing.T) {
 		t.Fatalf("xenbr1 = %v (the bridge key wins)", got)
 	}
 }
+
+// TestSimGuestDestroyed: the guest domain dies under a connected vif (its
+// grants revoked, its event channels closed) and the toolstack removes its
+// directories: the backend releases everything and the other vif goes on.
+func TestSimGuestDestroyed(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := ctxT(t)
+	doomed := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{Queues: 2})
+	good := e.attach(t, 3, 0, netfront.Nic{}, netfront.Config{})
+	fr := netback.BuildFrame(netback.FrameOpts{Payload: 3000})
+	for q := 0; q < 2; q++ {
+		inject(t, doomed.tap, q, netback.VnetHdr{}, fr)
+		recvGuest(t, doomed.f, q)
+	}
+	doomed.gsto.Close()
+	e.host.Destroy(2)
+	// Frames for the dead guest meanwhile: dropped or failed, no hang.
+	for i := 0; i < 5; i++ {
+		inject(t, doomed.tap, 0, netback.VnetHdr{}, fr)
+	}
+	e.d0.Rm(ctx, "/local/domain/2")
+	e.d0.Rm(ctx, doomed.nic.BackPath())
+	for deadline := time.Now().Add(5 * time.Second); e.mem.Tap("vif2.0") != nil || e.host.Grants.Mapped(ddID) != 2; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the guest died: tap %v, %d pages mapped (want the other vif's 2)", e.mem.Tap("vif2.0") != nil, e.host.Grants.Mapped(ddID))
+		}
+	}
+	inject(t, good.tap, 0, netback.VnetHdr{}, fr)
+	if p := recvGuest(t, good.f, 0); !bytes.Equal(p.Frame, fr) {
+		t.Fatal("other vif frame differs")
+	}
+}
