@@ -178,6 +178,7 @@ func (v *Vif) Connect(ctx context.Context) error {
 	if err := v.tap.SetOffload(offloadFor(feat)); err != nil {
 		return fmt.Errorf("%s: %w", v.dev.Name(), err)
 	}
+
 	var mcast *mcastList
 	if feat.mcastControl {
 		mcast = &mcastList{}
@@ -206,6 +207,10 @@ func (v *Vif) Connect(ctx context.Context) error {
 			v.releaseLocked()
 			return err
 		}
+	}
+	if err := v.tap.SetCarrier(true); err != nil {
+		v.releaseLocked()
+		return fmt.Errorf("%s: %w", v.dev.Name(), err)
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	v.cancel = cancel
@@ -302,6 +307,9 @@ func (v *Vif) disconnectLocked() error {
 	v.cancel = nil
 	s := v.statsLocked()
 	err := v.releaseLocked()
+	if cerr := v.tap.SetCarrier(false); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("%s: %w", v.dev.Name(), cerr))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if werr := v.dev.WriteBack(ctx, StatsKey, s.JSON()); werr != nil {

@@ -27,6 +27,10 @@ type Tap interface {
 	// SetOffload tells the device which offloads the reader accepts
 	// (TUN_F_* flags): frames read will carry only those.
 	SetOffload(flags uint32) error
+	// SetCarrier turns the link's carrier on (the guest is connected) or
+	// off (it is not: the bridge stops forwarding to it, as Linux netback
+	// does with netif_carrier_off, so no stale frames pile up).
+	SetCarrier(on bool) error
 	// Close removes the device.
 	Close() error
 }

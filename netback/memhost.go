@@ -69,6 +69,7 @@ type MemTap struct {
 	mu      sync.Mutex
 	queues  []*MemTapQueue
 	offload uint32
+	carrier bool
 	closed  bool
 	done    chan struct{}
 }
@@ -160,6 +161,24 @@ func (t *MemTap) SetOffload(flags uint32) error {
 	}
 	t.offload = flags
 	return nil
+}
+
+// SetCarrier implements Tap.
+func (t *MemTap) SetCarrier(on bool) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return ErrTapClosed
+	}
+	t.carrier = on
+	return nil
+}
+
+// Carrier reports the carrier last set (off at creation).
+func (t *MemTap) Carrier() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.carrier
 }
 
 // Close removes the TAP from its host.

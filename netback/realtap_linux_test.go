@@ -62,6 +62,26 @@ func newNsRunner(t *testing.T) *nsRunner {
 	return r
 }
 
+// waitOperUp waits until the link's carrier change went through the
+// kernel's linkwatch (up to a second late), so the bridge forwards to it.
+func (r *nsRunner) waitOperUp(t *testing.T, name string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		var st netlink.LinkOperState
+		r.do(func() {
+			if l, err := netlink.LinkByName(name); err == nil {
+				st = l.Attrs().OperState
+			}
+		})
+		if st == netlink.OperUp {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s operstate %v, want up", name, st)
+		}
+	}
+}
+
 func (r *nsRunner) do(f func()) {
 	done := make(chan struct{})
 	r.ch <- func() { defer close(done); f() }
@@ -101,6 +121,7 @@ func TestRealTapBackend(t *testing.T) {
 	e := newEnv(t, func(d *netback.Driver) { d.Host = nsHost{r} })
 	v := e.attach(t, 2, 0, netfront.Nic{Bridge: "xenbr5"}, netfront.Config{Queues: 2, Split: true})
 	ctx := ctxT(t)
+	r.waitOperUp(t, "vif2.0")
 	guestMAC := netback.TestGuestMAC
 	guestIP := net.IPv4(169, 254, 9, 2).To4()
 	var brMAC [6]byte
@@ -214,6 +235,7 @@ func TestRealTapBackendTSOToGuest(t *testing.T) {
 	e := newEnv(t, func(d *netback.Driver) { d.Host = nsHost{r} })
 	v := e.attach(t, 2, 0, netfront.Nic{Bridge: "xenbr6"}, netfront.Config{})
 	ctx := ctxT(t)
+	r.waitOperUp(t, "vif2.0")
 	guestIP := net.IPv4(169, 254, 9, 2).To4()
 	hostIP := net.IPv4(169, 254, 9, 1).To4()
 	var brMAC [6]byte

@@ -231,6 +231,9 @@ func TestSimReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	recvHost(t, v.tap, 0)
+	if !v.tap.Carrier() {
+		t.Fatal("no carrier while connected")
+	}
 	if err := v.f.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -241,6 +244,9 @@ func TestSimReconnect(t *testing.T) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+	if v.tap.Carrier() {
+		t.Fatal("carrier still on with the guest gone")
+	}
 	if err := v.gsto.Write(ctx, v.nic.FrontPath()+"/state", "1"); err != nil {
 		t.Fatal(err)
 	}
@@ -250,6 +256,9 @@ func TestSimReconnect(t *testing.T) {
 	}
 	if e.mem.Tap("vif2.0") != v.tap {
 		t.Fatal("tap replaced on reconnect")
+	}
+	if !v.tap.Carrier() {
+		t.Fatal("no carrier after reconnect")
 	}
 	for q := 0; q < 2; q++ {
 		if err := f.Send(ctx, q, netfront.Packet{Frame: fr}, 0); err != nil {

@@ -25,6 +25,7 @@ const (
 	tunSetOffload   = 0x400454d0 // TUNSETOFFLOAD   _IOW('T', 208, unsigned int)
 	tunSetVnetHdrSz = 0x400454d8 // TUNSETVNETHDRSZ _IOW('T', 216, int)
 	tunSetVnetLE    = 0x400454dc // TUNSETVNETLE    _IOW('T', 220, int)
+	tunSetCarrier   = 0x400454e2 // TUNSETCARRIER   _IOW('T', 226, int)
 	iffTap          = 0x0002
 	iffNoPI         = 0x1000
 	iffVnetHdr      = 0x4000
@@ -94,6 +95,10 @@ func (LinuxHost) CreateTap(name, bridge string) (Tap, error) {
 	t := &linuxTap{name: name, files: []*os.File{f}}
 	t.queues = []*linuxTapQueue{{f: f}}
 	if err := t.setOffloadLocked(0); err != nil {
+		t.Close()
+		return nil, err
+	}
+	if err := t.setCarrierLocked(false); err != nil { // until a guest connects
 		t.Close()
 		return nil, err
 	}
@@ -241,6 +246,34 @@ func (t *linuxTap) setOffloadLocked(flags uint32) error {
 	}
 	if ioErr != nil {
 		return fmt.Errorf("netback: tap %s: TUNSETOFFLOAD %#x: %w", t.name, flags, ioErr)
+	}
+	return nil
+}
+
+func (t *linuxTap) SetCarrier(on bool) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.setCarrierLocked(on)
+}
+
+func (t *linuxTap) setCarrierLocked(on bool) error {
+	if t.closed {
+		return ErrTapClosed
+	}
+	rc, err := t.queues[0].f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("netback: tap %s: %w", t.name, err)
+	}
+	v := int32(0)
+	if on {
+		v = 1
+	}
+	var ioErr error
+	if err := rc.Control(func(fd uintptr) { ioErr = ioctlPtr(fd, tunSetCarrier, unsafe.Pointer(&v)) }); err != nil {
+		return fmt.Errorf("netback: tap %s: %w", t.name, err)
+	}
+	if ioErr != nil {
+		return fmt.Errorf("netback: tap %s: TUNSETCARRIER %v: %w", t.name, on, ioErr)
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ func TestTunABI(t *testing.T) {
 		{"TUNSETOFFLOAD", tunSetOffload, unix.TUNSETOFFLOAD},
 		{"TUNSETVNETHDRSZ", tunSetVnetHdrSz, unix.TUNSETVNETHDRSZ},
 		{"TUNSETVNETLE", tunSetVnetLE, unix.TUNSETVNETLE},
+		{"TUNSETCARRIER", tunSetCarrier, unix.TUNSETCARRIER},
 		{"IFF_TAP", iffTap, unix.IFF_TAP},
 		{"IFF_NO_PI", iffNoPI, unix.IFF_NO_PI},
 		{"IFF_VNET_HDR", iffVnetHdr, unix.IFF_VNET_HDR},
@@ -107,6 +108,16 @@ func TestRealTap(t *testing.T) {
 		}
 		if link.Attrs().MasterIndex != br.Attrs().Index || link.Attrs().HardwareAddr.String() != vifMAC || link.Attrs().Flags&net.FlagUp == 0 {
 			t.Errorf("tap attrs: master %d (bridge %d), mac %s, flags %v", link.Attrs().MasterIndex, br.Attrs().Index, link.Attrs().HardwareAddr, link.Attrs().Flags)
+		}
+		if link.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
+			t.Errorf("new tap has carrier before a guest connected (flags %#x)", link.Attrs().RawFlags)
+		}
+		if err := tap.SetCarrier(true); err != nil {
+			t.Errorf("carrier on: %v", err)
+			return
+		}
+		if l, _ := netlink.LinkByName("vif9.0"); l == nil || l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 {
+			t.Errorf("carrier on did not raise IFF_LOWER_UP")
 		}
 		if _, err := (LinuxHost{}).CreateTap("vif9.0", "xenbr9"); err == nil {
 			t.Error("a second TAP of the same name was created (it would share the first one's queues)")
