@@ -39,6 +39,10 @@
 // bounds it validated. Only a corrupted ring index disables a vif (as Linux
 // does), with the reason in xenstore; other vifs are unaffected.
 //
+// The TAP's carrier is on only while a guest is connected (as Linux netback
+// turns its vif's carrier off), so the bridge queues nothing for an absent
+// guest.
+//
 // Restarts are crash-only: a new process resumes each ring from its shared
 // rsp_prod, so a guest that stayed Connected loses nothing (a tx packet the
 // old process took but never answered may go out twice).

@@ -184,6 +184,8 @@ type linuxTap struct {
 	files  []*os.File
 	queues []*linuxTapQueue
 	closed bool
+	// noCarrier: the kernel has no TUNSETCARRIER; SetCarrier is a no-op.
+	noCarrier bool
 }
 
 func (t *linuxTap) Name() string { return t.name }
@@ -260,6 +262,9 @@ func (t *linuxTap) setCarrierLocked(on bool) error {
 	if t.closed {
 		return ErrTapClosed
 	}
+	if t.noCarrier {
+		return nil
+	}
 	rc, err := t.queues[0].f.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("netback: tap %s: %w", t.name, err)
@@ -271,6 +276,10 @@ func (t *linuxTap) setCarrierLocked(on bool) error {
 	var ioErr error
 	if err := rc.Control(func(fd uintptr) { ioErr = ioctlPtr(fd, tunSetCarrier, unsafe.Pointer(&v)) }); err != nil {
 		return fmt.Errorf("netback: tap %s: %w", t.name, err)
+	}
+	if ioErr == unix.ENOTTY || ioErr == unix.EINVAL {
+		t.noCarrier = true // a kernel before 5.0: the carrier just stays on
+		return nil
 	}
 	if ioErr != nil {
 		return fmt.Errorf("netback: tap %s: TUNSETCARRIER %v: %w", t.name, on, ioErr)
