@@ -2,7 +2,6 @@ package netback_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"runtime"
 	"strconv"
@@ -366,7 +365,6 @@ func TestSimMulticastControl(t *testing.T) {
 	}
 }
 
-var _ = context.Background
 
 // filterStacks keeps the goroutine dumps that mention any of words.
 func filterStacks(dump []byte, words ...string) []byte {
