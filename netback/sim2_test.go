@@ -365,7 +365,6 @@ func TestSimMulticastControl(t *testing.T) {
 	}
 }
 
-
 // filterStacks keeps the goroutine dumps that mention any of words.
 func filterStacks(dump []byte, words ...string) []byte {
 	var out []byte
