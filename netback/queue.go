@@ -114,8 +114,8 @@ func (q *queue) release() error {
 	return errors.Join(errs...)
 }
 
-// serve runs the queue's two goroutines until ctx ends or one of them
-// fails (a ring overflow by the frontend, the TAP gone); it returns the
+// serve runs the queue's two goroutines (the caller's and one more) until
+// ctx ends or one of them fails (a ring overflow by the frontend, the TAP gone); it returns the
 // first failure, nil on a clean stop.
 func (q *queue) serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
@@ -131,8 +131,8 @@ func (q *queue) serve(ctx context.Context) error {
 		}
 	}
 	wg.Add(2)
-	go run(q.serveTx)
 	go run(q.serveRx)
+	run(q.serveTx) // the caller's goroutine is the pair's other half
 	wg.Wait()
 	return first
 }
