@@ -266,18 +266,15 @@ func (q *queue) waitRxSlots(ctx context.Context, n int) error {
 		if n > int(q.rx.Size()) {
 			return fmt.Errorf("queue %d: rx: packet needs %d slots of %d", q.id, n, q.rx.Size())
 		}
-		// FinalCheckForRequests arms req_event = req_cons + 1; with avail
-		// requests already there that event is behind req_prod and would
-		// never fire, so arm it past them: step req_cons over them, arm,
-		// step back (nothing is consumed).
-		cons, rsp := q.rx.ReqCons(), q.rx.RspProdPvt()
-		q.rx.Resume(cons+avail, rsp)
-		more, err := q.rx.FinalCheckForRequests()
-		q.rx.Resume(cons, rsp)
+		// Ask for an event at the first request past the avail already
+		// posted (a final check's req_cons+1 would be behind req_prod and
+		// never fire), then look again to close the race.
+		q.rx.SetReqEvent(q.rx.ReqCons() + avail + 1)
+		again, err := q.rx.Unconsumed()
 		if err != nil {
 			return fmt.Errorf("queue %d: rx: %w: %w", q.id, ErrRing, err)
 		}
-		if more {
+		if again > avail {
 			continue
 		}
 		if stall == nil {

@@ -180,6 +180,13 @@ func (b *Back) FinalCheckForRequests() (bool, error) {
 	return n > 0, err
 }
 
+// SetReqEvent asks the frontend for an event when req_prod passes idx-1
+// (req_event = idx), with a full barrier. A backend that waits for more
+// requests than are already posted (netback's rx path waiting for enough
+// buffers for a packet) arms the event past them with this, then looks at
+// Unconsumed again.
+func (b *Back) SetReqEvent(idx uint32) { b.idx.store(offReqEvent, idx) }
+
 // Response returns the next response slot and claims it. The response is
 // published by PushResponses.
 func (b *Back) Response() []byte {

@@ -378,3 +378,16 @@ func FuzzBackIndices(f *testing.F) {
 		}
 	})
 }
+
+func TestSetReqEvent(t *testing.T) {
+	mem := newMem(1)
+	f, _ := NewFront(mem, 8)
+	b, _ := NewBack(mem, 8)
+	f.Request()
+	f.Request()
+	f.PushRequests()
+	b.SetReqEvent(b.ReqCons() + 2 + 1) // wait for a third request
+	require.Equal(t, uint32(3), binary.LittleEndian.Uint32(mem[offReqEvent:]))
+	f.Request()
+	require.True(t, f.PushRequests(), "the third request notifies")
+}
