@@ -189,7 +189,8 @@ func TestDom0Script(t *testing.T) {
 	if strings.Contains(plain, "block-detach") {
 		t.Error("plain run detaches devices")
 	}
-	for _, want := range []string{"block-detach guest xvdb", "network-detach guest 0", "PHASE block-detach", "PHASE network-detach", `"@@LAB END guest.sh" 90`} {
+	for _, want := range []string{"block-detach guest xvdb", "network-detach guest 0", "PHASE block-detach", "PHASE network-detach",
+		"network-attach guest backend=drvdom bridge=xenbr0 mac=00:16:3e:4c:00:02 ", `"@@LAB END guest.sh" 90`} {
 		if !strings.Contains(e2e, want) {
 			t.Errorf("e2e dom0 script lacks %q", want)
 		}
