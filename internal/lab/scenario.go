@@ -195,9 +195,9 @@ ck drvdom-vif-backend-removed $? "/local/domain/$DD/backend/vif/$GID/0"
 xl -vvv network-attach %[1]s %[5]s 2>/lab/xl-network-attach.log
 ck dom0-network-attach $? "xl network-attach %[1]s %[5]s"
 `, GuestName, defaultWait, GuestVdev, DiskSpec(GuestVdev, DrvdomName, s.target()),
-			// xl network-attach takes one key=value per argument, unlike
-			// block-attach's single disk spec.
-			strings.ReplaceAll(VIFSpec(DrvdomName, Bridge, GuestMAC), ",", " "))
+				// xl network-attach takes one key=value per argument, unlike
+				// block-attach's single disk spec.
+				strings.ReplaceAll(VIFSpec(DrvdomName, Bridge, GuestMAC), ",", " "))
 		}
 		fmt.Fprintf(&b, `lab_wait_log "$GLOG" "@@LAB END guest.sh" %[2]d || fail_domain %[1]s "guest script did not finish in %[2]ds"
 lab_wait 60 sh -c "! xl domid %[1]s"
