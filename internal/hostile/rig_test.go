@@ -454,14 +454,14 @@ func bufsLen(bufs [][]byte) int64 {
 
 var errOutside = errors.New("window: transfer outside the file")
 
-func (w *window) Size() (int64, error)                { return w.size, nil }
-func (w *window) LogicalBlockSize() uint32            { return blkback.SectorSize }
-func (w *window) PhysicalBlockSize() uint32           { return blkback.SectorSize }
-func (w *window) DiscardInfo() (bool, bool, uint32)   { return true, true, blkback.SectorSize }
-func (w *window) Flush() error                        { return nil }
-func (w *window) Inline() bool                        { return false }
-func (w *window) Close() error                        { return nil }
-func (w *window) close()                              { w.f.Close() }
+func (w *window) Size() (int64, error)              { return w.size, nil }
+func (w *window) LogicalBlockSize() uint32          { return blkback.SectorSize }
+func (w *window) PhysicalBlockSize() uint32         { return blkback.SectorSize }
+func (w *window) DiscardInfo() (bool, bool, uint32) { return true, true, blkback.SectorSize }
+func (w *window) Flush() error                      { return nil }
+func (w *window) Inline() bool                      { return false }
+func (w *window) Close() error                      { return nil }
+func (w *window) close()                            { w.f.Close() }
 func (w *window) runHook(write bool, io *blkback.IO) {
 	if h := w.hook.Load(); h != nil {
 		(*h)(write, io)
