@@ -22,6 +22,8 @@ type hotplugOps interface {
 	detachLoop(path string) error
 	blockDevNumber(path string) (major, minor uint32, isBlock bool, err error)
 	enslave(ctx context.Context, ifname, bridge string, wait time.Duration) error
+	// waitLinkGone waits up to wait for the interface to disappear.
+	waitLinkGone(ctx context.Context, ifname string, wait time.Duration) error
 }
 
 type realHotplugOps struct{}
@@ -34,6 +36,9 @@ func (realHotplugOps) blockDevNumber(p string) (uint32, uint32, bool, error) {
 func (realHotplugOps) enslave(ctx context.Context, i, b string, w time.Duration) error {
 	return enslave(ctx, i, b, w)
 }
+func (realHotplugOps) waitLinkGone(ctx context.Context, i string, w time.Duration) error {
+	return waitLinkGone(ctx, i, w)
+}
 
 // kernelHotplug is drvdomd in kernel mode: a script-free `xl devd` for the
 // kernel's xen-blkback and xen-netback. The kernel drives the xenbus states;
@@ -41,18 +46,20 @@ func (realHotplugOps) enslave(ctx context.Context, i, b string, w time.Duration)
 // vbd its physical-device (a loop device for a file), put a vif in the
 // bridge, and write hotplug-status.
 type kernelHotplug struct {
-	store    *xenstore.Client
-	self     uint16
-	bridge   string
-	log      *slog.Logger
-	ops      hotplugOps
-	vifWait  time.Duration
-	diskWait time.Duration
-	resync   time.Duration
+	store       *xenstore.Client
+	self        uint16
+	bridge      string
+	log         *slog.Logger
+	ops         hotplugOps
+	vifWait     time.Duration
+	vifGoneWait time.Duration
+	diskWait    time.Duration
+	resync      time.Duration
 
-	mu   sync.Mutex
-	devs map[string]*hpDev // by backend path
-	wg   sync.WaitGroup
+	mu       sync.Mutex
+	devs     map[string]*hpDev // by backend path
+	removing map[string]bool   // vif backends waiting for their netdev to go
+	wg       sync.WaitGroup
 }
 
 type hpDev struct {
@@ -64,8 +71,9 @@ type hpDev struct {
 func newKernelHotplug(store *xenstore.Client, self uint16, bridge string, log *slog.Logger, ops hotplugOps) *kernelHotplug {
 	return &kernelHotplug{
 		store: store, self: self, bridge: bridge, log: log, ops: ops,
-		vifWait: 30 * time.Second, diskWait: 30 * time.Second, resync: 10 * time.Second,
-		devs: map[string]*hpDev{},
+		vifWait: 30 * time.Second, vifGoneWait: 20 * time.Second, diskWait: 30 * time.Second,
+		resync: 10 * time.Second,
+		devs:   map[string]*hpDev{}, removing: map[string]bool{},
 	}
 }
 
@@ -207,6 +215,35 @@ func (h *kernelHotplug) check(ctx context.Context, typ, fd, id string) {
 		}
 		if d != nil {
 			h.release(bp, d)
+		}
+		if typ == "vif" {
+			// netback frees vifF.N asynchronously; a vif re-attached with
+			// the same id before it is gone fails to create its interface.
+			name := read("vifname")
+			if name == "" {
+				name = "vif" + fd + "." + id
+			}
+			h.mu.Lock()
+			busy := h.removing[bp]
+			h.removing[bp] = true
+			h.mu.Unlock()
+			if busy {
+				return
+			}
+			h.wg.Add(1)
+			go func() {
+				defer h.wg.Done()
+				if err := h.ops.waitLinkGone(ctx, name, h.vifGoneWait); err != nil && ctx.Err() == nil {
+					h.log.Warn("hotplug: vif still there, removing its backend anyway", "vif", name, "err", err)
+				}
+				if ctx.Err() == nil {
+					h.removeNodes(ctx, bp)
+				}
+				h.mu.Lock()
+				delete(h.removing, bp)
+				h.mu.Unlock()
+			}()
+			return
 		}
 		h.removeNodes(ctx, bp)
 		return

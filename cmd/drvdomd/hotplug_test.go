@@ -86,6 +86,26 @@ func (f *fakeOps) enslave(ctx context.Context, ifname, bridge string, wait time.
 	}
 }
 
+func (f *fakeOps) waitLinkGone(ctx context.Context, ifname string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		f.mu.Lock()
+		there := f.links[ifname]
+		f.mu.Unlock()
+		if !there {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("link %s: still there", ifname)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 func (f *fakeOps) snapshot() (attached map[string]string, detached, enslaved []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -372,4 +392,34 @@ func TestHotplugVBDWaitsForLateDisk(t *testing.T) {
 	if got := e.read(bp + "/physical-device"); got != "103:0" {
 		t.Errorf("physical-device = %q", got)
 	}
+}
+
+func TestHotplugVIFRemovalWaitsForNetdev(t *testing.T) {
+	e := newHPEnv(t, 2*time.Second, func(h *kernelHotplug) { h.vifGoneWait = 5 * time.Second })
+	e.ops.mu.Lock()
+	e.ops.links["vif2.0"] = true
+	e.ops.mu.Unlock()
+	bp := e.add("vif", "0")
+	e.waitKey(bp+"/hotplug-status", "connected")
+	if err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
+		if err := tx.Write(e.ctx, bp+"/online", "0"); err != nil {
+			return err
+		}
+		return tx.Write(e.ctx, bp+"/state", "6")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond)
+	if _, err := e.dom0.Directory(e.ctx, bp); err != nil {
+		t.Fatalf("backend removed while vif2.0 still exists: %v", err)
+	}
+	e.ops.mu.Lock()
+	delete(e.ops.links, "vif2.0") // netback freed it
+	e.ops.mu.Unlock()
+	eventually(t, func() string {
+		if _, err := e.dom0.Directory(e.ctx, bp); !errors.Is(err, xenstore.ErrNotExist) {
+			return fmt.Sprintf("backend still there after the vif went (%v)", err)
+		}
+		return ""
+	})
 }

@@ -59,6 +59,29 @@ func waitLink(ctx context.Context, name string, wait time.Duration) (netlink.Lin
 	}
 }
 
+// waitLinkGone waits up to wait for the interface to disappear.
+func waitLinkGone(ctx context.Context, name string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		_, err := netlink.LinkByName(name)
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("link %s: %w", name, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("link %s: still there after %v", name, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // enslave waits for ifname, puts it in bridge and sets it up.
 func enslave(ctx context.Context, ifname, bridge string, wait time.Duration) error {
 	l, err := waitLink(ctx, ifname, wait)

@@ -85,3 +85,45 @@ func TestBridgeAndEnslave(t *testing.T) {
 		}
 	})
 }
+
+func TestWaitLinkGone(t *testing.T) {
+	inNewNetns(t, func() {
+		ctx := context.Background()
+		if err := waitLinkGone(ctx, "absent0", time.Second); err != nil {
+			t.Errorf("missing link: %v", err)
+		}
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "brgone"}}); err != nil {
+			t.Errorf("create: %v", err)
+			return
+		}
+		if err := waitLinkGone(ctx, "brgone", 150*time.Millisecond); err == nil {
+			t.Error("waitLinkGone returned nil for a link that stays")
+		}
+		l, _ := netlink.LinkByName("brgone")
+		// Another goroutine runs on another thread, in the host's netns:
+		// give it a handle on this namespace.
+		ns, err := netns.Get()
+		if err != nil {
+			t.Errorf("netns.Get: %v", err)
+			return
+		}
+		defer ns.Close()
+		h, err := netlink.NewHandleAt(ns)
+		if err != nil {
+			t.Errorf("handle: %v", err)
+			return
+		}
+		defer h.Close()
+		done := make(chan error, 1)
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			done <- h.LinkDel(l)
+		}()
+		if err := waitLinkGone(ctx, "brgone", 3*time.Second); err != nil {
+			t.Errorf("after delete: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Errorf("delete: %v", err)
+		}
+	})
+}
