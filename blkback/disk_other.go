@@ -15,6 +15,8 @@ func allocPages(n int) ([]byte, func() error, error) {
 	return make([]byte, n*PageSize), func() error { return nil }, nil
 }
 
-func newURingExec(dev *Device, slots []*slot) (executor, error) {
+func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error) {
 	return nil, fmt.Errorf("io_uring is Linux only")
 }
+
+func preferURing(Backing) bool { return false }

@@ -5,6 +5,8 @@ import "sync"
 // executor runs validated, mapped requests and completes them.
 type executor interface {
 	submit(s *slot)
+	// flush starts what submit queued (called after each batch of a ring).
+	flush()
 	// stop returns once every submitted request has completed; the rings
 	// must have stopped submitting.
 	stop()
@@ -38,6 +40,8 @@ func newPoolExec(dev *Device, workers, depth int) *poolExec {
 }
 
 func (p *poolExec) submit(s *slot) { p.work <- s }
+
+func (p *poolExec) flush() {}
 
 func (p *poolExec) stop() {
 	close(p.work)

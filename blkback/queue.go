@@ -72,7 +72,8 @@ type queue struct {
 
 	mu       sync.Mutex // the ring's private indices and responses; inflight
 	drained  *sync.Cond
-	inflight int // taken (dispatched or being validated) and not answered
+	inflight int  // taken (dispatched or being validated) and not answered
+	stopping bool // the connection is going away: stop draining
 	free     chan *slot
 	batch    []*slot
 	pending  bool // inline responses claimed but not pushed
@@ -162,6 +163,9 @@ func (q *queue) service(ctx context.Context) error {
 		q.mu.Unlock()
 		for _, s := range q.batch {
 			q.take(s)
+		}
+		if q.exec != nil {
+			q.exec.flush()
 		}
 		q.pushInline()
 	}
@@ -354,8 +358,11 @@ func (q *queue) releaseGrants(s *slot) {
 // drain waits until this request is the only one in flight on the ring
 // (WRITE_BARRIER).
 func (q *queue) drain() {
+	if q.exec != nil {
+		q.exec.flush() // what the batch queued so far must start to finish
+	}
 	q.mu.Lock()
-	for q.inflight > 1 {
+	for q.inflight > 1 && !q.stopping {
 		q.drained.Wait()
 	}
 	q.mu.Unlock()
@@ -497,4 +504,13 @@ func (q *queue) runCopies(s *slot) error {
 		}
 	}
 	return nil
+}
+
+// stop wakes a barrier waiting for the ring to drain: the connection is
+// going away (whatever it waits for may never complete).
+func (q *queue) stop() {
+	q.mu.Lock()
+	q.stopping = true
+	q.drained.Broadcast()
+	q.mu.Unlock()
 }

@@ -79,11 +79,11 @@ func TestURingReadWrite(t *testing.T) {
 			t.Fatal(err)
 		}
 		return false
-	})
+	}, nil)
 	u.reap(func(user uint64, res int32) bool {
 		got = append(got, res)
 		return false
-	})
+	}, nil)
 	if len(got) != 2 || got[0] != 8192 || got[1] != 8192 {
 		t.Fatalf("results %v", got)
 	}
