@@ -1,10 +1,15 @@
-# drvdom build. `make test` is what CI runs (see .ci/run).
+# drvdom build. `make test` is what CI runs (see .ci/run); `make run` is the main job.
 GO        ?= go
 PKGS      ?= ./...
 FUZZTIME  ?= 30s
 BENCHTIME ?= 1s
+OUT       ?= out
+IMAGE     ?= $(OUT)/drvdom.cpio.gz
+XENLAB    ?= $(GO) run ./cmd/xenlab
+# Backends the lab's end-to-end suite runs against: kernel, drvdom or both.
+E2E_BACKEND ?= both
 
-.PHONY: all build vet test unit race fuzz bench clean
+.PHONY: all build vet test unit e2e run bench lab-bench fuzz initramfs clean
 
 all: build
 
@@ -14,10 +19,25 @@ build:
 vet:
 	$(GO) vet $(PKGS)
 
-# Unit tests (simulator, layouts, protocol) under the race detector, plus a
-# short pass over every fuzz corpus (go test runs the seed corpora as tests).
-test: vet
+# The whole test suite: vet, every unit test under the race detector (the
+# simulator, layouts, protocol, fuzz seed corpora), then the lab's
+# end-to-end suite on real Xen under QEMU.
+test: vet unit e2e
+
+unit:
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+# The driver domain's image: u-root init + drvdomd + the lab kernel's modules.
+initramfs:
+	$(XENLAB) image -o $(IMAGE)
+
+e2e:
+	$(XENLAB) e2e --backend=$(E2E_BACKEND)
+
+# The main job: a driver domain from our image serving a guest that runs fio
+# and iperf3; prints the results.
+run:
+	$(XENLAB) run --backend=drvdom
 
 # Every fuzz target for FUZZTIME each (go test -fuzz takes one target at a time).
 fuzz:
@@ -31,5 +51,9 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS)
 
+lab-bench:
+	$(XENLAB) bench
+
 clean:
 	$(GO) clean -testcache
+	rm -rf $(OUT)
