@@ -763,3 +763,24 @@ func TestGuestDestroyed(t *testing.T) {
 		t.Fatalf("other guest after the first died: %v", err)
 	}
 }
+
+// TestLoopbackSelfTest runs blkfront.SelfTest as the lab does on real Xen:
+// the driver domain serves a disk to itself.
+func TestLoopbackSelfTest(t *testing.T) {
+	e := newEnv(t, nil)
+	store := e.dd.Xenstore()
+	defer store.Close()
+	sharer, evh := e.dd.Sharer(), e.dd.Evtchn()
+	defer evh.Close()
+	ctx := ctxT(t)
+	for _, params := range []string{tempDisk(t, 4<<20), "null:1048576"} {
+		if err := blkfront.SelfTest(ctx, store, ddID, sharer, evh, params, quietLog()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "loopback grants unmapped", func() bool { return e.host.Grants.Mapped(ddID) == 0 })
+	waitFor(t, "loopback ports unbound", func() bool { return e.host.Events.BoundPorts(ddID) == 0 })
+	if _, err := store.Read(ctx, blkfront.Disk{BackDom: ddID, FrontDom: ddID, DevID: blkfront.SelfTestDevID}.BackPath()); !errors.Is(err, xenstore.ErrNotExist) {
+		t.Fatalf("self-test backend directory left behind: %v", err)
+	}
+}
