@@ -58,6 +58,7 @@ type rawBlk struct {
 	state   string // backend state after the handshake
 	nextID  uint64
 	pending map[uint64]blkback.Response
+	closed  bool
 }
 
 type rawQ struct {
@@ -201,14 +202,21 @@ func (rb *rawBlk) name() string { return fmt.Sprintf("vbd %d/%d", hostileID, rb.
 // disk offline and waits for the backend to close, then ends every grant
 // and port.
 func (rb *rawBlk) close(t testing.TB) {
+	if rb.closed {
+		return
+	}
+	rb.closed = true
 	ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
 	defer cancel()
 	fp, bp := rb.disk.FrontPath(), rb.disk.BackPath()
 	st := rb.r.hstore
-	st.Write(ctx, fp+"/state", "5")
-	st.Write(ctx, fp+"/state", "6")
+	if _, err := st.Directory(ctx, fp); err == nil { // the guest may have removed it
+		st.Write(ctx, fp+"/state", "5")
+		st.Write(ctx, fp+"/state", "6")
+	}
 	blkfront.RemoveDisk(ctx, rb.r.d0, rb.disk)
 	rb.r.await(t, bp+"/state", "Closed", func(v string, err error) bool { return v == "6" || err != nil })
+	rb.r.removeNodes(ctx, rb.disk.BackDom, "vbd", rb.disk.DevID, bp, fp)
 	for _, p := range rb.ports {
 		rb.evh.Unbind(p)
 	}

@@ -190,6 +190,15 @@ func errorPath(backDom uint16, typ string, front uint16, devid uint32) string {
 	return fmt.Sprintf("/local/domain/%d/error/backend/%s/%d/%d/error", backDom, typ, front, devid)
 }
 
+// removeNodes removes a closed device's directories and error node, as
+// the toolstack does after a detach (the suite makes hundreds of devices;
+// xenstored's per-domain node quota would run out otherwise).
+func (r *rig) removeNodes(ctx context.Context, backDom uint16, typ string, devid uint32, back, front string) {
+	r.d0.Rm(ctx, back)
+	r.d0.Rm(ctx, front)
+	r.d0.Rm(ctx, strings.TrimSuffix(errorPath(backDom, typ, hostileID, devid), "/error"))
+}
+
 // awaitError waits for the device's error node and returns it.
 func (r *rig) awaitError(t testing.TB, backDom uint16, typ string, front uint16, devid uint32) string {
 	t.Helper()
