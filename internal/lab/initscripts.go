@@ -127,9 +127,14 @@ for a in $(cat /proc/cmdline); do
 	esac
 done
 [ -f /lab/drvdomd ] && ln -sf /lab/drvdomd /usr/local/bin/drvdomd
-for m in xen-evtchn xen-gntdev xen-gntalloc xenfs xen-pcifront nvme e1000 loop bridge xen-blkback xen-netback; do
+for m in xen-evtchn xen-gntdev xen-gntalloc xenfs xen-pcifront nvme e1000 loop bridge tun; do
 	modprobe $m || echo "lab: modprobe $m failed"
 done
+# The kernel's backends only for drvdom.backend=kernel: loaded, they would
+# claim every vbd/vif too and race drvdomd's userspace backends.
+if [ "$backend" = kernel ]; then
+	for m in xen-blkback xen-netback; do modprobe $m || echo "lab: modprobe $m failed"; done
+fi
 mount -t xenfs xenfs /proc/xen
 lab_wait 60 test -b /dev/nvme0n1
 lab_check drvdom-nvme-passthrough $? "/dev/nvme0n1"

@@ -210,6 +210,14 @@ func TestDom0Script(t *testing.T) {
 	}
 }
 
+func TestDrvdomInitLoadsKernelBackendsOnlyForKernelMode(t *testing.T) {
+	i := strings.Index(InitDrvdom, "xen-blkback")
+	g := strings.Index(InitDrvdom, `if [ "$backend" = kernel ]`)
+	if i < 0 || g < 0 || i < g {
+		t.Fatal("xen-blkback is loaded outside the backend=kernel branch: it would race drvdomd")
+	}
+}
+
 func TestCpioRoundTripAndKernelRules(t *testing.T) {
 	var buf bytes.Buffer
 	w := NewCpioWriter(&buf, false)
