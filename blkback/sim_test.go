@@ -752,8 +752,15 @@ func TestGuestDestroyed(t *testing.T) {
 		t.Fatal(err)
 	}
 	// What remains mapped and bound is the other guest's one ring.
-	waitFor(t, "dead guest's grants unmapped", func() bool { return e.host.Grants.Mapped(ddID) == 1 })
-	waitFor(t, "dead guest's ports unbound", func() bool { return e.host.Events.BoundPorts(ddID) == 1 })
+	waitFor(t, "dead guest's grants unmapped and ports unbound", func() bool {
+		m, p := e.host.Grants.Mapped(ddID), e.host.Events.BoundPorts(ddID)
+		if m == 1 && p == 1 {
+			return true
+		}
+		t.Logf("mapped %d, bound %d", m, p)
+		time.Sleep(100 * time.Millisecond)
+		return false
+	})
 	data := pattern(4096, 3)
 	got := make([]byte, 4096)
 	if err := of.Write(ctx, 0, 8, data); err != nil {
