@@ -374,7 +374,9 @@ func TestPersistentReuseAndPurge(t *testing.T) {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	// Longer than xenbus.DefaultResync: a coalesced watch event is caught
+	// by the Manager's rescan.
+	deadline := time.Now().Add(xenbus.DefaultResync + 5*time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting: %s", what)
