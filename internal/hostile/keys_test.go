@@ -13,6 +13,7 @@ import (
 	"drvdom/evtchn"
 	"drvdom/grant"
 	"drvdom/internal/xensim/netfront"
+	"drvdom/netback"
 	"drvdom/xenstore"
 )
 
@@ -362,6 +363,194 @@ func TestVifFrontendKeys(t *testing.T) {
 				}
 			}
 			rv.close(t)
+			if got := r.resources(); got != base {
+				t.Fatalf("closed vif leaves resources: %+v, before %+v", got, base)
+			}
+			r.checkCase(t)
+		})
+	}
+}
+
+// ---- keys rewritten after connect ----
+
+// After a rewrite the device must keep serving (the backend reads the
+// keys only at connect), or end up Closed (the frontend state became
+// nonsense or vanished), or anything at all as long as nothing crashes
+// and closing it releases everything.
+const (
+	serves = "serves"
+	closed = "closed"
+	anyOK  = "any"
+)
+
+type rewriteCase struct {
+	name  string
+	kv    []string // written in order by the guest (rmKey removes)
+	junk  int      // junk nodes created under the frontend directory
+	rmDir bool     // the guest removes its frontend directory
+	after string
+}
+
+func flapping() []string {
+	var kv []string
+	for i := 0; i < 10; i++ {
+		for s := 1; s <= 6; s++ {
+			kv = append(kv, "state", strconv.Itoa(s))
+		}
+	}
+	return kv
+}
+
+func stateCases() []rewriteCase {
+	return []rewriteCase{
+		{name: "state 7 (Reconfiguring)", kv: []string{"state", "7"}, after: serves},
+		{name: "state 1 without closing", kv: []string{"state", "1"}, after: serves},
+		{name: "state 4 rewritten 50 times", kv: slicesRepeat([]string{"state", "4"}, 50), after: serves},
+		{name: "state abc", kv: []string{"state", "abc"}, after: closed},
+		{name: "state 99", kv: []string{"state", "99"}, after: closed},
+		{name: "state -1", kv: []string{"state", "-1"}, after: closed},
+		{name: "state empty", kv: []string{"state", ""}, after: closed},
+		{name: "state 0", kv: []string{"state", "0"}, after: closed},
+		{name: "state removed", kv: []string{"state", rmKey}, after: closed},
+		{name: "state of 4000 bytes", kv: []string{"state", longValue}, after: closed},
+		{name: "frontend directory removed", rmDir: true, after: closed},
+		{name: "state flapping 1..6, 10 times", kv: flapping(), after: anyOK},
+		{name: "state 5 then 4", kv: []string{"state", "5", "state", "4"}, after: anyOK},
+		{name: "200 junk nodes", junk: 200, after: serves},
+	}
+}
+
+func slicesRepeat(s []string, n int) []string {
+	var out []string
+	for i := 0; i < n; i++ {
+		out = append(out, s...)
+	}
+	return out
+}
+
+var vbdRewrites = append([]rewriteCase{
+	{name: "ring-ref0 abc", kv: []string{"queue-0/ring-ref0", "abc"}, after: serves},
+	{name: "ring-ref1 99999999999", kv: []string{"queue-1/ring-ref1", "99999999999"}, after: serves},
+	{name: "ring-ref0 granted to another domain", kv: []string{"queue-0/ring-ref0", phForeign}, after: serves},
+	{name: "event-channel -1", kv: []string{"queue-0/event-channel", "-1"}, after: serves},
+	{name: "event-channel offered to another domain", kv: []string{"queue-1/event-channel", phPortD5}, after: serves},
+	{name: "protocol switched to x86_32", kv: []string{"protocol", "x86_32-abi"}, after: serves},
+	{name: "protocol of 4000 bytes", kv: []string{"protocol", longValue}, after: serves},
+	{name: "ring-page-order 31", kv: []string{"ring-page-order", "31"}, after: serves},
+	{name: "multi-queue-num-queues 1000", kv: []string{"multi-queue-num-queues", "1000"}, after: serves},
+	{name: "feature-persistent switched off", kv: []string{"feature-persistent", "0"}, after: serves},
+	{name: "every ring key removed", kv: []string{"queue-0/ring-ref0", rmKey, "queue-0/ring-ref1", rmKey,
+		"queue-0/event-channel", rmKey, "queue-1", rmKey, "ring-page-order", rmKey, "multi-queue-num-queues", rmKey}, after: serves},
+	{name: "state 3 (Initialised again)", kv: []string{"state", "3"}, after: serves},
+}, stateCases()...)
+
+// write applies a rewrite case to the frontend directory fp.
+func (r *rig) rewrite(t testing.TB, fp string, k *kit, c rewriteCase) {
+	t.Helper()
+	ctx := ctxFor(t)
+	for i := 0; i+1 < len(c.kv); i += 2 {
+		var err error
+		if c.kv[i+1] == rmKey {
+			err = r.hstore.Rm(ctx, fp+"/"+c.kv[i])
+		} else {
+			err = r.hstore.Write(ctx, fp+"/"+c.kv[i], k.resolve(t, c.kv[i+1]))
+		}
+		if err != nil {
+			t.Fatalf("rewrite %s: %v", c.kv[i], err)
+		}
+	}
+	for i := 0; i < c.junk; i++ {
+		if err := r.hstore.Write(ctx, fp+"/junk/"+strconv.Itoa(i), longValue[:i]); err != nil {
+			t.Fatalf("junk node %d: %v", i, err)
+		}
+	}
+	if c.rmDir {
+		if err := r.hstore.Rm(ctx, fp); err != nil {
+			t.Fatalf("remove frontend directory: %v", err)
+		}
+	}
+}
+
+// TestBlkKeysRewrittenAfterConnect: the frontend rewrites, removes and
+// floods its keys after its disk connected. Nothing crashes; the disk
+// keeps serving both rings unless its state became nonsense (then the
+// backend closes it); closing it releases everything; the honest guest is
+// unaffected throughout.
+func TestBlkKeysRewrittenAfterConnect(t *testing.T) {
+	r := newRig(t)
+	for _, tg := range []target{targets[0], targets[2]} {
+		for _, c := range vbdRewrites {
+			t.Run(tg.name+"/"+c.name, func(t *testing.T) {
+				base := r.resources()
+				cfg := blkCfg{Proto: blkback.ProtoX86_64, Order: 1, Queues: 2, Persistent: true}
+				rb, _, _ := r.diskFor(t, tg, cfg)
+				k := &kit{sharer: r.hostile.Sharer(), evh: rb.evh, back: tg.backDom}
+				defer k.release()
+				r.rewrite(t, rb.disk.FrontPath(), k, c)
+				switch c.after {
+				case serves:
+					for q := 0; q < 2; q++ {
+						data := pattern(8192, uint64(q)+3)
+						rb.write(t, q, 16*uint64(q), data)
+						if !bytes.Equal(rb.read(t, q, 16*uint64(q), 2), data) {
+							t.Fatalf("ring %d read back differs", q)
+						}
+					}
+				case closed:
+					r.await(t, rb.disk.BackPath()+"/state", "Closed", func(v string, err error) bool { return v == "6" })
+				}
+				rb.close(t)
+				if got := r.resources(); got != base {
+					t.Fatalf("closed disk leaves resources: %+v, before %+v", got, base)
+				}
+				r.checkCase(t)
+			})
+		}
+	}
+}
+
+var vifRewrites = append([]rewriteCase{
+	{name: "tx-ring-ref abc", kv: []string{"tx-ring-ref", "abc"}, after: serves},
+	{name: "rx-ring-ref removed", kv: []string{"rx-ring-ref", rmKey}, after: serves},
+	{name: "tx-ring-ref granted to another domain", kv: []string{"tx-ring-ref", phForeign}, after: serves},
+	{name: "event-channel 77", kv: []string{"event-channel", "77"}, after: serves},
+	{name: "split event channels appear", kv: []string{"event-channel-tx", phPortD5, "event-channel-rx", "x"}, after: serves},
+	{name: "request-rx-copy 0", kv: []string{"request-rx-copy", "0"}, after: serves},
+	{name: "feature-sg x", kv: []string{"feature-sg", "x"}, after: serves},
+	{name: "multi-queue-num-queues 99", kv: []string{"multi-queue-num-queues", "99"}, after: serves},
+	{name: "mac of 4000 bytes", kv: []string{"mac", longValue}, after: serves},
+	{name: "request-multicast-control 1", kv: []string{"request-multicast-control", "1"}, after: serves},
+	{name: "state 3 (Initialised)", kv: []string{"state", "3"}, after: anyOK},
+}, stateCases()...)
+
+// TestVifKeysRewrittenAfterConnect is TestBlkKeysRewrittenAfterConnect for
+// netback.
+func TestVifKeysRewrittenAfterConnect(t *testing.T) {
+	r := newRig(t)
+	for i, c := range vifRewrites {
+		t.Run(c.name, func(t *testing.T) {
+			base := r.resources()
+			v := r.hostileVif(t, netfront.Config{})
+			k := &kit{sharer: r.hostile.Sharer(), evh: r.hostile.Evtchn(), back: dd1}
+			defer k.evh.Close()
+			defer k.release()
+			r.rewrite(t, v.nic.FrontPath(), k, c)
+			switch c.after {
+			case serves:
+				v.marker(t, uint64(i))
+				fr := frame(120, uint64(i)+77)
+				in := make([]byte, netback.VnetHdrSize+len(fr))
+				copy(in[netback.VnetHdrSize:], fr)
+				if err := v.tap.MemQueue(0).Inject(ctxFor(t), in); err != nil {
+					t.Fatal(err)
+				}
+				if p, err := v.f.Recv(ctxFor(t), 0); err != nil || !bytes.Equal(p.Frame, fr) {
+					t.Fatalf("receive after the rewrite: %v", err)
+				}
+			case closed:
+				r.await(t, v.nic.BackPath()+"/state", "Closed", func(s string, err error) bool { return s == "6" })
+			}
+			v.close()
 			if got := r.resources(); got != base {
 				t.Fatalf("closed vif leaves resources: %+v, before %+v", got, base)
 			}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"drvdom/internal/xensim/netfront"
@@ -16,9 +17,10 @@ import (
 // hvif is a vif of the hostile guest driven by the Go netfront (whose
 // SendRaw puts arbitrary chains on the tx ring).
 type hvif struct {
-	f   *netfront.Front
-	tap *netback.MemTap
-	nic netfront.Nic
+	f     *netfront.Front
+	tap   *netback.MemTap
+	nic   netfront.Nic
+	close func()
 }
 
 func (r *rig) hostileVif(t testing.TB, cfg netfront.Config) *hvif {
@@ -29,17 +31,18 @@ func (r *rig) hostileVif(t testing.TB, cfg netfront.Config) *hvif {
 		t.Fatal(err)
 	}
 	store := r.hostile.Xenstore()
-	t.Cleanup(func() {
+	v.close = sync.OnceFunc(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
 		defer cancel()
 		if v.f != nil {
-			v.f.Close(ctx)
+			v.f.Close(ctx) // also after the guest removed its directory: it ends the grants and ports
 		}
 		netfront.RemoveNic(ctx, r.d0, v.nic)
 		r.await(t, v.nic.BackPath()+"/state", "Closed", func(s string, err error) bool { return s == "6" || err != nil })
 		r.removeNodes(ctx, dd1, "vif", v.nic.DevID, v.nic.BackPath(), v.nic.FrontPath())
 		store.Close()
 	})
+	t.Cleanup(v.close)
 	f, err := netfront.Attach(ctx, store, r.hostile.Sharer(), r.hostile.Evtchn(), v.nic.FrontPath(), cfg)
 	if err != nil {
 		t.Fatal(err)
