@@ -50,6 +50,10 @@ type Driver struct {
 	// io_uring's on tmpfs, where preadv never waits). Without io_uring the
 	// pool is used, with a log line saying why.
 	Engine string
+	// JournalDir keeps each ring's crash-only journal (a memory file per
+	// ring; put it on tmpfs, e.g. /run/drvdom/journal). Empty: no journal,
+	// a restarted process resumes from the published rsp_prod.
+	JournalDir string
 	// Workers is the number of I/O goroutines per device (16 if 0).
 	Workers int
 	// Open opens the backing named by params (OpenTarget if nil).
@@ -278,6 +282,13 @@ func boolKey(b bool) string {
 	return "0"
 }
 
+func (dev *Device) devID() uint32 {
+	if dev.dev == nil {
+		return 0
+	}
+	return dev.dev.DevID
+}
+
 // readFrontUint reads an optional unsigned frontend key; absent is def.
 func (dev *Device) readFrontUint(ctx context.Context, key string, def, limit uint64) (uint64, error) {
 	v, err := dev.dev.ReadFront(ctx, key)
@@ -446,7 +457,7 @@ func (dev *Device) connectQueue(ctx context.Context, i int, dir string, abi ABI,
 		m.Unmap()
 		return nil, fmt.Errorf("%s: bind event channel %d of queue %d: %w", d.Name(), port, i, err)
 	}
-	q, err := newQueue(dev, i, abi, m, h, local, persistent)
+	q, err := newQueue(dev, i, abi, m, h, local, persistent, journalIdentity{ringRef: uint32(refs[0]), port: uint32(port)})
 	if err != nil {
 		m.Unmap()
 		return nil, fmt.Errorf("%s: ring %d: %w", d.Name(), i, err)
@@ -722,6 +733,12 @@ func (c *connection) teardown(dev *Device) error {
 		}
 		if err := q.rmap.Unmap(); err != nil {
 			errs = append(errs, err)
+		}
+		if q.jrn != nil {
+			// Stopped cleanly: every request taken was answered and pushed.
+			if err := q.jrn.close(true); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	for _, h := range c.handles {

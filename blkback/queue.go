@@ -36,6 +36,7 @@ type slot struct {
 	smallX [MaxSegmentsPerRequest]int32
 	smallC [MaxSegmentsPerRequest]grant.CopySeg
 	ind    *indirectScratch
+	idx    int // index in queue.slots and in the journal
 	npg    int
 	m      grant.Mapping // this request's non-persistent mapping, if any
 	io     IO
@@ -76,19 +77,16 @@ type queue struct {
 	stopping bool // the connection is going away: stop draining
 	free     chan *slot
 	batch    []*slot
-	pending  bool // inline responses claimed but not pushed
+	pending  bool     // inline responses claimed but not pushed
+	jrn      *journal // nil without Driver.JournalDir
+	replay   []*slot  // journaled requests a crashed process left unanswered
 }
 
-func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Handle, port evtchn.Port, persistent bool) (*queue, error) {
+func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Handle, port evtchn.Port, persistent bool, id journalIdentity) (*queue, error) {
 	r, err := ring.NewBack(rmap.Bytes(), abi.RequestSize())
 	if err != nil {
 		return nil, err
 	}
-	// Crash-only: a ring a previous backend process served keeps its
-	// indices. Everything below rsp_prod was answered; requests between it
-	// and req_prod are taken (again) from there. A fresh ring starts at 0.
-	p := r.SharedRspProd()
-	r.Resume(p, p)
 	q := &queue{dev: dev, idx: idx, abi: abi, rmap: rmap, ring: r, evh: evh, port: port,
 		log: dev.log.With("queue", idx)}
 	q.drained = sync.NewCond(&q.mu)
@@ -97,8 +95,14 @@ func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Hand
 	q.free = make(chan *slot, n)
 	q.batch = make([]*slot, 0, n)
 	for i := range q.slots {
-		q.slots[i].q = q
-		q.free <- &q.slots[i]
+		q.slots[i].q, q.slots[i].idx = q, i
+	}
+	id.size, id.entry = r.Size(), uint32(abi.RequestSize())
+	replay := q.resume(id)
+	for i := range q.slots {
+		if !replay[i] {
+			q.free <- &q.slots[i]
+		}
 	}
 	if persistent {
 		q.pg = newPgrantTable(dev.frontDom, dev.drv.Grants, dev.drv.maxPgrants(), &dev.stats)
@@ -109,6 +113,17 @@ func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Hand
 // run serves the ring until ctx ends or the frontend breaks it.
 func (q *queue) run(ctx context.Context) error {
 	var ports [1]evtchn.Port
+	if len(q.replay) > 0 {
+		q.log.Info("blkback: replaying requests a previous process left unanswered", "n", len(q.replay))
+		for _, s := range q.replay {
+			q.take(s)
+		}
+		q.replay = nil
+		if q.exec != nil {
+			q.exec.flush()
+		}
+		q.pushInline()
+	}
 	for {
 		if err := q.service(ctx); err != nil {
 			return err
@@ -158,7 +173,13 @@ func (q *queue) service(ctx context.Context) error {
 				return fmt.Errorf("queue %d: no free request slot", q.idx)
 			}
 			copy(s.raw[:], q.ring.Request())
+			if q.jrn != nil {
+				q.jrn.take(s.idx, s.raw[:])
+			}
 			q.batch = append(q.batch, s)
+		}
+		if q.jrn != nil {
+			q.jrn.setReqCons(q.ring.ReqCons())
 		}
 		q.mu.Unlock()
 		for _, s := range q.batch {
@@ -392,6 +413,9 @@ func (q *queue) complete(s *slot, push bool) {
 	q.releaseGrants(s)
 	q.dev.account(s)
 	q.mu.Lock()
+	if q.jrn != nil {
+		q.jrn.answer(s.idx, q.ring.RspProdPvt())
+	}
 	EncodeResponse(q.ring.Response(), s.req.ID, s.op, s.status)
 	q.inflight--
 	q.drained.Broadcast()
@@ -513,4 +537,55 @@ func (q *queue) stop() {
 	q.stopping = true
 	q.drained.Broadcast()
 	q.mu.Unlock()
+}
+
+// resume attaches the ring where a previous backend process left it
+// (crash-only restart) and returns which slots hold journaled requests to
+// replay. A fresh ring has all indices 0.
+//
+// Without a journal, everything below the published rsp_prod counts as
+// answered and requests are taken again from there: exact when the dead
+// process completed in order, not when it answered out of order (a later
+// request's response published, an earlier one's lost).
+//
+// With a journal (Driver.JournalDir), req_cons is the journal's and the
+// requests to replay are the journaled ones with no published response,
+// copied from the journal since the shared slot may hold a response now.
+func (q *queue) resume(id journalIdentity) map[int]bool {
+	r := q.ring
+	p := r.SharedRspProd()
+	r.Resume(p, p)
+	dir := q.dev.drv.JournalDir
+	if dir == "" {
+		return nil
+	}
+	name := fmt.Sprintf("vbd-%d-%d-q%d", q.dev.frontDom, q.dev.devID(), q.idx)
+	j, err := openJournal(dir, name, len(q.slots))
+	if err != nil {
+		q.log.Warn("blkback: no crash journal for this ring", "err", err)
+		return nil
+	}
+	q.jrn = j
+	if !j.valid(id) {
+		j.reset(id, p)
+		return nil
+	}
+	rc := j.reqCons()
+	list := j.unanswered(len(q.slots), p)
+	if rc-p > r.Size() || uint32(len(list)) != rc-p {
+		q.log.Warn("blkback: crash journal inconsistent with the ring, starting from rsp_prod",
+			"req_cons", rc, "rsp_prod", p, "journaled", len(list))
+		j.reset(id, p)
+		return nil
+	}
+	r.Resume(rc, p)
+	replay := make(map[int]bool, len(list))
+	for _, i := range list {
+		s := &q.slots[i]
+		copy(s.raw[:], j.request(i))
+		j.take(i, s.raw[:])
+		q.replay = append(q.replay, s)
+		replay[i] = true
+	}
+	return replay
 }

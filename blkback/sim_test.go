@@ -69,6 +69,7 @@ func newEnv(t testing.TB, tune func(*blkback.Driver)) *env {
 		Workers:        4,
 		ResizeInterval: 20 * time.Millisecond,
 		StatsInterval:  20 * time.Millisecond,
+		JournalDir:     t.TempDir(),
 	}
 	if tune != nil {
 		tune(e.drv)
@@ -630,6 +631,9 @@ func TestTeardownNoLeaks(t *testing.T) {
 			v, err := e.d0.Read(ctx, d.BackPath()+"/state")
 			return err == nil && v == strconv.Itoa(int(xenbus.Closed)) || errors.Is(err, xenstore.ErrNotExist)
 		})
+	}
+	if ents, err := os.ReadDir(e.drv.JournalDir); err != nil || len(ents) != 0 {
+		t.Fatalf("journals left after a clean teardown: %v %v", ents, err)
 	}
 	e.closeAll()
 	waitFor(t, "backing files closed", func() bool { return countFDs(t) == fdsBefore })
