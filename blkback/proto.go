@@ -16,7 +16,8 @@
 //     worker pool otherwise); disk.go, disk_linux.go: the backing (raw file
 //     or block device with O_DIRECT, the null disk);
 //   - driver.go: the xenbus.Driver: probe, connect (multi-queue, multi-page
-//     rings), online resize, statistics, teardown.
+//     rings), online resize, statistics, teardown;
+//   - journal.go: the crash-only journal a restarted process replays.
 //
 // Non-persistent grants are unmapped before the response is written.
 // Statistics are Device.Stats and, as JSON, the backend key drvdom-stats
