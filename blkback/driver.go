@@ -179,6 +179,9 @@ func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, e
 	}
 	log := drv.Log
 	if log == nil {
+		log = d.Log
+	}
+	if log == nil {
 		log = slog.Default()
 	}
 	log = log.With("dev", d.Name())
