@@ -165,6 +165,7 @@ func boot(ctx context.Context, p *lab.Progress, a *lab.Artifacts, c *common, s l
 		lab.Cleanup(out)
 	}
 	rep := lab.Collect(out, res)
+	rep.Backend = s.Backend
 	if runErr != nil && !errors.Is(runErr, lab.ErrDomainFailed) {
 		return rep, runErr
 	}

@@ -64,10 +64,11 @@ lab_wait() {
 	done
 	return 1
 }
-# lab_run FILE LABEL: run FILE with bash between BEGIN/END markers.
+# lab_run FILE LABEL: run FILE with bash between BEGIN/END markers; FILE
+# can use these functions (bash sources BASH_ENV first).
 lab_run() {
 	lab_mark "BEGIN $2"
-	bash "$1" 2>&1
+	BASH_ENV=/lab/lib.sh bash "$1" 2>&1
 	r=$?
 	lab_mark "END $2 rc=$r"
 	return $r

@@ -370,3 +370,56 @@ func TestReportAllChecksCountsMissing(t *testing.T) {
 		t.Error("report with a failed check and no result is OK")
 	}
 }
+
+func TestCollectAndPrint(t *testing.T) {
+	out := t.TempDir()
+	os.MkdirAll(filepath.Join(out, "console"), 0o755)
+	os.WriteFile(filepath.Join(out, "dom0.log"), []byte("@@LAB CHECK dom0-assign-nvme PASS 0000:00:05.0@@\n@@LAB T dom0-done 99.5@@\n@@LAB FAILED-DOMAIN drvdom no READY marker after 300s@@\n"), 0o644)
+	os.WriteFile(filepath.Join(out, "console", "guest-drvdom.log"), []byte("@@LAB BEGIN drvdom.sh@@\r\n"+
+		"@@LAB FILE fio-drvdom.json@@\r\n{\"jobs\":[{\"jobname\":\"d\",\"read\":{\"iops\":2000,\"bw_bytes\":8192000}}]}\r\n@@LAB EOF fio-drvdom.json@@\r\n"+
+		"@@LAB END drvdom.sh rc=0@@\r\n"), 0o644)
+	os.WriteFile(filepath.Join(out, "console", "guest-guest.log"), []byte(consoleLog+
+		"@@LAB FILE iperf3-guest.json@@\n{\"end\":{\"sum_sent\":{\"bits_per_second\":3e8},\"sum_received\":{\"bits_per_second\":2.5e8}}}\n@@LAB EOF iperf3-guest.json@@\n"), 0o644)
+	r := Collect(out, &Result{Out: out, ExitCode: 0})
+	r.Backend = BackendKernel
+	if len(r.Checks) != 3 || r.Checks[0].Source != "dom0" || r.Checks[2].Source != GuestName {
+		t.Fatalf("checks %+v", r.Checks)
+	}
+	if r.FailedDomain != "drvdom" || r.OK() {
+		t.Fatalf("failed domain %q ok=%v", r.FailedDomain, r.OK())
+	}
+	if r.DrvdomScript == nil || r.DrvdomScript.ExitCode != 0 || r.GuestScript == nil || r.GuestScript.ExitCode != 3 {
+		t.Fatalf("scripts %+v %+v", r.DrvdomScript, r.GuestScript)
+	}
+	if r.Timeline["dom0/dom0-done"] != 99.5 {
+		t.Fatalf("timeline %v", r.Timeline)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "fio.json")); err != nil || !strings.Contains(string(b), "jobs") {
+		t.Fatalf("lab_put file not written to the run directory: %v", err)
+	}
+	var bench bytes.Buffer
+	r.Files["fio-guest.json"] = r.Files["fio.json"]
+	r.PrintBench(&bench)
+	for _, want := range []string{"kernel blkback", "2000", "1106", "0.55", "0.250"} {
+		if !strings.Contains(bench.String(), want) {
+			t.Errorf("bench table lacks %q:\n%s", want, bench.String())
+		}
+	}
+	var rep bytes.Buffer
+	r.Print(&rep)
+	for _, want := range []string{"FAILED: domain drvdom (no READY marker after 300s)", "FAIL guest-sees-nic [guest]", "guest-drvdom.log"} {
+		if !strings.Contains(rep.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, rep.String())
+		}
+	}
+}
+
+func TestFindPrune(t *testing.T) {
+	got := findPrune([]string{"usr/lib/python3.11", "a b"})
+	if got != `\( -path './usr/lib/python3.11' -o -path './a b' \) -prune -o` {
+		t.Fatalf("findPrune = %s", got)
+	}
+	if findPrune(nil) != "" {
+		t.Fatal("empty prune list")
+	}
+}

@@ -11,6 +11,7 @@ import (
 // Report is what the host collects from a run directory after a boot.
 type Report struct {
 	Out          string
+	Backend      string // the driver domain's drvdom.backend, for labels
 	Result       *Result
 	Checks       []Check           // in log order: dom0's, the driver domain's, the guest's
 	Files        map[string][]byte // lab_put files (also written to Out)
@@ -142,37 +143,44 @@ func (r *Report) Print(w io.Writer) {
 
 // PrintBench writes the summary table of `xenlab run`.
 func (r *Report) PrintBench(w io.Writer) {
-	fmt.Fprintf(w, "%-44s %10s %10s %10s\n", "measurement", "IOPS", "MB/s", "Gbit/s")
-	fmt.Fprintln(w, strings.Repeat("-", 77))
+	fmt.Fprintf(w, "%-52s %10s %10s %10s\n", "measurement", "IOPS", "MB/s", "Gbit/s")
+	fmt.Fprintln(w, strings.Repeat("-", 85))
 	row := func(name, file string) (float64, bool) {
 		b, ok := r.Files[file]
 		if !ok {
-			fmt.Fprintf(w, "%-44s %10s\n", name, "(no result)")
+			fmt.Fprintf(w, "%-52s %10s\n", name, "(no result)")
 			return 0, false
 		}
 		f, err := ParseFio(b)
 		if err != nil {
-			fmt.Fprintf(w, "%-44s %v\n", name, err)
+			fmt.Fprintf(w, "%-52s %v\n", name, err)
 			return 0, false
 		}
-		fmt.Fprintf(w, "%-44s %10.0f %10.1f %10s\n", name, f.ReadIOPS+f.WriteIOPS, (f.ReadBps+f.WriteBps)/1e6, "")
+		fmt.Fprintf(w, "%-52s %10.0f %10.1f %10s\n", name, f.ReadIOPS+f.WriteIOPS, (f.ReadBps+f.WriteBps)/1e6, "")
 		return f.ReadIOPS + f.WriteIOPS, true
 	}
 	base, okb := 0.0, false
 	if _, ok := r.Files["fio-drvdom.json"]; ok {
 		base, okb = row("fio 4k randread QD16, driver domain, nvme0n1", "fio-drvdom.json")
 	}
-	g, okg := row("fio 4k randread QD16, guest via blkback", "fio-guest.json")
+	via := "blkback"
+	switch r.Backend {
+	case BackendKernel:
+		via = "kernel blkback"
+	case BackendDrvdom:
+		via = "drvdomd blkback"
+	}
+	g, okg := row("fio 4k randread QD16, guest via "+via, "fio-guest.json")
 	if okb && okg && base > 0 {
-		fmt.Fprintf(w, "%-44s %10.2f\n", "  guest / device limit", g/base)
+		fmt.Fprintf(w, "%-52s %10.2f\n", "  guest / device limit", g/base)
 	}
 	if b, ok := r.Files["iperf3-guest.json"]; ok {
 		if ip, err := ParseIperf3(b); err != nil {
-			fmt.Fprintf(w, "%-44s %v\n", "iperf3 guest -> dom0", err)
+			fmt.Fprintf(w, "%-52s %v\n", "iperf3 guest -> dom0", err)
 		} else {
-			fmt.Fprintf(w, "%-44s %10s %10.1f %10.3f\n", "iperf3 guest -> dom0 (received)", "", ip.ReceivedBps/8e6, ip.ReceivedBps/1e9)
+			fmt.Fprintf(w, "%-52s %10s %10.1f %10.3f\n", "iperf3 guest -> dom0 (received, "+map[string]string{BackendKernel: "kernel netback", BackendDrvdom: "drvdomd netback"}[r.Backend]+")", "", ip.ReceivedBps/8e6, ip.ReceivedBps/1e9)
 		}
 	} else {
-		fmt.Fprintf(w, "%-44s %10s\n", "iperf3 guest -> dom0", "(no result)")
+		fmt.Fprintf(w, "%-52s %10s\n", "iperf3 guest -> dom0", "(no result)")
 	}
 }
