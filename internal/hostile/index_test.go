@@ -46,8 +46,10 @@ func TestBlkRingIndex(t *testing.T) {
 				t.Run(c.name, func(t *testing.T) {
 					cfg := tg.cfg
 					cfg.Queues, cfg.Start = 2, c.start
-					rb, _, _ := r.diskFor(t, tg, cfg)
+					rb, disk, _ := r.diskFor(t, tg, cfg)
 					ringHalted(t, r, rb, by, c)
+					rb.close(t)
+					r.retire(t, disk)
 				})
 			}
 			t.Run("legitimate wrap-around", func(t *testing.T) {

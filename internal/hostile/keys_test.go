@@ -194,6 +194,7 @@ func TestBlkFrontendKeys(t *testing.T) {
 					t.Fatalf("closed disk leaves resources: %+v, before %+v", got, base)
 				}
 				r.checkCase(t)
+				r.retire(t, w)
 			})
 		}
 	}
@@ -483,7 +484,7 @@ func TestBlkKeysRewrittenAfterConnect(t *testing.T) {
 			t.Run(tg.name+"/"+c.name, func(t *testing.T) {
 				base := r.resources()
 				cfg := blkCfg{Proto: blkback.ProtoX86_64, Order: 1, Queues: 2, Persistent: true}
-				rb, _, _ := r.diskFor(t, tg, cfg)
+				rb, disk, _ := r.diskFor(t, tg, cfg)
 				k := &kit{sharer: r.hostile.Sharer(), evh: rb.evh, back: tg.backDom}
 				defer k.release()
 				r.rewrite(t, rb.disk.FrontPath(), k, c)
@@ -504,6 +505,7 @@ func TestBlkKeysRewrittenAfterConnect(t *testing.T) {
 					t.Fatalf("closed disk leaves resources: %+v, before %+v", got, base)
 				}
 				r.checkCase(t)
+				r.retire(t, disk)
 			})
 		}
 	}
