@@ -55,11 +55,13 @@ lab_put() {
 	cat "$2"; echo
 	lab_mark "EOF $1"
 }
-# lab_wait SECONDS CMD...: run CMD every 0.5 s until it succeeds.
+# lab_wait SECONDS CMD...: run CMD (an external command, each try bounded
+# to 10 s: a wedged xenstored must not hang the run) every 0.5 s until it
+# succeeds.
 lab_wait() {
 	t=$(( $1 * 2 )); shift
 	while [ "$t" -gt 0 ]; do
-		"$@" >/dev/null 2>&1 && return 0
+		timeout 10 "$@" >/dev/null 2>&1 && return 0
 		sleep 0.5; t=$((t - 1))
 	done
 	return 1

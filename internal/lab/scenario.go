@@ -181,21 +181,21 @@ lab_t guest-ready
 `, GuestName, defaultWait)
 		if s.E2E {
 			fmt.Fprintf(&b, `lab_wait_log "$GLOG" "@@LAB PHASE block-detach" %[2]d || fail_domain %[1]s "no block-detach cue"
-xl -vvv block-detach %[1]s %[3]s 2>/lab/xl-block-detach.log
+timeout 120 xl -vvv block-detach %[1]s %[3]s 2>/lab/xl-block-detach.log
 ck dom0-block-detach $? "xl block-detach %[1]s %[3]s"
 lab_wait 30 sh -c "! xenstore-read /local/domain/$DD/backend/vbd/$GID/51728/state"
 ck drvdom-vbd-backend-removed $? "/local/domain/$DD/backend/vbd/$GID/51728"
 # Attach only once the guest saw the disk go, so the check cannot race.
 lab_wait_log "$GLOG" "@@LAB CHECK guest-block-detached" 90
-xl -vvv block-attach %[1]s '%[4]s' 2>/lab/xl-block-attach.log
+timeout 120 xl -vvv block-attach %[1]s '%[4]s' 2>/lab/xl-block-attach.log
 ck dom0-block-attach $? "xl block-attach"
 lab_wait_log "$GLOG" "@@LAB PHASE network-detach" %[2]d || fail_domain %[1]s "no network-detach cue"
-xl -vvv network-detach %[1]s 0 2>/lab/xl-network-detach.log
+timeout 120 xl -vvv network-detach %[1]s 0 2>/lab/xl-network-detach.log
 ck dom0-network-detach $? "xl network-detach %[1]s 0"
 lab_wait 30 sh -c "! xenstore-read /local/domain/$DD/backend/vif/$GID/0/state"
 ck drvdom-vif-backend-removed $? "/local/domain/$DD/backend/vif/$GID/0"
 lab_wait_log "$GLOG" "@@LAB CHECK guest-nic-detached" 90
-xl -vvv network-attach %[1]s %[5]s 2>/lab/xl-network-attach.log
+timeout 120 xl -vvv network-attach %[1]s %[5]s 2>/lab/xl-network-attach.log
 ck dom0-network-attach $? "xl network-attach %[1]s %[5]s"
 `, GuestName, defaultWait, GuestVdev, DiskSpec(GuestVdev, DrvdomName, s.target()),
 				// xl network-attach takes one key=value per argument, unlike
