@@ -8,16 +8,23 @@
 //   - kernel mode (drvdom.backend=kernel): the kernel's xen-blkback and
 //     xen-netback, with drvdomd doing their hotplug (loop devices, bridge).
 //
+// In drvdom mode the backends run in a child process, `drvdomd worker`,
+// which this process restarts when it dies and whose heartbeat gates the
+// watchdog (see supervise.go).
+//
 // Subcommands: `drvdomd selftest` (checks of the Xen devices), `drvdomd
-// config` (the effective configuration).
+// config` (the effective configuration), `drvdomd worker` (the backends;
+// started by drvdomd itself).
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"slices"
 	"strconv"
@@ -46,6 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "selftest":
 			return selftest(ctx, args[1:], stdout, stderr)
+		case "worker":
+			return worker(ctx, stderr)
 		case "config":
 			log := slog.New(slog.NewTextHandler(stderr, nil))
 			cfg := loadConfig(log)
@@ -53,10 +62,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				cfg.Backend, cfg.NIC, cfg.Bridge, strings.Join(cfg.Modules, ","), cfg.LogLevel, cfg.Watchdog, cfg.WaitNIC)
 			return 0
 		case "-h", "-help", "--help", "help":
-			fmt.Fprintln(stdout, "usage: drvdomd [selftest|config]   (no argument: run the driver domain)")
+			fmt.Fprintln(stdout, "usage: drvdomd [selftest|config|worker]   (no argument: run the driver domain)")
 			return 0
 		default:
-			fmt.Fprintf(stderr, "drvdomd: unknown argument %q (usage: drvdomd [selftest|config])\n", args[0])
+			fmt.Fprintf(stderr, "drvdomd: unknown argument %q (usage: drvdomd [selftest|config|worker])\n", args[0])
 			return 2
 		}
 	}
@@ -161,11 +170,16 @@ func daemon(ctx context.Context, console io.Writer) int {
 	defer wg.Wait()
 	defer wdCancel()
 	var disarm atomic.Bool // set on a clean stop and on configuration errors
+	var healthy func() error
+	health := NewHealth(healthStale)
+	if cfg.Backend != "kernel" {
+		healthy = health.Check // the watchdog follows the worker's heartbeat
+	}
 	if cfg.Watchdog {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			feedWatchdog(wdCtx, "/dev/watchdog", 10*time.Second, &disarm, log)
+			feedWatchdog(wdCtx, "/dev/watchdog", watchdogEvery, healthy, &disarm, log)
 		}()
 	}
 
@@ -186,22 +200,121 @@ func daemon(ctx context.Context, console io.Writer) int {
 			return 1
 		}
 	default:
-		drivers, cleanup, err := buildDrivers(driverEnv{Cfg: cfg, Log: log})
+		exe, err := os.Executable()
 		if err != nil {
+			exe = "/proc/self/exe"
+		}
+		sup := &Supervisor{
+			Command: func() *exec.Cmd {
+				cmd := exec.Command(exe, "worker")
+				cmd.Stdout, cmd.Stderr = console, console
+				return cmd
+			},
+			Health:    health,
+			Backoff:   Backoff{Min: 200 * time.Millisecond, Max: 10 * time.Second, ResetAfter: 30 * time.Second},
+			LoopEvery: time.Second,
+			StopGrace: 10 * time.Second,
+			Log:       log.With("role", "supervisor"),
+		}
+		if err := sup.Run(ctx); err != nil {
 			log.Error("drvdom mode unavailable", "err", err)
 			disarm.Store(true) // a restart would not help
-			return 1
-		}
-		defer cleanup()
-		m := xenbus.NewManager(store, uint16(self), log, drivers...)
-		m.RemoveNodes = true           // the driver domain cleans its backend side, as xl devd does
-		m.ProbeWait = 30 * time.Second // a passed-through disk may still be probing
-		if err := m.Run(ctx); err != nil {
-			log.Error("xenbus manager stopped", "err", err)
 			return 1
 		}
 	}
 	disarm.Store(true)
 	log.Info("drvdomd stopped")
 	return 0
+}
+
+// Supervision timing (see supervise.go). xen_wdt's default timeout is 60 s:
+// a worker whose heartbeat is older than healthStale stops the petting, and
+// Xen restarts the domain at most a minute later.
+const (
+	watchdogEvery = 5 * time.Second
+	healthStale   = 5 * time.Second
+	beatEvery     = time.Second
+)
+
+// stallChecker is implemented by drivers that can tell whether one of their
+// rings has work and makes no progress (blkback).
+type stallChecker interface {
+	Stalled(after time.Duration) error
+}
+
+// worker runs the drvdom-mode backends: `drvdomd worker`, started and
+// restarted by the daemon. It resumes every device left Connected (the
+// Manager's resync) and every ring from its journal, and sends heartbeats
+// on fd 3 while xenstore answers and no ring is stalled.
+func worker(ctx context.Context, console io.Writer) int {
+	level := new(slog.LevelVar)
+	log := slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{Level: level})).With("role", "worker", "pid", os.Getpid())
+	cfg := loadConfig(log)
+	level.Set(cfg.LogLevel)
+	store, err := openStore(ctx, 10*time.Second, log)
+	if err != nil {
+		log.Error("no xenstore", "err", err)
+		return 1
+	}
+	defer store.Close()
+	self := cfg.DomID
+	if self < 0 {
+		v, err := store.Read(ctx, "domid")
+		if n, perr := strconv.ParseUint(strings.TrimSpace(v), 10, 16); err == nil && perr == nil {
+			self = int(n)
+		} else {
+			log.Error("cannot learn this domain's id from xenstore \"domid\"; set drvdom.domid=N", "err", err)
+			return exitFatal
+		}
+	}
+	cfg.ApplyXenstore(ctx, store, uint16(self), log)
+	level.Set(cfg.LogLevel)
+	drivers, cleanup, err := buildDrivers(driverEnv{Cfg: cfg, Log: log})
+	if err != nil {
+		log.Error("drvdom mode unavailable", "err", err)
+		return exitFatal
+	}
+	defer cleanup()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // runs before wg.Wait
+	if hb := heartbeatFile(); hb != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			heartbeat(ctx, hb, beatEvery, workerCheck(store, drivers), log)
+		}()
+	}
+	m := xenbus.NewManager(store, uint16(self), log, drivers...)
+	m.RemoveNodes = true           // the driver domain cleans its backend side, as xl devd does
+	m.ProbeWait = 30 * time.Second // a passed-through disk may still be probing
+	if err := m.Run(ctx); err != nil {
+		log.Error("xenbus manager stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// workerCheck is the worker's health: xenstore answers within a second and
+// no driver reports a stalled ring.
+func workerCheck[D any](store interface {
+	Read(ctx context.Context, path string) (string, error)
+}, drivers []D) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if _, err := store.Read(ctx, "domid"); err != nil && !errors.Is(err, xenstore.ErrNotExist) {
+			return fmt.Errorf("xenstore: %w", err)
+		}
+		for _, d := range drivers {
+			if sc, ok := any(d).(stallChecker); ok {
+				if err := sc.Stalled(3 * healthStale); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
 }

@@ -14,7 +14,11 @@ import (
 // disarm it only if disarm is set (a clean stop or a configuration error
 // that a restart would not fix); otherwise it leaves it armed so that Xen
 // restarts the domain.
-func feedWatchdog(ctx context.Context, path string, every time.Duration, disarm *atomic.Bool, log *slog.Logger) {
+//
+// healthy, if not nil, is asked before each keepalive: while it fails the
+// keepalives stop (a hung worker or supervision loop), so Xen restarts the
+// domain unless health returns in time.
+func feedWatchdog(ctx context.Context, path string, every time.Duration, healthy func() error, disarm *atomic.Bool, log *slog.Logger) {
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		log.Warn("no watchdog: the domain will not restart by itself if drvdomd dies", "path", path, "err", err)
@@ -23,9 +27,24 @@ func feedWatchdog(ctx context.Context, path string, every time.Duration, disarm 
 	log.Info("watchdog armed", "path", path, "every", every)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var withheld bool
 	for {
-		if _, err := f.Write([]byte{0}); err != nil {
-			log.Warn("watchdog keepalive", "err", err)
+		var herr error
+		if healthy != nil {
+			herr = healthy()
+		}
+		switch {
+		case herr == nil:
+			if withheld {
+				log.Info("watchdog keepalives resume")
+			}
+			withheld = false
+			if _, err := f.Write([]byte{0}); err != nil {
+				log.Warn("watchdog keepalive", "err", err)
+			}
+		case !withheld:
+			withheld = true
+			log.Error("watchdog keepalive withheld: Xen restarts this domain unless health returns", "err", herr)
 		}
 		select {
 		case <-ctx.Done():

@@ -20,7 +20,7 @@ func TestFeedWatchdog(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			feedWatchdog(ctx, p, 5*time.Millisecond, &disarm, quiet)
+			feedWatchdog(ctx, p, 5*time.Millisecond, nil, &disarm, quiet)
 		}()
 		time.Sleep(40 * time.Millisecond)
 		disarm.Store(clean)
@@ -39,5 +39,5 @@ func TestFeedWatchdog(t *testing.T) {
 	}
 	// No watchdog device: returns at once.
 	var disarm atomic.Bool
-	feedWatchdog(context.Background(), "/nonexistent/watchdog", time.Hour, &disarm, quiet)
+	feedWatchdog(context.Background(), "/nonexistent/watchdog", time.Hour, nil, &disarm, quiet)
 }

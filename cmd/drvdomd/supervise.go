@@ -1,0 +1,275 @@
+package main
+
+// ======================= crash-only supervision =======================
+// In drvdom mode the uinit (this process, the "parent") does the boot work
+// and then runs the backends in a child process, `drvdomd worker`, which it
+// restarts with bounded exponential backoff when it dies. The worker
+// resumes every device from xenstore (the xenbus Manager reconnects devices
+// left Connected) and every ring from its journal (internal/journal).
+//
+// Health: the worker writes one byte to its heartbeat pipe (fd 3) every
+// beatEvery while its own checks pass (xenstore answers, no ring stalled).
+// The parent pets Xen's watchdog only while the last beat is fresh and its
+// own supervision loop is alive: a hung worker (SIGSTOP, deadlock, stalled
+// ring) or a hung parent stops the petting and Xen restarts the domain
+// (on_watchdog="restart"); dom0's `drvdomctl supervise` re-attaches the
+// guests' devices to the new domain.
+// ======================================================================
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Exit codes of `drvdomd worker` that the parent acts on.
+const (
+	exitFatal = 3 // a restart would not help (no Xen devices, bad config): stop, disarm
+)
+
+// errFatal is returned by the supervisor when the worker exited with exitFatal.
+var errFatal = errors.New("worker: fatal error, not restarting")
+
+// Backoff is a bounded exponential backoff: Min, doubling up to Max; a
+// worker that ran healthy for ResetAfter starts again from Min.
+type Backoff struct {
+	Min, Max, ResetAfter time.Duration
+	cur                  time.Duration
+}
+
+// Next returns the delay before the next start of a worker that ran for
+// ran before it exited.
+func (b *Backoff) Next(ran time.Duration) time.Duration {
+	if ran >= b.ResetAfter || b.cur == 0 {
+		b.cur = b.Min
+		return b.cur
+	}
+	b.cur = min(2*b.cur, b.Max)
+	return b.cur
+}
+
+// Health is what the watchdog feeder asks before each keepalive: the
+// worker's last heartbeat and the supervision loop's last turn must both be
+// within Stale. Safe for concurrent use.
+type Health struct {
+	Stale time.Duration
+	now   func() time.Time
+
+	mu       sync.Mutex
+	lastBeat time.Time
+	lastLoop time.Time
+	beats    uint64
+}
+
+// NewHealth returns a Health with no heartbeat yet (unhealthy).
+func NewHealth(stale time.Duration) *Health {
+	return &Health{Stale: stale, now: time.Now}
+}
+
+// Beat records a heartbeat from the worker.
+func (h *Health) Beat() {
+	h.mu.Lock()
+	h.lastBeat = h.now()
+	h.beats++
+	h.mu.Unlock()
+}
+
+// Loop records a turn of the supervision loop.
+func (h *Health) Loop() {
+	h.mu.Lock()
+	h.lastLoop = h.now()
+	h.mu.Unlock()
+}
+
+// Beats returns the number of heartbeats received.
+func (h *Health) Beats() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.beats
+}
+
+// Check returns nil while both the worker and the supervision loop are alive.
+func (h *Health) Check() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.now()
+	switch {
+	case h.lastBeat.IsZero():
+		return errors.New("no worker heartbeat yet")
+	case now.Sub(h.lastBeat) > h.Stale:
+		return fmt.Errorf("worker heartbeat %v old", now.Sub(h.lastBeat).Round(time.Millisecond))
+	case now.Sub(h.lastLoop) > h.Stale:
+		return fmt.Errorf("supervision loop stuck for %v", now.Sub(h.lastLoop).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// Supervisor runs the worker and restarts it.
+type Supervisor struct {
+	// Command returns the worker's command (not started). The supervisor
+	// adds the heartbeat pipe as ExtraFiles[0] (fd 3 in the worker).
+	Command func() *exec.Cmd
+	Health  *Health
+	Backoff Backoff
+	// LoopEvery is how often the loop proves it is alive (Health.Loop).
+	LoopEvery time.Duration
+	// StopGrace is how long a worker has after SIGTERM before SIGKILL.
+	StopGrace time.Duration
+	Log       *slog.Logger
+
+	starts int
+}
+
+// Starts returns how many times the worker was started.
+func (s *Supervisor) Starts() int { return s.starts }
+
+// Run starts the worker and restarts it whenever it exits, until ctx ends
+// (the worker gets SIGTERM, then SIGKILL after StopGrace) or the worker
+// exits with exitFatal (errFatal).
+func (s *Supervisor) Run(ctx context.Context) error {
+	tick := time.NewTicker(s.LoopEvery)
+	defer tick.Stop()
+	s.Health.Loop()
+	for {
+		started := time.Now()
+		code, err := s.runOnce(ctx, tick)
+		ran := time.Since(started)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			s.Log.Error("worker did not start", "err", err)
+		} else if code == exitFatal {
+			return errFatal
+		}
+		delay := s.Backoff.Next(ran)
+		s.Log.Warn("worker exited; restarting", "code", code, "ran", ran.Round(time.Millisecond), "after", delay)
+		t := time.NewTimer(delay)
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-tick.C:
+				s.Health.Loop()
+			case <-t.C:
+				break wait
+			}
+		}
+	}
+}
+
+// runOnce runs one worker to its end and returns its exit code.
+func (s *Supervisor) runOnce(ctx context.Context, tick *time.Ticker) (int, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return -1, fmt.Errorf("heartbeat pipe: %w", err)
+	}
+	cmd := s.Command()
+	cmd.ExtraFiles = append([]*os.File{w}, cmd.ExtraFiles...)
+	err = cmd.Start()
+	w.Close() // the worker holds the write end; EOF when it dies
+	if err != nil {
+		r.Close()
+		return -1, fmt.Errorf("start %s: %w", cmd.Path, err)
+	}
+	s.starts++
+	s.Log.Info("worker started", "pid", cmd.Process.Pid, "start", s.starts)
+	beatsDone := make(chan struct{})
+	go func() { // owned: ends at EOF, when the worker (and every copy of w) is gone
+		defer close(beatsDone)
+		var b [64]byte
+		for {
+			n, err := r.Read(b[:])
+			if n > 0 {
+				s.Health.Beat()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // owned: ends when the worker does
+	var werr error
+loop:
+	for {
+		select {
+		case werr = <-exited:
+			break loop
+		case <-tick.C:
+			s.Health.Loop()
+		case <-ctx.Done():
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Process.Signal(syscall.SIGCONT) // a stopped worker must see it
+			select {
+			case werr = <-exited:
+			case <-time.After(s.StopGrace):
+				_ = cmd.Process.Kill()
+				werr = <-exited
+			}
+			break loop
+		}
+	}
+	r.Close()
+	<-beatsDone
+	code := -1
+	if cmd.ProcessState != nil {
+		code = cmd.ProcessState.ExitCode()
+	}
+	var ee *exec.ExitError
+	if werr != nil && !errors.As(werr, &ee) {
+		return code, werr
+	}
+	return code, nil
+}
+
+// heartbeatFile is the worker's end of the heartbeat pipe, or nil when the
+// worker was not started by a supervisor.
+func heartbeatFile() io.Writer {
+	f := os.NewFile(3, "heartbeat")
+	if f == nil {
+		return nil
+	}
+	if _, err := f.Stat(); err != nil {
+		return nil
+	}
+	return f
+}
+
+// heartbeat writes a byte to w every `every` while check passes, until ctx
+// ends. A failing check is logged once per change.
+func heartbeat(ctx context.Context, w io.Writer, every time.Duration, check func(context.Context) error, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var failing bool
+	for {
+		err := check(ctx)
+		switch {
+		case err == nil:
+			if failing {
+				log.Info("worker healthy again")
+			}
+			failing = false
+			if _, werr := w.Write([]byte{1}); werr != nil {
+				log.Warn("heartbeat", "err", werr)
+			}
+		case !failing:
+			failing = true
+			log.Error("worker unhealthy: heartbeat withheld", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fakeWorkerEnv makes the test binary act as a worker (see TestMain).
+const fakeWorkerEnv = "DRVDOMD_FAKE_WORKER"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(fakeWorkerEnv); mode != "" {
+		os.Exit(fakeWorker(mode))
+	}
+	os.Exit(m.Run())
+}
+
+// fakeWorker: "beat" beats every 10 ms until SIGTERM (exit 0); "exit:N"
+// beats once and exits N; "silent" never beats.
+func fakeWorker(mode string) int {
+	hb := os.NewFile(3, "heartbeat")
+	switch {
+	case mode == "beat":
+		term := make(chan os.Signal, 1)
+		signalNotify(term)
+		for {
+			hb.Write([]byte{1})
+			select {
+			case <-term:
+				return 0
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	case strings.HasPrefix(mode, "exit:"):
+		hb.Write([]byte{1})
+		n, _ := strconv.Atoi(strings.TrimPrefix(mode, "exit:"))
+		return n
+	case mode == "silent":
+		time.Sleep(time.Hour)
+	}
+	return 99
+}
+
+func fakeCommand(mode string, last *atomic.Pointer[exec.Cmd]) func() *exec.Cmd {
+	return func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), fakeWorkerEnv+"="+mode)
+		if last != nil {
+			last.Store(cmd)
+		}
+		return cmd
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	b := Backoff{Min: 100 * time.Millisecond, Max: time.Second, ResetAfter: 30 * time.Second}
+	var got []time.Duration
+	for range 7 {
+		got = append(got, b.Next(time.Second))
+	}
+	want := []time.Duration{100, 200, 400, 800, 1000, 1000, 1000}
+	for i := range want {
+		if got[i] != want[i]*time.Millisecond {
+			t.Fatalf("delays %v, want %v ms", got, want)
+		}
+	}
+	if d := b.Next(31 * time.Second); d != b.Min {
+		t.Errorf("after a healthy run: %v, want %v", d, b.Min)
+	}
+	if d := b.Next(0); d != 2*b.Min {
+		t.Errorf("then %v, want %v", d, 2*b.Min)
+	}
+}
+
+func TestHealthCheck(t *testing.T) {
+	now := time.Unix(1000, 0)
+	h := NewHealth(5 * time.Second)
+	h.now = func() time.Time { return now }
+	h.Loop()
+	if h.Check() == nil {
+		t.Fatal("healthy before any heartbeat")
+	}
+	h.Beat()
+	if err := h.Check(); err != nil {
+		t.Fatalf("after a beat: %v", err)
+	}
+	now = now.Add(6 * time.Second)
+	if err := h.Check(); err == nil || !strings.Contains(err.Error(), "heartbeat") {
+		t.Fatalf("stale heartbeat: %v", err)
+	}
+	h.Beat()
+	if err := h.Check(); err == nil || !strings.Contains(err.Error(), "supervision loop") {
+		t.Fatalf("stuck supervision loop: %v", err)
+	}
+	h.Loop()
+	if err := h.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newSup(cmd func() *exec.Cmd) *Supervisor {
+	return &Supervisor{Command: cmd, Health: NewHealth(200 * time.Millisecond),
+		Backoff:   Backoff{Min: 5 * time.Millisecond, Max: 40 * time.Millisecond, ResetAfter: time.Hour},
+		LoopEvery: 10 * time.Millisecond, StopGrace: 2 * time.Second, Log: quiet}
+}
+
+func runSup(t *testing.T, s *Supervisor) (context.CancelFunc, <-chan error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	finished := make(chan struct{})
+	go func() { done <- s.Run(ctx); close(finished) }()
+	t.Cleanup(func() { cancel(); <-finished })
+	return cancel, done
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A worker that keeps dying is restarted, with growing delays.
+func TestSupervisorRestartsWorker(t *testing.T) {
+	s := newSup(fakeCommand("exit:1", nil))
+	start := time.Now()
+	cancel, done := runSup(t, s)
+	waitFor(t, "5 starts", func() bool { return s.Health.Beats() >= 5 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if s.Starts() < 5 {
+		t.Errorf("%d starts", s.Starts())
+	}
+	// 5+10+20+40 ms of backoff at least before the fifth start.
+	if el := time.Since(start); el < 75*time.Millisecond {
+		t.Errorf("5 starts in %v: backoff not applied", el)
+	}
+}
+
+func TestSupervisorFatalWorker(t *testing.T) {
+	s := newSup(fakeCommand("exit:3", nil))
+	_, done := runSup(t, s)
+	select {
+	case err := <-done:
+		if !errors.Is(err, errFatal) {
+			t.Fatalf("Run: %v, want errFatal", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a fatal worker is restarted")
+	}
+	if s.Starts() != 1 {
+		t.Errorf("%d starts", s.Starts())
+	}
+}
+
+func TestSupervisorStartFailureRetries(t *testing.T) {
+	n := 0
+	s := newSup(func() *exec.Cmd { n++; return exec.Command(filepath.Join(t.TempDir(), "missing")) })
+	cancel, done := runSup(t, s)
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	<-done
+	if n < 2 {
+		t.Errorf("start attempted %d times", n)
+	}
+	if s.Health.Check() == nil {
+		t.Error("healthy without a worker")
+	}
+}
+
+// A stopped (hung) worker makes the health check fail; it recovers when
+// the worker runs again; a stop of the supervisor terminates the worker.
+func TestSupervisorHungWorker(t *testing.T) {
+	var last atomic.Pointer[exec.Cmd]
+	s := newSup(fakeCommand("beat", &last))
+	cancel, done := runSup(t, s)
+	waitFor(t, "healthy", func() bool { return s.Health.Check() == nil })
+	pid := last.Load().Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "unhealthy after SIGSTOP", func() bool { return s.Health.Check() != nil })
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "healthy after SIGCONT", func() bool { return s.Health.Check() == nil })
+	if s.Starts() != 1 {
+		t.Errorf("a hung worker was restarted (%d starts): the watchdog, not the supervisor, handles hangs", s.Starts())
+	}
+	syscall.Kill(pid, syscall.SIGSTOP) // stopped again at shutdown: still terminated
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, 0); err == nil {
+		t.Errorf("worker %d still exists after the supervisor stopped", pid)
+	}
+}
+
+func TestSupervisorSilentWorkerUnhealthy(t *testing.T) {
+	s := newSup(fakeCommand("silent", nil))
+	s.StopGrace = 50 * time.Millisecond // it ignores nothing, but SIGTERM kills it anyway
+	cancel, done := runSup(t, s)
+	time.Sleep(300 * time.Millisecond)
+	if err := s.Health.Check(); err == nil {
+		t.Error("a worker that never beats is healthy")
+	}
+	cancel()
+	<-done
+}
+
+// The watchdog gets no keepalives while health fails.
+func TestFeedWatchdogFollowsHealth(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "watchdog")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var ok atomic.Bool
+	healthy := func() error {
+		if ok.Load() {
+			return nil
+		}
+		return errors.New("sick")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var disarm atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); feedWatchdog(ctx, p, 5*time.Millisecond, healthy, &disarm, quiet) }()
+	time.Sleep(50 * time.Millisecond)
+	b, _ := os.ReadFile(p)
+	if len(b) != 0 {
+		t.Errorf("%d keepalives while unhealthy", len(b))
+	}
+	ok.Store(true)
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	wg.Wait()
+	b, _ = os.ReadFile(p)
+	if len(b) < 3 {
+		t.Errorf("%d keepalives once healthy", len(b))
+	}
+}
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) Len() int { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Len() }
+
+func TestHeartbeatWithheld(t *testing.T) {
+	var out lockedBuf
+	var fail atomic.Bool
+	fail.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		heartbeat(ctx, &out, 5*time.Millisecond, func(context.Context) error {
+			if fail.Load() {
+				return errors.New("ring stalled")
+			}
+			return nil
+		}, quiet)
+	}()
+	time.Sleep(40 * time.Millisecond)
+	if out.Len() != 0 {
+		t.Errorf("%d beats while failing", out.Len())
+	}
+	fail.Store(false)
+	time.Sleep(40 * time.Millisecond)
+	cancel()
+	wg.Wait()
+	if out.Len() < 3 {
+		t.Errorf("%d beats once healthy", out.Len())
+	}
+}
+
+type fakeStore struct{ err error }
+
+func (f fakeStore) Read(context.Context, string) (string, error) { return "1", f.err }
+
+type stalled struct{ err error }
+
+func (s stalled) Stalled(time.Duration) error { return s.err }
+
+func TestWorkerCheck(t *testing.T) {
+	ctx := context.Background()
+	if err := workerCheck(fakeStore{}, []any{stalled{}, 7})(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := workerCheck(fakeStore{err: fmt.Errorf("boom")}, []any{})(ctx); err == nil {
+		t.Error("xenstore failure passes")
+	}
+	if err := workerCheck(fakeStore{}, []any{stalled{err: errors.New("vbd 2/51712 queue 0 stalled")}})(ctx); err == nil {
+		t.Error("stalled ring passes")
+	}
+}
