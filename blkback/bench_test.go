@@ -124,9 +124,14 @@ func BenchmarkNullDisk(b *testing.B) {
 	for _, c := range []struct {
 		name       string
 		persistent bool
-	}{{"persistent", true}, {"map-per-request", false}} {
+		journal    bool
+	}{{"persistent", true, true}, {"map-per-request", false, true}, {"persistent-nojournal", true, false}} {
 		b.Run(c.name, func(b *testing.B) {
-			e := newEnv(b, nil)
+			e := newEnv(b, func(d *blkback.Driver) {
+				if !c.journal {
+					d.JournalDir = ""
+				}
+			})
 			rf := newRawFront(b, e, c.persistent, blkback.OpRead)
 			ctx := context.Background()
 			rf.batch(b, ctx, 32) // warm: persistent grants mapped

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -63,6 +64,10 @@ type Driver struct {
 	// ResizeInterval is how often the backing's size is polled for online
 	// resize (2 s if 0; negative disables).
 	ResizeInterval time.Duration
+	// qmu guards queues: every connected ring, for Stalled and kill.
+	qmu    sync.Mutex
+	queues map[*queue]struct{}
+
 	// StatsInterval is how often the statistics are written to the
 	// backend's drvdom-stats key when they changed (5 s if 0; negative
 	// disables; they are always written at disconnect).
@@ -157,6 +162,10 @@ type Device struct {
 	mu     sync.Mutex // connection state below
 	conn   *connection
 	closed bool
+	// resuming is set by Connect when the frontend is already Connected:
+	// a restarted process takes over a live ring, whose journals are
+	// replayed (otherwise they are reset: a new ring).
+	resuming bool
 }
 
 // connection is one Connect..Disconnect: the rings and their goroutines.
@@ -363,6 +372,9 @@ func (dev *Device) Connect(ctx context.Context) (err error) {
 		}
 	}
 
+	if fs, err := d.FrontState(ctx); err == nil {
+		dev.resuming = fs == xenbus.Connected
+	}
 	c := &connection{}
 	defer func() {
 		if err != nil {
@@ -506,6 +518,7 @@ func (dev *Device) start(parent context.Context, c *connection) {
 		q.exec = c.exec
 	}
 	dev.nqueues.Store(int32(len(c.queues)))
+	dev.drv.register(c.queues, true)
 	for _, q := range c.queues {
 		c.qwg.Add(1)
 		go func() {
@@ -706,6 +719,7 @@ func (dev *Device) stopLocked() error {
 		return nil
 	}
 	dev.conn = nil
+	dev.drv.register(c.queues, false)
 	c.cancel()
 	for _, q := range c.queues {
 		q.stop()
@@ -716,7 +730,9 @@ func (dev *Device) stopLocked() error {
 	}
 	c.wwg.Wait()
 	dev.nqueues.Store(0)
-	dev.writeStats(context.Background(), dev.Stats())
+	if !c.dead() {
+		dev.writeStats(context.Background(), dev.Stats())
+	}
 	err := c.teardown(dev)
 	dev.log.Info("blkback: disconnected", "err", err)
 	return err
@@ -738,10 +754,17 @@ func (c *connection) teardown(dev *Device) error {
 			errs = append(errs, err)
 		}
 		if q.jrn != nil {
-			// Stopped cleanly: every request taken was answered and pushed.
-			if err := q.jrn.close(true); err != nil {
+			if err := q.jrn.Close(); err != nil {
 				errs = append(errs, err)
 			}
+			// Stopped cleanly: every request taken was answered and
+			// pushed. A killed backend leaves its journal to the next.
+			if !q.isDead() {
+				if err := os.Remove(q.jrnPath); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			q.jrn = nil
 		}
 	}
 	for _, h := range c.handles {
@@ -775,4 +798,64 @@ func (dev *Device) Close() error {
 		err = e
 	}
 	return err
+}
+
+func (q *queue) isDead() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.dead
+}
+
+func (c *connection) dead() bool {
+	return len(c.queues) > 0 && c.queues[0].isDead()
+}
+
+// register adds or removes a connection's rings from the driver's set.
+func (drv *Driver) register(qs []*queue, add bool) {
+	drv.qmu.Lock()
+	defer drv.qmu.Unlock()
+	if drv.queues == nil {
+		drv.queues = make(map[*queue]struct{})
+	}
+	for _, q := range qs {
+		if add {
+			drv.queues[q] = struct{}{}
+		} else {
+			delete(drv.queues, q)
+		}
+	}
+}
+
+// Stalled reports a ring that has requests in flight and has neither taken
+// nor completed one for longer than after (a hung disk or a stuck
+// goroutine). drvdomd's worker withholds its heartbeat then, so that the
+// watchdog restarts the driver domain. An idle ring is never stalled.
+func (drv *Driver) Stalled(after time.Duration) error {
+	drv.qmu.Lock()
+	defer drv.qmu.Unlock()
+	now := time.Now().UnixNano()
+	for q := range drv.queues {
+		if n := q.busy.Load(); n > 0 {
+			if idle := time.Duration(now - q.progress.Load()); idle > after {
+				return fmt.Errorf("%s queue %d: %d requests in flight, no progress for %v",
+					q.dev.dev.Name(), q.idx, n, idle.Round(time.Millisecond))
+			}
+		}
+	}
+	return nil
+}
+
+// kill models the backend process dying now, for tests of the crash-only
+// restart: every ring stops writing to shared memory and to its journal at
+// once (in-flight I/O may still finish, as the kernel finishes a dead
+// process's I/O, but answers nothing). Stopping the killed devices
+// afterwards frees the host side and keeps the journals.
+func (drv *Driver) kill() {
+	drv.qmu.Lock()
+	defer drv.qmu.Unlock()
+	for q := range drv.queues {
+		q.mu.Lock()
+		q.dead = true
+		q.mu.Unlock()
+	}
 }

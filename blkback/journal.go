@@ -2,143 +2,63 @@ package blkback
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
+
+	"drvdom/internal/journal"
 )
 
-// The crash-only journal of one ring (DESIGN.md, "Crash-only backends"): a
-// memory file in the driver domain's tmpfs holding every request taken off
-// the ring and not yet answered in a published response, with the response
-// slot it was given. A process that dies keeps its journal (the file's
-// pages outlive it); the next one replays what the journal says is
-// unanswered, even when completions were out of order and responses
-// overwrote the requests' slots in the shared ring.
+// The crash-only journal of one ring (DESIGN.md, "Crash-only backends"),
+// kept by internal/journal in a memory file in the driver domain's tmpfs
+// (Driver.JournalDir): every request taken off the ring and not yet
+// answered in a published response, as a copy, with the response slot it
+// was given once answered, and the ring's private req_cons. A process that
+// dies keeps its journal; the next one resumes the ring at the journal's
+// req_cons and rsp_prod_pvt = the shared rsp_prod, and serves again, from
+// their journaled copies, exactly the requests without a published
+// response (re-executing a block request is idempotent for the frontend,
+// which owns its pages until it sees the response). Out-of-order completion
+// stays allowed: nothing is ever reread from a slot a response may have
+// overwritten.
 //
-// Layout (little endian): a 64-byte header, then one 128-byte record per
-// request slot of the ring (the backend's slot index, not the ring index).
-const (
-	jrnMagic       = "DRVDJRN1"
-	jrnOffMagic    = 0
-	jrnOffSize     = 8  // ring entries, u32
-	jrnOffEntry    = 12 // entry size (the ABI), u32
-	jrnOffRingRef  = 16 // first ring grant reference, u32
-	jrnOffPort     = 20 // the frontend's event channel port, u32
-	jrnOffReqCons  = 24 // req_cons after the last batch taken, u32
-	jrnHeaderSize  = 64
-	jrnRecordSize  = 128
-	jrnRecOffState = 0 // jrnFree, jrnTaken, jrnAnswered
-	jrnRecOffRsp   = 4 // response slot (ring index) once answered, u32
-	jrnRecOffReq   = 8 // the request as copied off the ring (up to 112 bytes)
+// The queue calls the journal under its lock: Taken in the batch copy loop
+// (before any response can reuse the request's slot), Answered where the
+// response is written, Published after every push.
 
-	jrnFree     = 0
-	jrnTaken    = 1
-	jrnAnswered = 2
-)
-
-// journal is one ring's journal: mem is the mapped file (nil: no journal).
-type journal struct {
-	path  string
-	mem   []byte
-	unmap func() error
-}
-
-// journalIdentity names the ring a journal belongs to.
+// journalIdentity names the ring a journal belongs to; a journal of another
+// ring (a guest that rebooted while no backend ran) is reset, not replayed.
 type journalIdentity struct {
 	size, entry, ringRef, port uint32
 }
 
-// openJournal maps (creating or resizing) the journal file of a ring.
-func openJournal(dir, name string, slots int) (*journal, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("blkback: journal dir: %w", err)
-	}
+func (id journalIdentity) key() uint64 {
+	var b [16]byte
+	le := binary.LittleEndian
+	le.PutUint32(b[0:], id.size)
+	le.PutUint32(b[4:], id.entry)
+	le.PutUint32(b[8:], id.ringRef)
+	le.PutUint32(b[12:], id.port)
+	h := fnv.New64a()
+	h.Write(b[:])
+	return h.Sum64()
+}
+
+// openJournal opens (creating, or reformatting one that is corrupt or of
+// another geometry) the journal file of a ring.
+func openJournal(dir, name string, ringSize, entrySize int) (*journal.Journal, string, error) {
 	p := filepath.Join(dir, name)
-	mem, unmap, err := mapFile(p, jrnHeaderSize+slots*jrnRecordSize)
+	j, err := journal.Open(p, ringSize, entrySize)
+	if errors.Is(err, journal.ErrCorrupt) {
+		if rerr := os.Remove(p); rerr != nil {
+			return nil, p, fmt.Errorf("blkback: %w (and removing it: %v)", err, rerr)
+		}
+		j, err = journal.Open(p, ringSize, entrySize)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("blkback: journal %s: %w", p, err)
+		return nil, p, fmt.Errorf("blkback: %w", err)
 	}
-	return &journal{path: p, mem: mem, unmap: unmap}, nil
-}
-
-func (j *journal) identity() journalIdentity {
-	le := binary.LittleEndian
-	return journalIdentity{le.Uint32(j.mem[jrnOffSize:]), le.Uint32(j.mem[jrnOffEntry:]),
-		le.Uint32(j.mem[jrnOffRingRef:]), le.Uint32(j.mem[jrnOffPort:])}
-}
-
-func (j *journal) valid(id journalIdentity) bool {
-	return string(j.mem[:len(jrnMagic)]) == jrnMagic && j.identity() == id
-}
-
-// reset starts a fresh journal for the ring id, whose requests up to
-// reqCons are answered.
-func (j *journal) reset(id journalIdentity, reqCons uint32) {
-	clear(j.mem)
-	le := binary.LittleEndian
-	le.PutUint32(j.mem[jrnOffSize:], id.size)
-	le.PutUint32(j.mem[jrnOffEntry:], id.entry)
-	le.PutUint32(j.mem[jrnOffRingRef:], id.ringRef)
-	le.PutUint32(j.mem[jrnOffPort:], id.port)
-	le.PutUint32(j.mem[jrnOffReqCons:], reqCons)
-	copy(j.mem[jrnOffMagic:], jrnMagic)
-}
-
-func (j *journal) record(slot int) []byte {
-	off := jrnHeaderSize + slot*jrnRecordSize
-	return j.mem[off : off+jrnRecordSize : off+jrnRecordSize]
-}
-
-// take records a request copied off the ring into slot.
-func (j *journal) take(slot int, raw []byte) {
-	r := j.record(slot)
-	copy(r[jrnRecOffReq:], raw)
-	binary.LittleEndian.PutUint32(r[jrnRecOffRsp:], 0)
-	r[jrnRecOffState] = jrnTaken
-}
-
-// setReqCons records how far the ring has been consumed.
-func (j *journal) setReqCons(v uint32) { binary.LittleEndian.PutUint32(j.mem[jrnOffReqCons:], v) }
-
-func (j *journal) reqCons() uint32 { return binary.LittleEndian.Uint32(j.mem[jrnOffReqCons:]) }
-
-// answer records that slot's response went to ring index rsp.
-func (j *journal) answer(slot int, rsp uint32) {
-	r := j.record(slot)
-	binary.LittleEndian.PutUint32(r[jrnRecOffRsp:], rsp)
-	r[jrnRecOffState] = jrnAnswered
-}
-
-// unanswered returns the slots whose requests have no published response,
-// given the ring's published rsp_prod.
-func (j *journal) unanswered(slots int, rspProd uint32) []int {
-	var out []int
-	for i := 0; i < slots; i++ {
-		r := j.record(i)
-		switch r[jrnRecOffState] {
-		case jrnTaken:
-			out = append(out, i)
-		case jrnAnswered:
-			// Published when its response slot is below rsp_prod.
-			if int32(rspProd-binary.LittleEndian.Uint32(r[jrnRecOffRsp:])) <= 0 {
-				out = append(out, i)
-			}
-		}
-	}
-	return out
-}
-
-// request returns the journaled copy of slot's request.
-func (j *journal) request(slot int) []byte { return j.record(slot)[jrnRecOffReq:] }
-
-// close unmaps the journal; remove also deletes the file (the ring was shut
-// down cleanly: nothing to replay).
-func (j *journal) close(remove bool) error {
-	err := j.unmap()
-	if remove {
-		if e := os.Remove(j.path); e != nil && err == nil {
-			err = e
-		}
-	}
-	return err
+	return j, p, nil
 }

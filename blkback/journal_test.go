@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"drvdom/evtchn"
 	"drvdom/grant"
+	"drvdom/internal/journal"
 	"drvdom/ring"
 	"drvdom/xenstore/xenbus"
 )
@@ -57,26 +59,30 @@ func TestJournalReplayOutOfOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	old, _ := ring.NewBack(m1.Bytes(), RequestSize64)
-	j, err := openJournal(dir, "vbd-2-51712-q0", 32)
+	j, _, err := openJournal(dir, "vbd-2-51712-q0", 32, RequestSize64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	j.reset(id, 0)
+	j.Reset(id.key(), 0)
 	if n, _ := old.Unconsumed(); n != 10 {
 		t.Fatalf("%d requests on the ring", n)
 	}
+	var hs [10]journal.Handle
 	for i := 0; i < 10; i++ {
-		j.take(i, old.Request())
+		idx := old.ReqCons()
+		if hs[i], err = j.Taken(idx, old.Request()); err != nil {
+			t.Fatal(err)
+		}
 	}
-	j.setReqCons(old.ReqCons())
 	for _, i := range []int{0, 1, 2, 4, 7} {
-		j.answer(i, old.RspProdPvt())
+		j.Answered(hs[i], old.RspProdPvt())
 		EncodeResponse(old.Response(), uint64(i), OpRead, StatusOkay)
 	}
 	old.PushResponses()
-	j.answer(3, old.RspProdPvt()) // written, never published
+	j.Published(old.RspProdPvt())
+	j.Answered(hs[3], old.RspProdPvt()) // written, never published
 	EncodeResponse(old.Response(), 3, OpRead, StatusOkay)
-	j.close(false)
+	j.Close()
 	m1.Unmap()
 
 	got := func() []uint64 {
@@ -96,6 +102,7 @@ func TestJournalReplayOutOfOrder(t *testing.T) {
 		backing: NewNullDisk(1<<20, 0), frontDom: frontDom, logical: 512,
 		dev: &xenbus.Dev{Type: "vbd", FrontDom: frontDom, DevID: 51712}}
 	dev.sectors.Store(2048)
+	dev.resuming = true // the frontend is still Connected
 	m2, err := gs.Mapper(backDom).Map(frontDom, ringShare.Refs(), true)
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +153,7 @@ func TestJournalReplayOutOfOrder(t *testing.T) {
 	}
 	cancel()
 	wg.Wait()
-	if err := q.jrn.close(true); err != nil {
+	if err := q.jrn.Close(); err != nil {
 		t.Fatal(err)
 	}
 	m2.Unmap()
@@ -155,26 +162,59 @@ func TestJournalReplayOutOfOrder(t *testing.T) {
 }
 
 // TestJournalIgnoresOtherRing: a journal of another ring (a guest that
-// rebooted meanwhile) is reset, not replayed.
+// rebooted meanwhile) or of a new connection is reset, not replayed.
 func TestJournalIgnoresOtherRing(t *testing.T) {
 	dir := t.TempDir()
-	j, err := openJournal(dir, "x", 32)
+	j, _, err := openJournal(dir, "x", 32, RequestSize64)
 	if err != nil {
 		t.Fatal(err)
 	}
 	a := journalIdentity{32, RequestSize64, 8, 5}
-	j.reset(a, 7)
-	j.take(3, make([]byte, 112))
-	j.close(false)
-	j, err = openJournal(dir, "x", 32)
+	j.Reset(a.key(), 7)
+	if _, err := j.Taken(7, make([]byte, RequestSize64)); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	j, _, err = openJournal(dir, "x", 32, RequestSize64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer j.close(true)
-	if !j.valid(a) || j.reqCons() != 7 || !slices.Equal(j.unanswered(32, 7), []int{3}) {
-		t.Fatal("journal did not survive reopening")
+	defer j.Close()
+	if rec, err := j.Recover(journalIdentity{32, RequestSize64, 9, 5}.key(), 7); err != nil || !rec.Fresh {
+		t.Fatalf("journal taken for another ring: %+v %v", rec, err)
 	}
-	if j.valid(journalIdentity{32, RequestSize64, 9, 5}) || j.valid(journalIdentity{32, RequestSize32, 8, 5}) {
-		t.Fatal("journal taken for another ring")
+	j.Reset(a.key(), 7)
+	if _, err := j.Taken(7, make([]byte, RequestSize64)); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := j.Recover(a.key(), 7); err != nil || rec.Fresh || rec.ReqCons != 8 || len(rec.Redo) != 1 {
+		t.Fatalf("journal of this ring not replayed: %+v %v", rec, err)
+	}
+	if (journalIdentity{32, RequestSize64, 8, 5}).key() == (journalIdentity{32, RequestSize32, 8, 5}).key() {
+		t.Fatal("identity ignores the ABI")
+	}
+}
+
+// A corrupt journal file is refused by the decoder and replaced.
+func TestJournalCorruptReplaced(t *testing.T) {
+	dir := t.TempDir()
+	j, p, err := openJournal(dir, "x", 32, RequestSize64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if err := os.WriteFile(p, make([]byte, journal.Size(32, RequestSize64)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(p)
+	copy(b, "garbage!")
+	os.WriteFile(p, b, 0o600)
+	j, _, err = openJournal(dir, "x", 32, RequestSize64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if rec, err := j.Recover(1, 0); err != nil || !rec.Fresh {
+		t.Fatalf("%+v %v", rec, err)
 	}
 }

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"drvdom/evtchn"
 	"drvdom/grant"
+	"drvdom/internal/journal"
 	"drvdom/ring"
 )
 
@@ -36,7 +39,8 @@ type slot struct {
 	smallX [MaxSegmentsPerRequest]int32
 	smallC [MaxSegmentsPerRequest]grant.CopySeg
 	ind    *indirectScratch
-	idx    int // index in queue.slots and in the journal
+	idx    int            // index in queue.slots
+	jh     journal.Handle // the request's journal entry (with a journal)
 	npg    int
 	m      grant.Mapping // this request's non-persistent mapping, if any
 	io     IO
@@ -77,10 +81,24 @@ type queue struct {
 	stopping bool // the connection is going away: stop draining
 	free     chan *slot
 	batch    []*slot
-	pending  bool     // inline responses claimed but not pushed
-	jrn      *journal // nil without Driver.JournalDir
-	replay   []*slot  // journaled requests a crashed process left unanswered
+	pending  bool             // inline responses claimed but not pushed
+	jrn      *journal.Journal // nil without Driver.JournalDir
+	jrnPath  string
+	replay   []*slot // journaled requests a crashed process left unanswered
+
+	// For Driver.Stalled: when the ring last made progress (unix ns) and
+	// how many requests it has in flight (mirrors inflight).
+	progress atomic.Int64
+	busy     atomic.Int32
+
+	// dead (under mu) models the process dying at this instant: nothing
+	// more is written to the shared ring or the journal (tests of the
+	// crash-only restart; see Driver.kill).
+	dead bool
 }
+
+// errDead stops the service loop of a killed queue.
+var errDead = errors.New("backend killed")
 
 func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Handle, port evtchn.Port, persistent bool, id journalIdentity) (*queue, error) {
 	r, err := ring.NewBack(rmap.Bytes(), abi.RequestSize())
@@ -96,14 +114,11 @@ func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Hand
 	q.batch = make([]*slot, 0, n)
 	for i := range q.slots {
 		q.slots[i].q, q.slots[i].idx = q, i
+		q.free <- &q.slots[i]
 	}
 	id.size, id.entry = r.Size(), uint32(abi.RequestSize())
-	replay := q.resume(id)
-	for i := range q.slots {
-		if !replay[i] {
-			q.free <- &q.slots[i]
-		}
-	}
+	q.resume(id)
+	q.progress.Store(time.Now().UnixNano())
 	if persistent {
 		q.pg = newPgrantTable(dev.frontDom, dev.drv.Grants, dev.drv.maxPgrants(), &dev.stats)
 	}
@@ -126,6 +141,9 @@ func (q *queue) run(ctx context.Context) error {
 	}
 	for {
 		if err := q.service(ctx); err != nil {
+			if errors.Is(err, errDead) {
+				return nil
+			}
 			return err
 		}
 		if _, err := q.evh.Wait(ctx, ports[:]); err != nil {
@@ -142,8 +160,13 @@ func (q *queue) run(ctx context.Context) error {
 
 // service takes every request on the ring, until the final check finds none.
 func (q *queue) service(ctx context.Context) error {
+	notify := false
 	for ctx.Err() == nil {
 		q.mu.Lock()
+		if q.dead {
+			q.mu.Unlock()
+			return errDead
+		}
 		n, err := q.ring.Unconsumed()
 		if err == nil && n == 0 {
 			var more bool
@@ -172,16 +195,28 @@ func (q *queue) service(ctx context.Context) error {
 				q.mu.Unlock()
 				return fmt.Errorf("queue %d: no free request slot", q.idx)
 			}
+			reqIdx := q.ring.ReqCons()
 			copy(s.raw[:], q.ring.Request())
 			if q.jrn != nil {
-				q.jrn.take(s.idx, s.raw[:])
+				if q.jrn.Full() {
+					// Answered entries retire when published: publish
+					// what is written (an io_uring batch not pushed yet).
+					notify = q.pushLocked() || notify
+				}
+				var jerr error
+				if s.jh, jerr = q.jrn.Taken(reqIdx, s.raw[:q.abi.RequestSize()]); jerr != nil {
+					q.mu.Unlock()
+					return fmt.Errorf("queue %d: %w", q.idx, jerr) // cannot happen after the push
+				}
 			}
 			q.batch = append(q.batch, s)
 		}
-		if q.jrn != nil {
-			q.jrn.setReqCons(q.ring.ReqCons())
-		}
 		q.mu.Unlock()
+		if notify {
+			notify = false
+			q.notify()
+		}
+		q.progress.Store(time.Now().UnixNano())
 		for _, s := range q.batch {
 			q.take(s)
 		}
@@ -206,6 +241,7 @@ func (q *queue) take(s *slot) {
 	// for requests behind it.
 	q.mu.Lock()
 	q.inflight++
+	q.busy.Store(int32(q.inflight))
 	q.mu.Unlock()
 	var g Geometry
 	q.geometry(&g)
@@ -413,15 +449,24 @@ func (q *queue) complete(s *slot, push bool) {
 	q.releaseGrants(s)
 	q.dev.account(s)
 	q.mu.Lock()
-	if q.jrn != nil {
-		q.jrn.answer(s.idx, q.ring.RspProdPvt())
+	if q.dead {
+		q.inflight--
+		q.drained.Broadcast()
+		q.mu.Unlock()
+		return
 	}
+	rspIdx := q.ring.RspProdPvt()
 	EncodeResponse(q.ring.Response(), s.req.ID, s.op, s.status)
+	if q.jrn != nil {
+		q.jrn.Answered(s.jh, rspIdx)
+	}
 	q.inflight--
+	q.busy.Store(int32(q.inflight))
+	q.progress.Store(time.Now().UnixNano())
 	q.drained.Broadcast()
 	notify := false
 	if push {
-		notify = q.ring.PushResponses()
+		notify = q.pushLocked()
 	} else {
 		q.pending = true
 	}
@@ -436,14 +481,24 @@ func (q *queue) complete(s *slot, push bool) {
 func (q *queue) pushInline() {
 	q.mu.Lock()
 	notify := false
-	if q.pending {
-		q.pending = false
-		notify = q.ring.PushResponses()
+	if q.pending && !q.dead {
+		notify = q.pushLocked()
 	}
 	q.mu.Unlock()
 	if notify {
 		q.notify()
 	}
+}
+
+// pushLocked publishes the responses written so far and retires their
+// journal entries. Called with q.mu held.
+func (q *queue) pushLocked() (notify bool) {
+	q.pending = false
+	notify = q.ring.PushResponses()
+	if q.jrn != nil {
+		q.jrn.Published(q.ring.RspProdPvt())
+	}
+	return notify
 }
 
 func (q *queue) notify() {
@@ -540,8 +595,8 @@ func (q *queue) stop() {
 }
 
 // resume attaches the ring where a previous backend process left it
-// (crash-only restart) and returns which slots hold journaled requests to
-// replay. A fresh ring has all indices 0.
+// (crash-only restart) and queues the journaled requests to serve again.
+// A fresh ring has all indices 0.
 //
 // Without a journal, everything below the published rsp_prod counts as
 // answered and requests are taken again from there: exact when the dead
@@ -549,43 +604,39 @@ func (q *queue) stop() {
 // request's response published, an earlier one's lost).
 //
 // With a journal (Driver.JournalDir), req_cons is the journal's and the
-// requests to replay are the journaled ones with no published response,
-// copied from the journal since the shared slot may hold a response now.
-func (q *queue) resume(id journalIdentity) map[int]bool {
+// requests to serve again are the journaled ones with no published
+// response, copied from the journal since the shared slot may hold a
+// response now (see journal.go).
+func (q *queue) resume(id journalIdentity) {
 	r := q.ring
 	p := r.SharedRspProd()
 	r.Resume(p, p)
 	dir := q.dev.drv.JournalDir
 	if dir == "" {
-		return nil
+		return
 	}
 	name := fmt.Sprintf("vbd-%d-%d-q%d", q.dev.frontDom, q.dev.devID(), q.idx)
-	j, err := openJournal(dir, name, len(q.slots))
+	j, path, err := openJournal(dir, name, int(r.Size()), q.abi.RequestSize())
 	if err != nil {
 		q.log.Warn("blkback: no crash journal for this ring", "err", err)
-		return nil
+		return
 	}
-	q.jrn = j
-	if !j.valid(id) {
-		j.reset(id, p)
-		return nil
+	q.jrn, q.jrnPath = j, path
+	if !q.dev.resuming {
+		j.Reset(id.key(), p) // a new connection: nothing to replay
+		return
 	}
-	rc := j.reqCons()
-	list := j.unanswered(len(q.slots), p)
-	if rc-p > r.Size() || uint32(len(list)) != rc-p {
-		q.log.Warn("blkback: crash journal inconsistent with the ring, starting from rsp_prod",
-			"req_cons", rc, "rsp_prod", p, "journaled", len(list))
-		j.reset(id, p)
-		return nil
+	rec, err := j.Recover(id.key(), p)
+	if err != nil {
+		q.log.Warn("blkback: crash journal inconsistent with the ring, starting from rsp_prod", "err", err)
+		j.Reset(id.key(), p)
+		return
 	}
-	r.Resume(rc, p)
-	replay := make(map[int]bool, len(list))
-	for _, i := range list {
-		s := &q.slots[i]
-		copy(s.raw[:], j.request(i))
-		j.take(i, s.raw[:])
+	r.Resume(rec.ReqCons, p)
+	for _, pd := range rec.Redo {
+		s := <-q.free // Redo never exceeds the ring size
+		copy(s.raw[:], pd.Req)
+		s.jh = pd.H
 		q.replay = append(q.replay, s)
-		replay[i] = true
 	}
-	return replay
 }

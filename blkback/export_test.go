@@ -1,0 +1,4 @@
+package blkback
+
+// Kill models the backend process dying now (see Driver.kill).
+func (drv *Driver) Kill() { drv.kill() }
