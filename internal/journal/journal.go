@@ -211,6 +211,11 @@ func (j *Journal) ReqCons() uint32 { return j.w.load(offReqCons) }
 // InFlight returns the number of entries taken and not retired.
 func (j *Journal) InFlight() int { return int(j.ringSize) - len(j.free) }
 
+// Full reports whether every entry is in use: answered entries are
+// retired only by Published, so a caller that wrote responses without
+// publishing them must publish before taking more than the ring holds.
+func (j *Journal) Full() bool { return len(j.free) == 0 }
+
 // Taken journals the request just copied off the ring at index reqIdx and
 // advances the journaled req_cons past it. It must be called before any
 // response is written for it, and in ring order.
