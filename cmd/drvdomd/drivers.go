@@ -13,6 +13,7 @@ import (
 	"drvdom/blkback"
 	"drvdom/evtchn"
 	"drvdom/grant"
+	"drvdom/internal/journal"
 	"drvdom/netback"
 	"drvdom/xenstore/xenbus"
 )
@@ -59,7 +60,9 @@ func buildDrivers(env driverEnv) ([]xenbus.Driver, func(), error) {
 		return nil, func() {}, err
 	}
 	drivers := []xenbus.Driver{
-		&blkback.Driver{Grants: blkMapper, Events: events, Log: env.Log.With("drv", "vbd")},
+		// Crash-only: each ring's journal lives in the domain's tmpfs, so a
+		// restarted worker replays what the dead one left unanswered.
+		&blkback.Driver{Grants: blkMapper, Events: events, Log: env.Log.With("drv", "vbd"), JournalDir: journal.DefaultDir},
 		&netback.Driver{Host: netback.LinuxHost{}, Mapper: netMapper, Events: events, Log: env.Log.With("drv", "vif")},
 	}
 	return drivers, cleanup, nil

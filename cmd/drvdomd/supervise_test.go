@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"drvdom/blkback"
 )
 
 // fakeWorkerEnv makes the test binary act as a worker (see TestMain).
@@ -322,3 +324,6 @@ func TestWorkerCheck(t *testing.T) {
 		t.Error("stalled ring passes")
 	}
 }
+
+// blkback's driver is a stallChecker: the worker's health sees its rings.
+var _ stallChecker = (*blkback.Driver)(nil)
