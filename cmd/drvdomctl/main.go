@@ -4,6 +4,7 @@
 //
 //	drvdomctl config [flags]    write the xl config for the driver domain
 //	drvdomctl status [flags]    domains, devices and their xenbus states
+//	drvdomctl supervise [flags] re-attach guests' devices when the driver domain restarts
 package main
 
 import (
@@ -26,7 +27,8 @@ func usage(w io.Writer) {
 
 commands:
   config   write the driver domain's xl config (drvdomctl config -h)
-  status   show the driver domain's devices from xenstore (drvdomctl status -h)`)
+  status   show the driver domain's devices from xenstore (drvdomctl status -h)
+  supervise  re-attach the guests' devices when the driver domain comes back under a new id (drvdomctl supervise -h)`)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -40,6 +42,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdConfig(ctx, args[1:], stdout, stderr, log, realPlatform{})
 	case "status":
 		return cmdStatus(ctx, args[1:], stdout, stderr)
+	case "supervise":
+		return cmdSupervise(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		usage(stdout)
 		return 0

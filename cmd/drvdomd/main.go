@@ -290,12 +290,22 @@ func worker(ctx context.Context, console io.Writer) int {
 	m := xenbus.NewManager(store, uint16(self), log, drivers...)
 	m.RemoveNodes = true           // the driver domain cleans its backend side, as xl devd does
 	m.ProbeWait = 30 * time.Second // a passed-through disk may still be probing
+	// dom0's `drvdomctl supervise` re-attaches the guests' devices to a
+	// restarted driver domain once this says the backends run (the
+	// Manager's first scan sees devices attached before its watch).
+	if err := store.Write(ctx, fmt.Sprintf("/local/domain/%d/%s", self, ReadyKey), "running"); err != nil {
+		log.Warn("cannot announce the backends to dom0", "key", ReadyKey, "err", err)
+	}
 	if err := m.Run(ctx); err != nil {
 		log.Error("xenbus manager stopped", "err", err)
 		return 1
 	}
 	return 0
 }
+
+// ReadyKey (under the driver domain's home) tells dom0's supervisor that
+// drvdomd's backends run; drvdomctl supervise waits for "running".
+const ReadyKey = "data/drvdomd"
 
 // workerCheck is the worker's health: xenstore answers within a second and
 // no driver reports a stalled ring.
