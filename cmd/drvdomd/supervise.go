@@ -242,6 +242,9 @@ func heartbeatFile() io.Writer {
 	if _, err := f.Stat(); err != nil {
 		return nil
 	}
+	// Nothing the worker runs may hold the pipe open past its death: the
+	// supervisor reads until EOF.
+	syscall.CloseOnExec(3)
 	return f
 }
 
