@@ -171,7 +171,7 @@ func daemon(ctx context.Context, console io.Writer) int {
 	defer wdCancel()
 	var disarm atomic.Bool // set on a clean stop and on configuration errors
 	var healthy func() error
-	health := NewHealth(healthStale)
+	health := NewHealth(healthStale, workerStartGrace)
 	if cfg.Backend != "kernel" {
 		healthy = health.Check // the watchdog follows the worker's heartbeat
 	}
@@ -234,6 +234,9 @@ const (
 	watchdogEvery = 5 * time.Second
 	healthStale   = 5 * time.Second
 	beatEvery     = time.Second
+	// workerStartGrace is how long the first worker may take to send its
+	// first heartbeat (xenstore, Xen devices).
+	workerStartGrace = 30 * time.Second
 )
 
 // stallChecker is implemented by drivers that can tell whether one of their

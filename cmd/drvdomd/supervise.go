@@ -57,20 +57,32 @@ func (b *Backoff) Next(ran time.Duration) time.Duration {
 
 // Health is what the watchdog feeder asks before each keepalive: the
 // worker's last heartbeat and the supervision loop's last turn must both be
-// within Stale. Safe for concurrent use.
+// within Stale. Until the supervisor arms it (boot: modules, network) it is
+// healthy; once armed, the first worker has StartGrace to send its first
+// heartbeat. Safe for concurrent use.
 type Health struct {
-	Stale time.Duration
-	now   func() time.Time
+	Stale      time.Duration
+	StartGrace time.Duration
+	now        func() time.Time
 
 	mu       sync.Mutex
+	armed    time.Time
 	lastBeat time.Time
 	lastLoop time.Time
 	beats    uint64
 }
 
-// NewHealth returns a Health with no heartbeat yet (unhealthy).
-func NewHealth(stale time.Duration) *Health {
-	return &Health{Stale: stale, now: time.Now}
+// NewHealth returns an unarmed Health.
+func NewHealth(stale, startGrace time.Duration) *Health {
+	return &Health{Stale: stale, StartGrace: startGrace, now: time.Now}
+}
+
+// Arm starts checking: the supervisor runs.
+func (h *Health) Arm() {
+	h.mu.Lock()
+	h.armed = h.now()
+	h.lastLoop = h.armed
+	h.mu.Unlock()
 }
 
 // Beat records a heartbeat from the worker.
@@ -101,8 +113,12 @@ func (h *Health) Check() error {
 	defer h.mu.Unlock()
 	now := h.now()
 	switch {
+	case h.armed.IsZero():
+		return nil // booting: the parent itself is making progress
+	case h.lastBeat.IsZero() && now.Sub(h.armed) <= h.StartGrace:
+		return nil // the first worker is starting
 	case h.lastBeat.IsZero():
-		return errors.New("no worker heartbeat yet")
+		return fmt.Errorf("no worker heartbeat %v after the supervisor started", now.Sub(h.armed).Round(time.Millisecond))
 	case now.Sub(h.lastBeat) > h.Stale:
 		return fmt.Errorf("worker heartbeat %v old", now.Sub(h.lastBeat).Round(time.Millisecond))
 	case now.Sub(h.lastLoop) > h.Stale:
@@ -136,7 +152,7 @@ func (s *Supervisor) Starts() int { return s.starts }
 func (s *Supervisor) Run(ctx context.Context) error {
 	tick := time.NewTicker(s.LoopEvery)
 	defer tick.Stop()
-	s.Health.Loop()
+	s.Health.Arm()
 	for {
 		started := time.Now()
 		code, err := s.runOnce(ctx, tick)

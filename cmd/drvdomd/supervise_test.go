@@ -88,11 +88,21 @@ func TestBackoff(t *testing.T) {
 
 func TestHealthCheck(t *testing.T) {
 	now := time.Unix(1000, 0)
-	h := NewHealth(5 * time.Second)
+	h := NewHealth(5*time.Second, 10*time.Second)
 	h.now = func() time.Time { return now }
+	if err := h.Check(); err != nil {
+		t.Fatalf("booting (unarmed): %v", err)
+	}
+	h.Arm()
+	now = now.Add(9 * time.Second)
 	h.Loop()
-	if h.Check() == nil {
-		t.Fatal("healthy before any heartbeat")
+	if err := h.Check(); err != nil {
+		t.Fatalf("first worker starting: %v", err)
+	}
+	now = now.Add(2 * time.Second)
+	h.Loop()
+	if err := h.Check(); err == nil {
+		t.Fatal("healthy with no heartbeat after the start grace")
 	}
 	h.Beat()
 	if err := h.Check(); err != nil {
@@ -113,7 +123,7 @@ func TestHealthCheck(t *testing.T) {
 }
 
 func newSup(cmd func() *exec.Cmd) *Supervisor {
-	return &Supervisor{Command: cmd, Health: NewHealth(200 * time.Millisecond),
+	return &Supervisor{Command: cmd, Health: NewHealth(200*time.Millisecond, 0),
 		Backoff:   Backoff{Min: 5 * time.Millisecond, Max: 40 * time.Millisecond, ResetAfter: time.Hour},
 		LoopEvery: 10 * time.Millisecond, StopGrace: 2 * time.Second, Log: quiet}
 }
@@ -194,7 +204,7 @@ func TestSupervisorHungWorker(t *testing.T) {
 	var last atomic.Pointer[exec.Cmd]
 	s := newSup(fakeCommand("beat", &last))
 	cancel, done := runSup(t, s)
-	waitFor(t, "healthy", func() bool { return s.Health.Check() == nil })
+	waitFor(t, "healthy", func() bool { return s.Health.Beats() > 0 && s.Health.Check() == nil })
 	pid := last.Load().Process.Pid
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
