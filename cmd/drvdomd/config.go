@@ -26,6 +26,10 @@ type Config struct {
 	LogLevel slog.Level
 	Watchdog bool // feed /dev/watchdog (xen_wdt) while running
 	WaitNIC  int  // seconds to wait for the NIC to appear
+	// Faults lets dom0 inject faults through FaultKey (the lab's crash
+	// tests); never from xenstore's drvdom/ keys, only the image and the
+	// kernel command line.
+	Faults bool
 }
 
 // BaseModules are loaded in every mode; BackendModules only in kernel mode
@@ -99,6 +103,12 @@ func (c *Config) Set(key, val string) error {
 			return fmt.Errorf("watchdog=%q: %w", val, err)
 		}
 		c.Watchdog = b
+	case "faults":
+		b, err := strconv.ParseBool(val)
+		if err != nil {
+			return fmt.Errorf("faults=%q: %w", val, err)
+		}
+		c.Faults = b
 	case "waitnic":
 		n, err := strconv.Atoi(val)
 		if err != nil || n < 0 || n > 3600 {

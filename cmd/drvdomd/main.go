@@ -216,7 +216,19 @@ func daemon(ctx context.Context, console io.Writer) int {
 			StopGrace: 10 * time.Second,
 			Log:       log.With("role", "supervisor"),
 		}
-		if err := sup.Run(ctx); err != nil {
+		fctx, fcancel := context.WithCancel(ctx)
+		var fwg sync.WaitGroup
+		if cfg.Faults {
+			fwg.Add(1)
+			go func() {
+				defer fwg.Done()
+				faultHook(fctx, store, uint16(self), sup, log)
+			}()
+		}
+		err = sup.Run(ctx)
+		fcancel()
+		fwg.Wait()
+		if err != nil {
 			log.Error("drvdom mode unavailable", "err", err)
 			disarm.Store(true) // a restart would not help
 			return 1

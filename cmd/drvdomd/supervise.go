@@ -24,9 +24,12 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"drvdom/xenstore"
 )
 
 // Exit codes of `drvdomd worker` that the parent acts on.
@@ -141,10 +144,26 @@ type Supervisor struct {
 	Log       *slog.Logger
 
 	starts int
+	mu     sync.Mutex
+	cur    *os.Process // the running worker
+}
+
+// Signal sends sig to the running worker (fault injection).
+func (s *Supervisor) Signal(sig os.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur == nil {
+		return errors.New("no worker running")
+	}
+	return s.cur.Signal(sig)
 }
 
 // Starts returns how many times the worker was started.
-func (s *Supervisor) Starts() int { return s.starts }
+func (s *Supervisor) Starts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.starts
+}
 
 // Run starts the worker and restarts it whenever it exits, until ctx ends
 // (the worker gets SIGTERM, then SIGKILL after StopGrace) or the worker
@@ -197,8 +216,17 @@ func (s *Supervisor) runOnce(ctx context.Context, tick *time.Ticker) (int, error
 		r.Close()
 		return -1, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
+	s.mu.Lock()
 	s.starts++
-	s.Log.Info("worker started", "pid", cmd.Process.Pid, "start", s.starts)
+	n := s.starts
+	s.cur = cmd.Process
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.cur = nil
+		s.mu.Unlock()
+	}()
+	s.Log.Info("worker started", "pid", cmd.Process.Pid, "start", n)
 	beatsDone := make(chan struct{})
 	go func() { // owned: ends at EOF, when the worker (and every copy of w) is gone
 		defer close(beatsDone)
@@ -291,4 +319,70 @@ func heartbeat(ctx context.Context, w io.Writer, every time.Duration, check func
 		case <-t.C:
 		}
 	}
+}
+
+// FaultKey (under the driver domain's home) injects a fault when drvdomd
+// runs with drvdom.faults=1: "kill-worker" (SIGKILL: the supervisor
+// restarts it, the rings resume from their journals), "stop-worker"
+// (SIGSTOP: the heartbeat stops, so do the watchdog keepalives and Xen
+// restarts the domain), "cont-worker" (SIGCONT). drvdomd clears the key and
+// logs "fault injected".
+const FaultKey = "control/drvdomd-fault"
+
+// faultStore is the xenstore client faultHook needs.
+type faultStore interface {
+	Read(ctx context.Context, path string) (string, error)
+	Write(ctx context.Context, path, value string) error
+	Watch(ctx context.Context, path, token string) (*xenstore.Watch, error)
+}
+
+// faultHook serves FaultKey until ctx ends.
+func faultHook(ctx context.Context, store faultStore, self uint16, sup *Supervisor, log *slog.Logger) {
+	path := fmt.Sprintf("/local/domain/%d/%s", self, FaultKey)
+	w, err := store.Watch(ctx, path, "drvdomd-fault")
+	if err != nil {
+		log.Warn("fault injection unavailable", "key", path, "err", err)
+		return
+	}
+	defer w.Close()
+	log.Warn("fault injection enabled (drvdom.faults=1)", "key", path)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-w.Events():
+			if !ok {
+				return
+			}
+		}
+		v, err := store.Read(ctx, path)
+		if err != nil || strings.TrimSpace(v) == "" {
+			continue
+		}
+		var sig syscall.Signal
+		switch strings.TrimSpace(v) {
+		case "kill-worker":
+			sig = syscall.SIGKILL
+		case "stop-worker":
+			sig = syscall.SIGSTOP
+		case "cont-worker":
+			sig = syscall.SIGCONT
+		default:
+			log.Warn("unknown fault", "fault", truncate(v, 32))
+			_ = store.Write(ctx, path, "")
+			continue
+		}
+		err = sup.Signal(sig)
+		log.Warn("fault injected", "fault", strings.TrimSpace(v), "err", err)
+		if err := store.Write(ctx, path, ""); err != nil {
+			log.Warn("clear fault key", "err", err)
+		}
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }

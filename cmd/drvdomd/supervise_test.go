@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"drvdom/blkback"
+	"drvdom/xenstore"
+	"drvdom/xenstore/xenstored"
 )
 
 // fakeWorkerEnv makes the test binary act as a worker (see TestMain).
@@ -337,3 +339,41 @@ func TestWorkerCheck(t *testing.T) {
 
 // blkback's driver is a stallChecker: the worker's health sees its rings.
 var _ stallChecker = (*blkback.Driver)(nil)
+
+// dom0 writes kill-worker under the driver domain's control/: the worker
+// dies (SIGKILL) and the supervisor starts another; stop-worker stops the
+// heartbeat (the watchdog's cue).
+func TestFaultHook(t *testing.T) {
+	srv := xenstored.New()
+	defer srv.Close()
+	srv.IntroduceDomain(1)
+	dd := xenstore.NewClient(srv.Connect(1))
+	defer dd.Close()
+	d0 := xenstore.NewClient(srv.Connect(0))
+	defer d0.Close()
+	var last atomic.Pointer[exec.Cmd]
+	s := newSup(fakeCommand("beat", &last))
+	runSup(t, s)
+	waitFor(t, "first worker beating", func() bool { return s.Health.Beats() > 0 })
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); faultHook(ctx, dd, 1, s, quiet) }()
+	defer func() { cancel(); wg.Wait() }()
+	key := "/local/domain/1/" + FaultKey
+	time.Sleep(50 * time.Millisecond) // the watch is set
+	if err := d0.Write(ctx, key, "kill-worker"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "worker restarted", func() bool { return s.Starts() >= 2 })
+	waitFor(t, "key cleared", func() bool { v, _ := d0.Read(ctx, key); return v == "" })
+	waitFor(t, "healthy again", func() bool { return s.Health.Check() == nil })
+	if err := d0.Write(ctx, key, "stop-worker"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "unhealthy after stop-worker", func() bool { return s.Health.Check() != nil })
+	if err := d0.Write(ctx, key, "cont-worker"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "healthy after cont-worker", func() bool { return s.Health.Check() == nil })
+}
