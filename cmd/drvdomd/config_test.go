@@ -38,7 +38,17 @@ func TestConfigSources(t *testing.T) {
 	if c.Bridge != "br9" {
 		t.Errorf("an empty bridge was accepted: %q", c.Bridge)
 	}
-	for _, bad := range [][2]string{{"backend", "qemu"}, {"domid", "65535"}, {"nic", "a/b"}, {"waitnic", "-1"}, {"watchdog", "maybe"}} {
+	if c.Faults {
+		t.Error("faults on by default")
+	}
+	c.ApplyCmdline("drvdom.faults=1", quiet)
+	if !c.Faults {
+		t.Error("drvdom.faults=1 ignored")
+	}
+	if slices.Contains(XenstoreKeys, "faults") {
+		t.Error("faults must not be settable from xenstore")
+	}
+	for _, bad := range [][2]string{{"backend", "qemu"}, {"domid", "65535"}, {"nic", "a/b"}, {"waitnic", "-1"}, {"watchdog", "maybe"}, {"faults", "perhaps"}} {
 		if err := c.Set(bad[0], bad[1]); err == nil {
 			t.Errorf("Set(%q, %q) accepted", bad[0], bad[1])
 		}
