@@ -305,12 +305,11 @@ func (sv *Supervisor) reattach(ctx context.Context, old, id int) error {
 		}
 		// Forced detach: the old backend is gone, so remove what it and
 		// libxl left: the frontend, libxl's record and the old backend.
-		oldBack, _ := sv.Store.Read(ctx, fe+"/backend")
-		for _, p := range []string{fe, "/libxl/" + g + "/device/" + k.Kind + "/" + strconv.FormatUint(uint64(k.DevID), 10),
-			strings.TrimSpace(oldBack)} {
-			if p == "" || !strings.HasPrefix(p, "/local/domain/") && !strings.HasPrefix(p, "/libxl/") {
-				continue
-			}
+		// Every path is built here: the frontend's own "backend" key is
+		// the guest's to write, and dom0 must not remove what it names.
+		id32 := strconv.FormatUint(uint64(k.DevID), 10)
+		for _, p := range []string{fe, "/libxl/" + g + "/device/" + k.Kind + "/" + id32,
+			"/local/domain/" + strconv.Itoa(old) + "/backend/" + k.Kind + "/" + g + "/" + id32} {
 			if err := sv.Store.Rm(ctx, p); err != nil && !errors.Is(err, xenstore.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("remove %s: %w", p, err))
 			}

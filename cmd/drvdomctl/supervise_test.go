@@ -112,7 +112,7 @@ func TestSuperviseReattachesAfterRestart(t *testing.T) {
 		"/local/domain/1/backend/vbd/2/51728/dev":     "xvdb",
 		"/libxl/2/device/vbd/51728/backend":           "/local/domain/1/backend/vbd/2/51728",
 		"/local/domain/2/device/vif/0/backend-id":     "1",
-		"/local/domain/2/device/vif/0/backend":        "/local/domain/1/backend/vif/2/0",
+		"/local/domain/2/device/vif/0/backend":        "/local/domain/3/device", // hostile: dom0 must not remove it
 		"/local/domain/1/backend/vif/2/0/mac":         "00:16:3e:4c:00:02",
 		"/local/domain/1/backend/vif/2/0/bridge":      "xenbr0",
 		// domain 3: a disk from dom0
@@ -157,6 +157,9 @@ func TestSuperviseReattachesAfterRestart(t *testing.T) {
 	}
 	if _, err := c.Read(ctx, "/libxl/2/device/vbd/51728/backend"); !errors.Is(err, xenstore.ErrNotExist) {
 		t.Errorf("libxl's record of the old disk left: %v", err)
+	}
+	if v, err := c.Read(ctx, "/local/domain/3/device/vbd/51712/backend-id"); v != "0" {
+		t.Errorf("a path the guest named was removed: %v", err)
 	}
 	if v, _ := c.Read(ctx, "/local/domain/3/device/vbd/51712/backend-id"); v != "0" {
 		t.Errorf("another backend's device touched: backend-id %q", v)
