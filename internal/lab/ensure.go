@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"time"
 )
 
 // HostPackages are the Debian packages the lab needs on the host.
@@ -33,7 +34,7 @@ func Ensure(ctx context.Context, p *Progress) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("lab: missing host packages %v (install them as root)", missing)
 	}
-	done := p.Step(fmt.Sprintf("apt-get install %v", missing), 60*0)
+	done := p.Step(fmt.Sprintf("apt-get install %v", missing), 60*time.Second)
 	cmd := exec.CommandContext(ctx, "apt-get", append([]string{"install", "-y", "-q", "--no-install-recommends"}, missing...)...)
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	b, err := cmd.CombinedOutput()
