@@ -35,6 +35,9 @@ func (b *slowBacking) WriteV(io *blkback.IO) error { b.delay(); return b.Backing
 // crashDriver is a fresh backend process: its own gntdev handle, the
 // journals in dir.
 func (e *env) crashDriver(dir string, mode string, slow **slowBacking) *blkback.Driver {
+	if mode == "nojournal" {
+		dir = ""
+	}
 	persistent := mode == "persistent"
 	return &blkback.Driver{
 		GrantCopy:      mode == "grantcopy",
@@ -73,13 +76,32 @@ func TestCrashOnlyRandomKills(t *testing.T) {
 	for _, mode := range []string{"mapped", "persistent", "grantcopy", "uring"} {
 		t.Run(mode, func(t *testing.T) {
 			for round := range 3 {
-				t.Run(fmt.Sprint(round), func(t *testing.T) { crashKillRun(t, mode, 25, 4000) })
+				t.Run(fmt.Sprint(round), func(t *testing.T) {
+					if err := crashKillRun(t, mode, 25, 4000, 15*time.Second); err != nil {
+						t.Fatal(err)
+					}
+				})
 			}
 		})
 	}
 }
 
-func crashKillRun(t *testing.T, mode string, kills, total int) {
+// The same workload without journals (resuming from the shared rsp_prod)
+// loses or duplicates requests: the test above can fail.
+func TestCrashOnlyWithoutJournalFails(t *testing.T) {
+	for try := range 5 {
+		if err := crashKillRun(t, "nojournal", 25, 4000, 2*time.Second); err != nil {
+			t.Logf("try %d: caught: %v", try, err)
+			return
+		}
+	}
+	t.Fatal("random kills without a journal went unnoticed")
+}
+
+// crashKillRun runs the workload; it returns the first violation of the
+// frontend's expectations (a response twice or for nothing, a lost request,
+// wrong data).
+func crashKillRun(t *testing.T, mode string, kills, total int, stuckAfter time.Duration) (rerr error) {
 	persistent := mode == "persistent"
 	const (
 		qd     = 16
@@ -131,6 +153,8 @@ func crashKillRun(t *testing.T, mode string, kills, total int) {
 	var kwg sync.WaitGroup
 	killed := 0
 	stopKiller := make(chan struct{})
+	stop := sync.OnceFunc(func() { close(stopKiller); kwg.Wait() })
+	defer stop()
 	kwg.Add(1)
 	go func() {
 		defer kwg.Done()
@@ -164,10 +188,9 @@ func crashKillRun(t *testing.T, mode string, kills, total int) {
 	issued := 0
 	lastProgress := time.Now()
 	for issued < total || len(inflight) > 0 {
-		if ctx.Err() != nil || time.Since(lastProgress) > 15*time.Second {
-			close(stopKiller)
-			kwg.Wait()
-			t.Fatalf("stuck: %d issued, %d in flight, %d done, %d kills", issued, len(inflight), done.Load(), killed)
+		if ctx.Err() != nil || time.Since(lastProgress) > stuckAfter {
+			stop()
+			return fmt.Errorf("stuck (a request lost): %d issued, %d in flight, %d done, %d kills", issued, len(inflight), done.Load(), killed)
 		}
 		progressed := false
 		for rg.Unconsumed() > 0 {
@@ -175,17 +198,17 @@ func crashKillRun(t *testing.T, mode string, kills, total int) {
 			o, ok := inflight[rsp.ID]
 			answered[rsp.ID]++
 			if !ok {
-				t.Fatalf("response for id %#x: not in flight (answered %d times)", rsp.ID, answered[rsp.ID])
+				return fmt.Errorf("response for id %#x: not in flight (answered %d times)", rsp.ID, answered[rsp.ID])
 			}
 			delete(inflight, rsp.ID)
 			if rsp.Status != blkback.StatusOkay {
-				t.Fatalf("request %#x (write=%v block %d): status %d", rsp.ID, o.write, o.block, rsp.Status)
+				return fmt.Errorf("request %#x (write=%v block %d): status %d", rsp.ID, o.write, o.block, rsp.Status)
 			}
 			page := bufs[o.buf].Bytes()[:4096]
 			if o.write {
 				copy(model[o.block], o.data)
 			} else if !bytes.Equal(page, o.data) {
-				t.Fatalf("read of block %d (id %#x) returned other data", o.block, rsp.ID)
+				return fmt.Errorf("read of block %d (id %#x) returned other data", o.block, rsp.ID)
 			}
 			busy[o.block] = false
 			freeBufs = append(freeBufs, o.buf)
@@ -234,20 +257,19 @@ func crashKillRun(t *testing.T, mode string, kills, total int) {
 			time.Sleep(50 * time.Microsecond)
 		}
 	}
-	close(stopKiller)
-	kwg.Wait()
+	stop()
 	for id, n := range answered {
 		if n != 1 {
-			t.Errorf("request %#x answered %d times", id, n)
+			return fmt.Errorf("request %#x answered %d times", id, n)
 		}
 	}
 	if len(answered) != total {
-		t.Errorf("%d requests answered, %d issued", len(answered), total)
+		return fmt.Errorf("%d requests answered, %d issued", len(answered), total)
 	}
 	disk := readFile(t, path)
 	for b := range blocks {
 		if !bytes.Equal(disk[b*4096:(b+1)*4096], model[b]) {
-			t.Errorf("block %d on disk differs from the last acknowledged write", b)
+			return fmt.Errorf("block %d on disk differs from the last acknowledged write", b)
 		}
 	}
 	if killed < kills/2 {
@@ -258,6 +280,7 @@ func crashKillRun(t *testing.T, mode string, kills, total int) {
 		t.Error("no request was delayed: completion was in order")
 	}
 	t.Logf("%d requests, %d backend kills, %d delayed (out of order) transfers", total, killed, delayed)
+	return nil
 }
 
 // gateBacking blocks writes until the gate opens: a hung disk.
