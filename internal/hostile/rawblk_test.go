@@ -3,7 +3,6 @@ package hostile
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"strconv"
 	"testing"
@@ -297,15 +296,17 @@ func (rb *rawBlk) wait(ctx context.Context, qi int, id uint64) (blkback.Response
 			delete(rb.pending, id)
 			return r, nil
 		}
+		// RING_FINAL_CHECK_FOR_RESPONSES: ask for an event at the next
+		// response, then look again before sleeping.
 		q.setIdx(hdrRspEvent, q.rspCons+1)
-		rb.collect(qi)
-		if r, ok := rb.pending[id]; ok {
-			delete(rb.pending, id)
-			return r, nil
+		if q.idx(hdrRspProd) != q.rspCons {
+			continue
 		}
 		n, err := rb.evh.Wait(ctx, ports)
 		if err != nil {
-			return blkback.Response{}, fmt.Errorf("%s: no response to %#x: %w", rb.name(), id, err)
+			return blkback.Response{}, fmt.Errorf("%s: no response to %#x (ring %d: req_prod %#x rsp_prod %#x req_event %#x rsp_event %#x, ours: prod %#x cons %#x, %d other responses): %w",
+				rb.name(), id, qi, q.idx(hdrReqProd), q.idx(hdrRspProd), q.idx(hdrReqEvent), q.idx(hdrRspEvent),
+				q.prodPvt, q.rspCons, len(rb.pending), err)
 		}
 		for _, p := range ports[:n] {
 			rb.evh.Unmask(p)
@@ -379,5 +380,3 @@ func (rb *rawBlk) read(t testing.TB, qi int, sector uint64, pages int) []byte {
 	}
 	return out
 }
-
-var errNoResponse = errors.New("no response")
