@@ -186,14 +186,18 @@ func TestSupervisorFatalWorker(t *testing.T) {
 }
 
 func TestSupervisorStartFailureRetries(t *testing.T) {
-	n := 0
-	s := newSup(func() *exec.Cmd { n++; return exec.Command(filepath.Join(t.TempDir(), "missing")) })
+	// The path is made here, not in the command func: that runs on the
+	// supervisor's goroutine (t.TempDir's failure would Goexit it) and may
+	// run again while the test is cleaning up.
+	missing := filepath.Join(t.TempDir(), "missing")
+	var n atomic.Int32
+	s := newSup(func() *exec.Cmd { n.Add(1); return exec.Command(missing) })
 	cancel, done := runSup(t, s)
 	time.Sleep(100 * time.Millisecond)
 	cancel()
 	<-done
-	if n < 2 {
-		t.Errorf("start attempted %d times", n)
+	if n.Load() < 2 {
+		t.Errorf("start attempted %d times", n.Load())
 	}
 	if s.Health.Check() == nil {
 		t.Error("healthy without a worker")
