@@ -3,6 +3,7 @@ package hostile
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -403,6 +404,7 @@ func TestBlkRequests(t *testing.T) {
 				}
 			}
 			t.Run("flood of full rings of bad requests", func(t *testing.T) { flood(t, r, rb, disk) })
+			t.Run("full rings of random bytes", func(t *testing.T) { garbage(t, r, rb) })
 			// The ring still serves.
 			data := pattern(8192, 5)
 			rb.write(t, 0, 40, data)
@@ -646,6 +648,47 @@ func flood(t *testing.T, r *rig, rb *rawBlk, disk guarded) {
 	}
 	if disk.sum(t) != before {
 		t.Fatal("the flood changed the device")
+	}
+	r.checkCase(t)
+}
+
+// garbage fills the ring with random bytes, 8 times over: every slot is
+// answered once, with its own id, its operation echoed and a defined
+// status; nothing outside the device changes (checkCase).
+func garbage(t *testing.T, r *rig, rb *rawBlk) {
+	q := rb.qs[0]
+	size := rb.abi.RequestSize()
+	idOff := 8
+	if rb.abi == blkback.ABI32 {
+		idOff = 4
+	}
+	for round := 0; round < 8; round++ {
+		type sent struct{ op uint8 }
+		want := map[uint64]sent{}
+		for i := uint32(0); i < q.size; i++ {
+			b := pattern(size, uint64(round)<<8|uint64(i))
+			id := uint64(0xee)<<56 | uint64(round)<<8 | uint64(i)
+			binary.LittleEndian.PutUint64(b[idOff:], id)
+			op := b[0]
+			if op == blkback.OpIndirect {
+				op = b[1]
+			}
+			want[id] = sent{op}
+			rb.putRaw(0, b)
+		}
+		rb.push(t, 0)
+		for id, w := range want {
+			rsp, err := rb.wait(ctxFor(t), 0, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rsp.Operation != w.op || !slices.Contains([]int16{0, blkback.StatusError, blkback.StatusEOPNOTSUPP}, rsp.Status) {
+				t.Fatalf("round %d: response %+v to a random slot with operation %d", round, rsp, w.op)
+			}
+		}
+		if len(rb.pending) != 0 {
+			t.Fatalf("round %d: %d responses for ids not sent", round, len(rb.pending))
+		}
 	}
 	r.checkCase(t)
 }
