@@ -68,9 +68,16 @@ func (d *Dev) WriteBack(ctx context.Context, key, val string) error {
 	return nil
 }
 
+// ErrBadState is wrapped by FrontState's error when the node holds something
+// that is not a XenbusState (the frontend wrote it: it reads as Unknown). Any
+// other error means the node could not be read at all, which says nothing
+// about the frontend.
+var ErrBadState = errors.New("not a XenbusState")
+
 // FrontState reads the frontend's state node. A missing node is Unknown with
 // no error (as Linux's xenbus_read_driver_state); a value that is not a
-// XenbusState is Unknown with an error.
+// XenbusState is Unknown with an error wrapping ErrBadState; a failed read
+// is Unknown with the read's error.
 func (d *Dev) FrontState(ctx context.Context) (State, error) {
 	v, err := d.Store.Read(ctx, d.FrontPath+"/state")
 	if errors.Is(err, xenstore.ErrNotExist) {
@@ -81,7 +88,7 @@ func (d *Dev) FrontState(ctx context.Context) (State, error) {
 	}
 	s, ok := ParseState(v)
 	if !ok {
-		return Unknown, fmt.Errorf("%s: frontend state %q is not a XenbusState", d.Name(), truncate(v, 16))
+		return Unknown, fmt.Errorf("%s: frontend state %q: %w", d.Name(), truncate(v, 16), ErrBadState)
 	}
 	return s, nil
 }

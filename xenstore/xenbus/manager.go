@@ -620,11 +620,21 @@ func (d *device) step(ctx context.Context) bool {
 	isOnline := strings.TrimSpace(online) == "1"
 
 	fs, ferr := d.dev.FrontState(ctx)
+	unreadable := false
 	if ferr != nil {
 		if ctx.Err() != nil {
 			return false
 		}
-		d.dev.logger().Debug("xenbus: frontend state unreadable, taken as Unknown", "err", ferr)
+		// A value the frontend wrote that is not a state is Unknown (as
+		// Linux reads it). A read that failed (xenstored busy, a request
+		// error) is not a state at all: it must never tear down a
+		// connected device; only a vanished frontend directory counts.
+		unreadable = !errors.Is(ferr, ErrBadState)
+		if unreadable {
+			d.dev.logger().Warn("xenbus: frontend state unreadable, keeping the device as it is", "err", ferr)
+		} else {
+			d.dev.logger().Debug("xenbus: frontend state not a XenbusState, taken as Unknown", "err", ferr)
+		}
 	}
 
 	frontGone := false
@@ -633,7 +643,11 @@ func (d *device) step(ctx context.Context) bool {
 		// parent (the guest's home, not readable by us) decides.
 		_, derr := d.dev.Store.Directory(ctx, d.dev.FrontPath)
 		frontGone = errors.Is(derr, xenstore.ErrNotExist) || errors.Is(derr, xenstore.ErrPermission)
+		if !frontGone && unreadable {
+			return false // the next kick (watch or resync) looks again
+		}
 	}
+	d.dev.logger().Debug("xenbus: step", "front", fs.String(), "online", strings.TrimSpace(online), "back", d.state.String(), "connected", d.connected, "frontend_gone", frontGone)
 	if frontGone || !isOnline && (fs == Closing || fs == Closed || fs == Unknown || d.inst == nil) {
 		d.dev.logger().Info("xenbus: removing", "front", fs.String(), "online", isOnline, "frontend_gone", frontGone)
 		d.disconnect()
