@@ -1,0 +1,281 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// BenchOptions configure `xenlab bench`.
+type BenchOptions struct {
+	Out      string   // run directory: bench.json, bench.md, bench.svg, one boot-* directory per boot
+	Backends []string // backend modes, in the first repetition's order
+	Reps     int
+	Runtime  time.Duration // per fio job / iperf3 run
+	Timeout  time.Duration // per boot; 0: BenchBootTimeout(Runtime)
+	Keep     bool          // keep each boot's disk image and ramdisks
+	Echo     io.Writer     // serial console copy, if set
+	Drvdomd  string        // drvdomd binary for the drvdom mode
+}
+
+// BenchResult is the whole matrix.
+type BenchResult struct {
+	Out     string
+	Plan    []BenchBoot
+	Samples []BenchSample
+	Rows    []BenchRow
+}
+
+// Measured reports whether at least one sample measured something.
+func (r *BenchResult) Measured() bool {
+	for _, s := range r.Samples {
+		if s.OK {
+			return true
+		}
+	}
+	return false
+}
+
+// benchJSON is bench.json.
+type benchJSON struct {
+	RuntimeS float64       `json:"runtime_s"`
+	Reps     int           `json:"reps"`
+	Backends []string      `json:"backends"`
+	Plan     []BenchBoot   `json:"plan"`
+	Samples  []BenchSample `json:"samples"`
+}
+
+// WriteBenchOutputs writes bench.json, bench.md and bench.svg into out.
+func WriteBenchOutputs(out string, o BenchOptions, res *BenchResult) error {
+	res.Rows = AggregateBench(res.Samples, o.Backends)
+	j, err := json.MarshalIndent(benchJSON{RuntimeS: o.Runtime.Seconds(), Reps: o.Reps, Backends: o.Backends,
+		Plan: res.Plan, Samples: res.Samples}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	var md, svg strings.Builder
+	WriteBenchMarkdown(&md, res.Rows, o.Backends)
+	if err := WriteBenchSVG(&svg, res.Rows, o.Backends); err != nil {
+		return fmt.Errorf("bench: svg: %w", err)
+	}
+	for name, data := range map[string]string{"bench.json": string(j) + "\n", "bench.md": md.String(), "bench.svg": svg.String()} {
+		if err := os.WriteFile(filepath.Join(out, name), []byte(data), 0o644); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+	}
+	return nil
+}
+
+// PrepareBench writes one bench boot's run directory: Scenario.Prepare,
+// then the bench's own xl configs (the guest's second disk on the tmpfs
+// file, the driver domain's larger memory).
+func PrepareBench(s Scenario, a *Artifacts, dir string) error {
+	if err := s.Prepare(a, dir); err != nil {
+		return err
+	}
+	for name, text := range map[string]string{"guest.cfg": BenchGuestConfig(s).Render(), "drvdom.cfg": BenchDrvdomConfig(s).Render()} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+	}
+	return nil
+}
+
+func describeSample(s BenchSample) string {
+	if !s.OK {
+		return "FAILED: " + s.Error
+	}
+	switch {
+	case s.Path == PathNet:
+		return fmt.Sprintf("%.3f Gbit/s", s.Gbps)
+	default:
+		return fmt.Sprintf("%8.0f IOPS %8.1f MB/s %8.0f µs", s.IOPS, s.MBps, s.LatUs)
+	}
+}
+
+// RunBench boots the plan, one boot after the other, and collects every
+// sample. A boot that fails leaves failed samples and the matrix goes on;
+// the results are rewritten after every boot so an interrupted run keeps
+// what it measured. It stops early only when ctx ends.
+func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*BenchResult, error) {
+	if p == nil {
+		p = NewProgress(nil)
+	}
+	plan, err := PlanBench(o.Backends, o.Reps)
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckBenchRuntime(o.Runtime); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	timeout := o.Timeout
+	if timeout == 0 {
+		timeout = BenchBootTimeout(o.Runtime)
+	}
+	res := &BenchResult{Out: o.Out, Plan: plan}
+	for _, boot := range plan {
+		if ctx.Err() != nil {
+			break
+		}
+		dir := filepath.Join(o.Out, fmt.Sprintf("boot-%02d-rep%d-%s", boot.Index, boot.Rep, boot.Backend))
+		p.Printf("bench boot %d/%d: rep %d/%d, backend=%s, %s", boot.Index, len(plan), boot.Rep, o.Reps, boot.Backend, dir)
+		drvdomd := ""
+		if boot.Backend == BackendDrvdom {
+			drvdomd = o.Drvdomd
+		}
+		s := BenchScenario(boot, o.Runtime, drvdomd)
+		var rep *Report
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return res, fmt.Errorf("bench: %w", err)
+		}
+		if err := PrepareBench(s, a, dir); err != nil {
+			p.Printf("bench boot %d: prepare: %v", boot.Index, err)
+			rep = &Report{Out: dir, FailedDomain: "host", FailedWhy: "prepare: " + err.Error()}
+		} else {
+			r, runErr := Run(ctx, a, RunOptions{Out: dir, Timeout: timeout, Echo: o.Echo}, p)
+			if !o.Keep {
+				Cleanup(dir)
+			}
+			rep = Collect(dir, r)
+			rep.Backend = boot.Backend
+			if runErr != nil && !errors.Is(runErr, ErrDomainFailed) && rep.FailedDomain == "" {
+				rep.FailedDomain, rep.FailedWhy = "host", runErr.Error()
+			}
+			if runErr != nil {
+				p.Printf("bench boot %d: %v", boot.Index, runErr)
+			}
+		}
+		samples := BenchSamples(boot, rep)
+		ok := 0
+		for _, s := range samples {
+			if s.OK {
+				ok++
+			}
+			bk := s.Backing
+			if bk == "" {
+				bk = "-"
+			}
+			p.Printf("  %-6s %-6s %-5s %-18s %s", boot.Backend, s.Path, bk, s.Workload, describeSample(s))
+		}
+		p.Printf("bench boot %d/%d: %d of %d rows measured", boot.Index, len(plan), ok, len(samples))
+		res.Samples = append(res.Samples, samples...)
+		if err := WriteBenchOutputs(o.Out, o, res); err != nil {
+			return res, err
+		}
+	}
+	if err := WriteBenchOutputs(o.Out, o, res); err != nil {
+		return res, err
+	}
+	return res, ctx.Err()
+}
+
+// BenchMain is `xenlab bench [flags]`: build the lab (build), build
+// drvdomd when the drvdom mode needs it (drvdomd, given a directory; may
+// be nil), run the matrix, print the table to stdout. Exit code 0 when
+// anything was measured, 1 when nothing was, 2 for bad flags.
+func BenchMain(ctx context.Context, p *Progress, args []string, stdout io.Writer,
+	build func(context.Context) (*Artifacts, error),
+	drvdomd func(ctx context.Context, dir string) (string, error)) (int, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var o BenchOptions
+	backends := fs.String("backends", BackendKernel+","+BackendDrvdom, "backend modes, comma-separated (kernel,drvdom)")
+	fs.IntVar(&o.Reps, "reps", 3, "repetitions: boots per backend mode (modes alternate order across repetitions)")
+	fs.DurationVar(&o.Runtime, "runtime", 10*time.Second, "runtime of each fio job and iperf3 run (plain number: seconds)")
+	fs.StringVar(&o.Out, "out", "", "run directory (default $XDG_CACHE_HOME/drvdom/runs/<time>-bench)")
+	fs.DurationVar(&o.Timeout, "timeout", 0, "per-boot timeout (default from --runtime)")
+	fs.BoolVar(&o.Keep, "keep", false, "keep each boot's disk image and ramdisks")
+	fs.StringVar(&o.Drvdomd, "drvdomd", "", "drvdomd binary for the drvdom mode (default: built from this repo)")
+	verbose := fs.Bool("v", false, "copy the serial console to stderr")
+	// --runtime 5 means 5 s: accept a plain number.
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "--runtime="); ok && isDigits(v) {
+			args[i] = "--runtime=" + v + "s"
+		} else if (a == "--runtime" || a == "-runtime") && i+1 < len(args) && isDigits(args[i+1]) {
+			args[i+1] += "s"
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2, err
+	}
+	o.Backends = strings.Split(*backends, ",")
+	if _, err := PlanBench(o.Backends, o.Reps); err != nil {
+		return 2, err
+	}
+	if err := CheckBenchRuntime(o.Runtime); err != nil {
+		return 2, err
+	}
+	if *verbose {
+		o.Echo = os.Stderr
+	}
+	if o.Out == "" {
+		dir, err := DefaultCacheDir()
+		if err != nil {
+			return 1, err
+		}
+		o.Out = filepath.Join(dir, "runs", time.Now().UTC().Format("20060102-150405")+"-bench")
+	}
+	out, err := filepath.Abs(o.Out)
+	if err != nil {
+		return 1, err
+	}
+	o.Out = out
+	a, err := build(ctx)
+	if err != nil {
+		return 1, err
+	}
+	if o.Drvdomd == "" && drvdomd != nil && strings.Contains(*backends, BackendDrvdom) {
+		if o.Drvdomd, err = drvdomd(ctx, filepath.Join(o.Out, "bin")); err != nil {
+			// The drvdom boots then fail their rows with the reason.
+			p.Printf("bench: drvdomd: %v (the drvdom mode's rows will fail)", err)
+			o.Drvdomd = ""
+		}
+	}
+	plan, _ := PlanBench(o.Backends, o.Reps)
+	est := BenchBootTimeout(o.Runtime) / 2
+	p.Printf("bench: %d boots (%s), runtime %s, ≈%s each; results in %s", len(plan), planString(plan), o.Runtime, est.Round(time.Minute), o.Out)
+	res, runErr := RunBench(ctx, a, o, p)
+	if res != nil {
+		fmt.Fprintf(stdout, "bench results: %s/{bench.json,bench.md,bench.svg}\n\n", o.Out)
+		WriteBenchMarkdown(stdout, res.Rows, o.Backends)
+	}
+	if res == nil || !res.Measured() {
+		if runErr == nil {
+			runErr = errors.New("bench: nothing could be measured")
+		}
+		return 1, runErr
+	}
+	if runErr != nil {
+		return 1, runErr
+	}
+	return 0, nil
+}
+
+func planString(plan []BenchBoot) string {
+	var parts []string
+	for _, b := range plan {
+		parts = append(parts, b.Backend)
+	}
+	return strings.Join(parts, ",")
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,523 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPlanBenchAlternatesModesAcrossReps(t *testing.T) {
+	plan, err := PlanBench([]string{BackendKernel, BackendDrvdom}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []BenchBoot{
+		{1, 1, BackendKernel}, {2, 1, BackendDrvdom},
+		{3, 2, BackendDrvdom}, {4, 2, BackendKernel},
+		{5, 3, BackendKernel}, {6, 3, BackendDrvdom},
+	}
+	if len(plan) != len(want) {
+		t.Fatalf("plan %v: want %d boots", plan, len(want))
+	}
+	for i := range want {
+		if plan[i] != want[i] {
+			t.Errorf("boot %d = %+v, want %+v", i, plan[i], want[i])
+		}
+	}
+	one, err := PlanBench([]string{BackendDrvdom}, 2)
+	if err != nil || len(one) != 2 || one[0].Backend != BackendDrvdom || one[1].Backend != BackendDrvdom || one[1].Rep != 2 {
+		t.Errorf("single mode plan %v, %v", one, err)
+	}
+	for name, c := range map[string]struct {
+		be   []string
+		reps int
+	}{
+		"zero reps": {[]string{BackendKernel}, 0}, "no backend": {nil, 1},
+		"unknown": {[]string{"qemu"}, 1}, "twice": {[]string{BackendKernel, BackendKernel}, 1},
+	} {
+		if _, err := PlanBench(c.be, c.reps); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+func TestBenchScriptsRunEveryRowWithItsFile(t *testing.T) {
+	dd := BenchDrvdomScript(7 * time.Second)
+	g := BenchGuestScript(7 * time.Second)
+	for _, w := range BlockWorkloads {
+		for _, bk := range Backings {
+			dkey := benchCheckName(BenchFileName(PathDevice, bk, w.Name))
+			gkey := benchCheckName(BenchFileName(PathGuest, bk, w.Name))
+			dev := map[string]string{BackingNVMe: NVMeTarget, BackingTmpfs: "$loop"}[bk]
+			line := "bench_fio " + dkey + " " + dev + " " + w.RW + " " + w.BS + " " + itoa(w.QD) + "\n"
+			if strings.Count(dd, line) != 1 {
+				t.Errorf("driver domain script lacks %q", line)
+			}
+			gdev := map[string]string{BackingNVMe: "/dev/xvdb", BackingTmpfs: "/dev/xvdc"}[bk]
+			line = "bench_fio " + gkey + " " + gdev + " " + w.RW + " " + w.BS + " " + itoa(w.QD) + "\n"
+			if strings.Count(g, line) != 1 {
+				t.Errorf("guest script lacks %q", line)
+			}
+			if strings.Contains(g, dkey) || strings.Contains(dd, gkey) {
+				t.Errorf("%s: device and guest rows mixed up", w.Name)
+			}
+		}
+	}
+	for _, s := range []string{dd, g} {
+		for _, want := range []string{"--ioengine=libaio", "--direct=1", "--time_based", "--runtime=7 ", "--output-format=json", `lab_put "$key.json"`} {
+			if !strings.Contains(s, want) {
+				t.Errorf("script lacks %q", want)
+			}
+		}
+	}
+	if !strings.Contains(dd, "dd if=/dev/zero of="+BenchTmpfsFile+" bs=1M count=256") || !strings.Contains(dd, "losetup -f --show "+BenchTmpfsFile) ||
+		!strings.Contains(dd, `losetup -d "$loop"`) {
+		t.Error("driver domain script does not make, loop and release the tmpfs backing")
+	}
+	// The loop device is released before the guest's backend may take the file.
+	if strings.Index(dd, `losetup -d "$loop"`) < strings.LastIndex(dd, "bench_fio ") {
+		t.Error("loop released before the last baseline row")
+	}
+	for _, w := range NetWorkloads {
+		key := benchCheckName(BenchFileName(PathNet, "", w.Name))
+		cmd := "iperf3 -c " + Dom0IP + " -t 7 -P " + itoa(w.Streams)
+		if w.Reverse {
+			cmd += " -R"
+		}
+		cmd += " -J"
+		if !strings.Contains(g, cmd) || !strings.Contains(g, "lab_put "+key+".json") || !strings.Contains(g, "lab_check "+key+" $r") {
+			t.Errorf("guest script lacks %s (%q)", key, cmd)
+		}
+	}
+	if strings.Count(g, "iperf3 -c") != len(NetWorkloads) {
+		t.Errorf("guest script runs iperf3 %d times, want %d", strings.Count(g, "iperf3 -c"), len(NetWorkloads))
+	}
+	// Keys must survive the marker syntax (ParseMarkers).
+	ms := ParseMarkers([]byte("@@LAB CHECK " + benchCheckName(BenchFileName(PathGuest, BackingTmpfs, "1m-write-qd4")) + " FAIL fio: x@@"))
+	if len(ms) != 1 || len(Checks(ms, GuestName)) != 1 {
+		t.Errorf("bench check name does not parse as a marker: %v", ms)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func TestBenchConfigsAndTimeouts(t *testing.T) {
+	s := BenchScenario(BenchBoot{Index: 1, Rep: 1, Backend: BackendDrvdom}, 5*time.Second, "/x/drvdomd")
+	if s.Backend != BackendDrvdom || s.Drvdomd != "/x/drvdomd" || s.DrvdomScript == "" || s.GuestScript == "" {
+		t.Fatalf("scenario %+v", s)
+	}
+	g := BenchGuestConfig(s).Render()
+	if !strings.Contains(g, DiskSpec("xvdb", DrvdomName, NVMeTarget)) || !strings.Contains(g, DiskSpec("xvdc", DrvdomName, BenchTmpfsFile)) {
+		t.Errorf("guest config lacks a disk:\n%s", g)
+	}
+	d := BenchDrvdomConfig(s).Render()
+	if !strings.Contains(d, "memory = 1024\n") || !strings.Contains(d, "drvdom.backend=drvdom") {
+		t.Errorf("driver domain config:\n%s", d)
+	}
+	if s.GuestTimeout <= 14*5*time.Second || BenchBootTimeout(5*time.Second) <= s.GuestTimeout {
+		t.Errorf("guest timeout %s, boot timeout %s", s.GuestTimeout, BenchBootTimeout(5*time.Second))
+	}
+	for _, rt := range []time.Duration{0, 500 * time.Millisecond, 21 * time.Second} {
+		if CheckBenchRuntime(rt) == nil {
+			t.Errorf("runtime %s accepted", rt)
+		}
+	}
+	if err := CheckBenchRuntime(10 * time.Second); err != nil {
+		t.Error(err)
+	}
+}
+
+// fioJSON is a synthetic fio result.
+func fioJSON(readIOPS, readBw, readLatNs, writeIOPS, writeBw, writeLatNs float64, ios int) []byte {
+	rios, wios := 0, 0
+	if readIOPS > 0 {
+		rios = ios
+	}
+	if writeIOPS > 0 {
+		wios = ios
+	}
+	return []byte(`fio: warning first
+{"jobs":[{"jobname":"x","error":0,
+ "read":{"iops":` + f(readIOPS) + `,"bw_bytes":` + f(readBw) + `,"total_ios":` + itoa(rios) + `,"lat_ns":{"mean":` + f(readLatNs) + `}},
+ "write":{"iops":` + f(writeIOPS) + `,"bw_bytes":` + f(writeBw) + `,"total_ios":` + itoa(wios) + `,"lat_ns":{"mean":` + f(writeLatNs) + `}}}]}`)
+}
+
+func f(v float64) string { b, _ := json.Marshal(v); return string(b) }
+
+func iperfJSON(bps float64) []byte {
+	return []byte(`{"end":{"sum_sent":{"bits_per_second":` + f(bps*1.01) + `},"sum_received":{"bits_per_second":` + f(bps) + `}}}`)
+}
+
+func TestBenchSamplesFromReport(t *testing.T) {
+	boot := BenchBoot{Index: 3, Rep: 2, Backend: BackendKernel}
+	rep := &Report{Result: &Result{ExitCode: 1}, Files: map[string][]byte{}}
+	rep.Files[BenchFileName(PathDevice, BackingNVMe, "4k-randread-qd1")] = fioJSON(1500, 1500*4096, 600e3, 0, 0, 0, 15000)
+	rep.Files[BenchFileName(PathGuest, BackingNVMe, "4k-randwrite-qd32")] = fioJSON(0, 0, 0, 1000, 1000*4096, 30e6, 10000)
+	rep.Files[BenchFileName(PathGuest, BackingTmpfs, "4k-randread-qd1")] = []byte("fio: io_u error\n")
+	rep.Files[BenchFileName(PathNet, "", "dom0-to-guest-P4")] = iperfJSON(2.5e9)
+	rep.Files[BenchFileName(PathNet, "", "guest-to-dom0-P1")] = []byte(`{"error":"unable to connect to server"}`)
+	rep.Checks = []Check{
+		{Name: benchCheckName(BenchFileName(PathGuest, BackingTmpfs, "1m-read-qd4")), Pass: false, Detail: "no block device /dev/xvdc"},
+		{Name: benchCheckName(BenchFileName(PathGuest, BackingTmpfs, "4k-randread-qd1")), Pass: false, Detail: "fio randread: Invalid argument"},
+	}
+	ss := BenchSamples(boot, rep)
+	if want := 2*len(Backings)*len(BlockWorkloads) + len(NetWorkloads); len(ss) != want {
+		t.Fatalf("%d samples, want %d", len(ss), want)
+	}
+	get := func(path, bk, w string) BenchSample {
+		for _, s := range ss {
+			if s.Path == path && s.Backing == bk && s.Workload == w {
+				return s
+			}
+		}
+		t.Fatalf("no sample %s/%s/%s", path, bk, w)
+		return BenchSample{}
+	}
+	for _, s := range ss {
+		if s.Boot != 3 || s.Rep != 2 || s.Backend != BackendKernel {
+			t.Fatalf("sample %+v: boot fields not set", s)
+		}
+	}
+	s := get(PathDevice, BackingNVMe, "4k-randread-qd1")
+	if !s.OK || s.IOPS != 1500 || math.Abs(s.MBps-6.144) > 1e-9 || s.LatUs != 600 {
+		t.Errorf("device randread: %+v", s)
+	}
+	s = get(PathGuest, BackingNVMe, "4k-randwrite-qd32")
+	if !s.OK || s.IOPS != 1000 || s.LatUs != 30000 {
+		t.Errorf("guest randwrite (write side only; zero-I/O read side must not dilute the latency): %+v", s)
+	}
+	s = get(PathGuest, BackingTmpfs, "4k-randread-qd1")
+	if s.OK || !strings.Contains(s.Error, "fio json") || !strings.Contains(s.Error, "Invalid argument") || s.IOPS != 0 {
+		t.Errorf("unparseable file: %+v", s)
+	}
+	s = get(PathGuest, BackingTmpfs, "1m-read-qd4")
+	if s.OK || s.Error != "failed: no block device /dev/xvdc" {
+		t.Errorf("failed check: %+v", s)
+	}
+	s = get(PathGuest, BackingNVMe, "1m-read-qd4")
+	if s.OK || s.Error != "not run: no result" {
+		t.Errorf("missing row: %+v", s)
+	}
+	s = get(PathNet, "", "dom0-to-guest-P4")
+	if !s.OK || s.Gbps != 2.5 {
+		t.Errorf("iperf3: %+v", s)
+	}
+	s = get(PathNet, "", "guest-to-dom0-P1")
+	if s.OK || !strings.Contains(s.Error, "unable to connect") {
+		t.Errorf("iperf3 error: %+v", s)
+	}
+
+	dead := &Report{FailedDomain: "guest", FailedWhy: "no READY marker after 300s", Result: &Result{ExitCode: 1}}
+	for _, s := range BenchSamples(BenchBoot{Index: 1, Rep: 1, Backend: BackendDrvdom}, dead) {
+		if s.OK || !strings.Contains(s.Error, "domain guest failed (no READY marker after 300s)") {
+			t.Fatalf("dead boot sample %+v", s)
+		}
+	}
+	unfinished := &Report{}
+	if s := BenchSamples(boot, unfinished)[0]; s.Error != "not run: the boot did not finish" {
+		t.Errorf("unfinished boot: %q", s.Error)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{5}, 5}, {[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5}, {[]float64{10, 10, 1000}, 10}} {
+		in := append([]float64(nil), c.in...)
+		if got := Median(c.in); got != c.want {
+			t.Errorf("Median(%v) = %v, want %v", c.in, got, c.want)
+		}
+		for i := range in {
+			if in[i] != c.in[i] {
+				t.Fatalf("Median reordered its input")
+			}
+		}
+	}
+}
+
+// synthSamples: 3 reps, nvme 4k-randread-qd1 measured everywhere, drvdom
+// guest failing on tmpfs, network measured by the kernel only.
+func synthSamples() []BenchSample {
+	var ss []BenchSample
+	add := func(be, path, bk, w string, rep int, v float64, errMsg string) {
+		s := BenchSample{Boot: rep*2 - 1, Rep: rep, Backend: be, Path: path, Backing: bk, Workload: w, OK: errMsg == "", Error: errMsg}
+		if s.OK {
+			switch path {
+			case PathNet:
+				s.Gbps = v
+			default:
+				s.IOPS, s.MBps, s.LatUs = v, v*4096/1e6, 1e6/v
+			}
+		}
+		ss = append(ss, s)
+	}
+	for rep := 1; rep <= 3; rep++ {
+		// limit: kernel boots 1000, 1100, 1200; drvdom boots 900, 1000, 5000
+		add(BackendKernel, PathDevice, BackingNVMe, "4k-randread-qd1", rep, 900+100*float64(rep), "")
+		add(BackendDrvdom, PathDevice, BackingNVMe, "4k-randread-qd1", rep, []float64{900, 1000, 5000}[rep-1], "")
+		add(BackendKernel, PathGuest, BackingNVMe, "4k-randread-qd1", rep, []float64{700, 800, 900}[rep-1], "")
+		add(BackendDrvdom, PathGuest, BackingNVMe, "4k-randread-qd1", rep, []float64{400, 500, 9999}[rep-1], "")
+		add(BackendDrvdom, PathGuest, BackingTmpfs, "1m-write-qd4", rep, 0, "not run: domain guest failed (no READY | marker)")
+		add(BackendKernel, PathNet, "", "guest-to-dom0-P4", rep, float64(rep), "")
+	}
+	// one of the drvdom samples failed on top
+	add(BackendDrvdom, PathGuest, BackingNVMe, "4k-randread-qd1", 3, 0, "fio died")
+	return ss
+}
+
+func findRow(t *testing.T, rows []BenchRow, label string) BenchRow {
+	t.Helper()
+	for _, r := range rows {
+		if r.Label() == label {
+			return r
+		}
+	}
+	t.Fatalf("no row %q", label)
+	return BenchRow{}
+}
+
+func TestAggregateBenchMediansAndRatios(t *testing.T) {
+	be := []string{BackendKernel, BackendDrvdom}
+	rows := AggregateBench(synthSamples(), be)
+	if want := len(Backings)*len(BlockWorkloads) + len(NetWorkloads); len(rows) != want {
+		t.Fatalf("%d rows, want %d", len(rows), want)
+	}
+	if rows[0].Label() != "nvme 4k-randread-qd1" || rows[len(rows)-1].Label() != "net dom0-to-guest-P4" {
+		t.Errorf("row order: first %q last %q", rows[0].Label(), rows[len(rows)-1].Label())
+	}
+	r := findRow(t, rows, "nvme 4k-randread-qd1")
+	if r.Limit.N != 6 || r.Limit.Median != 1050 { // 900 1000 1000 1100 1200 5000
+		t.Errorf("limit %+v", r.Limit)
+	}
+	if r.LimitBy[BackendKernel].Median != 1100 || r.LimitBy[BackendDrvdom].Median != 1000 {
+		t.Errorf("limit by mode %+v", r.LimitBy)
+	}
+	if g := r.Guest[BackendKernel]; g.N != 3 || g.Median != 800 || g.Failed != 0 {
+		t.Errorf("kernel %+v", g)
+	}
+	if g := r.Guest[BackendDrvdom]; g.N != 3 || g.Median != 500 || g.Failed != 1 || g.Reason != "fio died" {
+		t.Errorf("drvdom %+v", g)
+	}
+	if lat := r.Guest[BackendKernel].LatUs; math.Abs(lat-1e6/800) > 1e-6 {
+		t.Errorf("kernel latency median %v", lat)
+	}
+	qs := r.Ratios(be)
+	want := []BenchRatio{{"drvdom/kernel", 500.0 / 800, true}, {"kernel/limit", 800.0 / 1100, true}, {"drvdom/limit", 500.0 / 1000, true}}
+	if len(qs) != len(want) {
+		t.Fatalf("ratios %v", qs)
+	}
+	for i := range want {
+		if qs[i].Name != want[i].Name || qs[i].OK != want[i].OK || math.Abs(qs[i].Value-want[i].Value) > 1e-12 {
+			t.Errorf("ratio %d = %+v, want %+v", i, qs[i], want[i])
+		}
+	}
+	tm := findRow(t, rows, "tmpfs 1m-write-qd4")
+	if g := tm.Guest[BackendDrvdom]; g.OK() || g.Failed != 3 || !strings.Contains(g.Reason, "domain guest failed") {
+		t.Errorf("failed cell %+v", g)
+	}
+	for _, q := range tm.Ratios(be) {
+		if q.OK {
+			t.Errorf("tmpfs 1m-write ratio %+v without data", q)
+		}
+	}
+	n := findRow(t, rows, "net guest-to-dom0-P4")
+	if n.Guest[BackendKernel].Median != 2 || n.Limit.OK() {
+		t.Errorf("net row %+v", n)
+	}
+	if qs := n.Ratios(be); len(qs) != 1 || qs[0].Name != "drvdom/kernel" || qs[0].OK {
+		t.Errorf("net ratios %+v", qs)
+	}
+	// One backend only: no drvdom/kernel column.
+	if qs := findRow(t, AggregateBench(synthSamples(), []string{BackendKernel}), "nvme 4k-randread-qd1").Ratios([]string{BackendKernel}); len(qs) != 1 || qs[0].Name != "kernel/limit" {
+		t.Errorf("kernel-only ratios %+v", qs)
+	}
+}
+
+func TestWriteBenchMarkdown(t *testing.T) {
+	be := []string{BackendKernel, BackendDrvdom}
+	var b bytes.Buffer
+	WriteBenchMarkdown(&b, AggregateBench(synthSamples(), be), be)
+	md := b.String()
+	lines := strings.Split(md, "\n")
+	if lines[0] != "| row | metric | device limit | kernel | drvdom | drvdom/kernel | kernel/limit | drvdom/limit |" {
+		t.Errorf("header %q", lines[0])
+	}
+	if lines[1] != "|---|---|---:|---:|---:|---:|---:|---:|" {
+		t.Errorf("separator %q", lines[1])
+	}
+	table := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, "| ") {
+			table++
+			// every row has the header's column count (escaped pipes aside)
+			if c := strings.Count(strings.ReplaceAll(l, `\|`, ""), "|"); c != 9 {
+				t.Errorf("%d pipes in %q", c, l)
+			}
+		}
+	}
+	if want := 1 + len(Backings)*len(BlockWorkloads) + len(NetWorkloads); table != want {
+		t.Errorf("%d table lines, want %d", table, want)
+	}
+	for _, want := range []string{
+		"| nvme 4k-randread-qd1 | IOPS | 1050 (n=6, 955 µs) | 800 (n=3, 1250 µs) | 500 (n=3, 2000 µs, 1 failed) | 0.62x | 0.73x | 0.50x |",
+		"| tmpfs 1m-write-qd4 | MB/s | — | — | FAILED: not run: domain guest failed (no READY \\| marker) | — | — | — |",
+		"| net guest-to-dom0-P4 | Gbit/s | — | 2.000 (n=3) | — | — |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks\n%s\nin\n%s", want, md)
+		}
+	}
+}
+
+func TestWriteBenchSVGWellFormedOneBarPerRatio(t *testing.T) {
+	be := []string{BackendKernel, BackendDrvdom}
+	rows := AggregateBench(synthSamples(), be)
+	// A label that needs escaping.
+	rows[0].Workload = `4k<&>"qd1"`
+	var b bytes.Buffer
+	if err := WriteBenchSVG(&b, rows, be); err != nil {
+		t.Fatal(err)
+	}
+	wantBars := 0
+	for _, r := range rows {
+		for _, q := range r.Ratios(be) {
+			if q.OK {
+				wantBars++
+			}
+		}
+	}
+	if wantBars != 3 {
+		t.Fatalf("synthetic data has %d defined ratios, want 3", wantBars)
+	}
+	d := xml.NewDecoder(&b)
+	bars, lines, texts := 0, 0, []string{}
+	var root string
+	var widths []string
+	for {
+		tok, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("svg is not well-formed XML: %v", err)
+		}
+		switch e := tok.(type) {
+		case xml.StartElement:
+			if root == "" {
+				root = e.Name.Local
+				if e.Name.Space != "http://www.w3.org/2000/svg" {
+					t.Errorf("root namespace %q", e.Name.Space)
+				}
+			}
+			attr := map[string]string{}
+			for _, a := range e.Attr {
+				attr[a.Name.Local] = a.Value
+			}
+			if e.Name.Local == "rect" && attr["class"] == "bar" {
+				bars++
+				widths = append(widths, attr["width"])
+			}
+			if e.Name.Local == "line" && attr["class"] == "one" {
+				lines++
+			}
+		case xml.CharData:
+			texts = append(texts, string(e))
+		}
+	}
+	if root != "svg" || bars != wantBars || lines != 1 {
+		t.Errorf("root %q, %d bars (want %d), %d 1.0x lines", root, bars, wantBars, lines)
+	}
+	all := strings.Join(texts, "\n")
+	for _, want := range []string{`nvme 4k<&>"qd1" (IOPS)`, "0.62x", "0.73x", "0.50x", "1.0x", "drvdom/limit n/a", "net guest-to-dom0-P4 (Gbit/s)"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("svg text lacks %q", want)
+		}
+	}
+	// Bars are proportional: drvdom/kernel 0.625 vs drvdom/limit 0.5.
+	var w []float64
+	for _, s := range widths {
+		var v float64
+		if err := json.Unmarshal([]byte(s), &v); err != nil {
+			t.Fatalf("width %q: %v", s, err)
+		}
+		w = append(w, v)
+	}
+	if math.Abs(w[0]/w[2]-0.625/0.5) > 0.01 {
+		t.Errorf("bar widths %v not proportional to the ratios", w)
+	}
+}
+
+func TestWriteBenchOutputs(t *testing.T) {
+	dir := t.TempDir()
+	o := BenchOptions{Backends: []string{BackendKernel, BackendDrvdom}, Reps: 3, Runtime: 10 * time.Second}
+	plan, _ := PlanBench(o.Backends, o.Reps)
+	res := &BenchResult{Plan: plan, Samples: synthSamples()}
+	if err := WriteBenchOutputs(dir, o, res); err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		RuntimeS float64           `json:"runtime_s"`
+		Plan     []BenchBoot       `json:"plan"`
+		Samples  []json.RawMessage `json:"samples"`
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "bench.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if doc.RuntimeS != 10 || len(doc.Plan) != 6 || len(doc.Samples) != len(res.Samples) {
+		t.Errorf("bench.json: runtime %v, %d boots, %d samples", doc.RuntimeS, len(doc.Plan), len(doc.Samples))
+	}
+	for _, key := range []string{`"backend"`, `"path"`, `"backing"`, `"workload"`, `"rep"`, `"iops"`, `"mb_s"`, `"lat_us"`, `"gbit_s"`, `"error"`} {
+		if !bytes.Contains(b, []byte(key)) {
+			t.Errorf("bench.json lacks %s", key)
+		}
+	}
+	md, _ := os.ReadFile(filepath.Join(dir, "bench.md"))
+	svg, _ := os.ReadFile(filepath.Join(dir, "bench.svg"))
+	if !bytes.HasPrefix(md, []byte("| row |")) || !bytes.HasPrefix(svg, []byte("<svg ")) {
+		t.Errorf("bench.md/bench.svg not written")
+	}
+	if !res.Measured() || (&BenchResult{Samples: []BenchSample{{Error: "x"}}}).Measured() {
+		t.Error("Measured")
+	}
+}
+
+func TestBenchMainFlags(t *testing.T) {
+	built := false
+	for _, args := range [][]string{{"--reps", "0"}, {"--backends", "kernel,xen"}, {"--runtime", "60"}, {"--nope"}} {
+		code, err := BenchMain(t.Context(), NewProgress(nil), args, io.Discard, func(ctx context.Context) (*Artifacts, error) {
+			built = true
+			return nil, errors.New("no lab here")
+		}, nil)
+		if code != 2 || err == nil {
+			t.Errorf("%v: code %d, err %v; want 2 and an error", args, code, err)
+		}
+	}
+	if built {
+		t.Error("lab built despite bad flags")
+	}
+	// Good flags reach the build; its failure is exit code 1.
+	code, err := BenchMain(t.Context(), NewProgress(nil), []string{"--runtime", "5", "--reps", "1", "--out", t.TempDir()}, io.Discard,
+		func(ctx context.Context) (*Artifacts, error) { built = true; return nil, errors.New("no lab here") }, nil)
+	if code != 1 || err == nil || !built {
+		t.Errorf("build failure: code %d err %v built %v", code, err, built)
+	}
+	if !regexp.MustCompile(`^\d+$`).MatchString("5") || isDigits("5s") || isDigits("") {
+		t.Error("isDigits")
+	}
+}
