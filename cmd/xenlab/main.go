@@ -51,8 +51,13 @@ func main() {
 	case "image":
 		err = imageCmd(ctx, p, os.Args[2:])
 	case "bench":
-		fmt.Fprintln(os.Stderr, "xenlab bench: not built yet (use `xenlab run` for fio + iperf3 figures)")
-		code = 2
+		code, err = lab.BenchMain(ctx, p, os.Args[2:], os.Stdout,
+			func(ctx context.Context) (*lab.Artifacts, error) { return build(ctx, p) },
+			func(ctx context.Context, dir string) (string, error) {
+				s := lab.Scenario{Backend: lab.BackendDrvdom}
+				err := needDrvdomd(ctx, p, &s, dir)
+				return s.Drvdomd, err
+			})
 	case "clean-cache":
 		var dir string
 		if dir, err = lab.DefaultCacheDir(); err == nil {
