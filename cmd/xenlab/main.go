@@ -107,6 +107,7 @@ type common struct {
 	drvdomImage   string
 	drvdomd       string
 	kernelHotplug string
+	drvdomArgs    string
 	diskTarget    string
 	out           string
 	timeout       time.Duration
@@ -119,6 +120,7 @@ func (c *common) register(fs *flag.FlagSet, defTimeout time.Duration) {
 	fs.StringVar(&c.drvdomImage, "drvdom-image", "", "driver domain ramdisk (cpio[.gz], e.g. from `make initramfs`); default: the shell rootfs with a hotplug script")
 	fs.StringVar(&c.drvdomd, "drvdomd", "", "drvdomd binary for the shell driver domain (default: built from this repo when needed)")
 	fs.StringVar(&c.kernelHotplug, "kernel-hotplug", lab.HotplugScript, "who does the kernel backends' hotplug in the shell driver domain: script|drvdomd")
+	fs.StringVar(&c.drvdomArgs, "drvdom-args", "", "extra driver domain kernel command line (e.g. drvdom.loglevel=debug)")
 	fs.StringVar(&c.diskTarget, "disk-target", lab.NVMeTarget, "the guest disk's path inside the driver domain")
 	fs.StringVar(&c.out, "out", "", "run directory (default $XDG_CACHE_HOME/drvdom/runs/<time>)")
 	fs.DurationVar(&c.timeout, "timeout", defTimeout, "whole-boot timeout; QEMU is killed after it")
@@ -185,7 +187,7 @@ func (c *common) scenario() (lab.Scenario, error) {
 		return lab.Scenario{}, fmt.Errorf("--kernel-hotplug=%s: want script or drvdomd", c.kernelHotplug)
 	}
 	return lab.Scenario{Backend: c.backend, DrvdomImage: c.drvdomImage, DiskTarget: c.diskTarget,
-		Drvdomd: c.drvdomd, KernelHotplug: c.kernelHotplug}, nil
+		Drvdomd: c.drvdomd, KernelHotplug: c.kernelHotplug, DrvdomArgs: c.drvdomArgs}, nil
 }
 
 // needDrvdomd builds drvdomd from this repository into dir when the shell

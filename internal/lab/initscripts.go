@@ -105,12 +105,15 @@ for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs; do
 done
 mount -t xenfs xenfs /proc/xen
 mkdir -p /run/xen /run/xenstored /var/run/xen /var/lib/xen /var/lib/xenstored /var/log/xen /lab/console
-xenstored --pid-file=/run/xenstored.pid
+# Traced to dom0's tmpfs (9p would slow every request): dom0.sh copies the
+# trace into /lab after the device detaches and at the end.
+xenstored --pid-file=/run/xenstored.pid -T /tmp/xenstored-trace.log
 xen-init-dom0
 xenconsoled --log=guest --log-dir=/lab/console
 lab_t dom0-ready
 ( sh /lab/dom0.sh; echo $? > /lab/exit-code ) 2>&1 | tee /lab/dom0.log
 echo "lab: dom0 script exit $(cat /lab/exit-code)"
+tail -c 4000000 /tmp/xenstored-trace.log > /lab/xenstored-trace.log 2>/dev/null
 sync
 echo o > /proc/sysrq-trigger
 sleep 60

@@ -58,6 +58,9 @@ type Scenario struct {
 	// guest; default ReadyShell for the shell driver domain, ReadyImage
 	// for an image.
 	DrvdomReady string
+	// DrvdomArgs is appended to the driver domain's kernel command line
+	// (e.g. "drvdom.loglevel=debug").
+	DrvdomArgs string
 }
 
 // Who does the kernel backends' hotplug in the shell driver domain.
@@ -108,7 +111,7 @@ func (s Scenario) DrvdomConfig() DomainConfig {
 	}
 	return DomainConfig{
 		Name: DrvdomName, Kernel: "/tmp/img/vmlinux", Ramdisk: "/tmp/img/drvdom.img",
-		Extra:    strings.TrimSpace("console=hvc0 lab.role=drvdom drvdom.backend=" + s.Backend + " " + s.hotplugArg()),
+		Extra:    strings.Join(strings.Fields("console=hvc0 lab.role=drvdom drvdom.backend="+s.Backend+" "+s.hotplugArg()+" "+s.DrvdomArgs), " "),
 		MemoryMB: mem, VCPUs: 1, DriverDomain: true, PCI: []string{NVMeBDF, DDNicBDF},
 	}
 }
@@ -183,6 +186,8 @@ lab_t guest-ready
 			fmt.Fprintf(&b, `lab_wait_log "$GLOG" "@@LAB PHASE block-detach" %[2]d || fail_domain %[1]s "no block-detach cue"
 timeout 120 xl -vvv block-detach %[1]s %[3]s 2>/lab/xl-block-detach.log
 ck dom0-block-detach $? "xl block-detach %[1]s %[3]s"
+pidof xenstored >/dev/null || lab_mark "xenstored died during block-detach"
+tail -c 4000000 /tmp/xenstored-trace.log > /lab/xenstored-trace-detach.log 2>/dev/null
 lab_wait 30 sh -c "! xenstore-read /local/domain/$DD/backend/vbd/$GID/51728/state"
 ck drvdom-vbd-backend-removed $? "/local/domain/$DD/backend/vbd/$GID/51728"
 # Attach only once the guest saw the disk go, so the check cannot race.
