@@ -208,12 +208,14 @@ func daemon(ctx context.Context, console io.Writer) int {
 			Command: func() *exec.Cmd {
 				cmd := exec.Command(exe, "worker")
 				cmd.Stdout, cmd.Stderr = console, console
+				cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
 				return cmd
 			},
 			Health:    health,
 			Backoff:   Backoff{Min: 200 * time.Millisecond, Max: 10 * time.Second, ResetAfter: 30 * time.Second},
 			LoopEvery: time.Second,
 			StopGrace: 10 * time.Second,
+			QuitAfter: 2 * healthStale,
 			Log:       log.With("role", "supervisor"),
 		}
 		fctx, fcancel := context.WithCancel(ctx)
@@ -249,6 +251,9 @@ const (
 	// workerStartGrace is how long the first worker may take to send its
 	// first heartbeat (xenstore, Xen devices).
 	workerStartGrace = 30 * time.Second
+	// checkTimeout bounds the health check's xenstore read: under TCG, with
+	// dom0 busy creating a domain, a read can take over a second.
+	checkTimeout = 4 * time.Second
 )
 
 // stallChecker is implemented by drivers that can tell whether one of their
@@ -302,6 +307,7 @@ func worker(ctx context.Context, console io.Writer) int {
 			heartbeat(ctx, hb, beatEvery, workerCheck(store, drivers), log)
 		}()
 	}
+	log.Debug("worker: drivers ready")
 	m := xenbus.NewManager(store, uint16(self), log, drivers...)
 	m.RemoveNodes = true           // the driver domain cleans its backend side, as xl devd does
 	m.ProbeWait = 30 * time.Second // a passed-through disk may still be probing
@@ -311,6 +317,7 @@ func worker(ctx context.Context, console io.Writer) int {
 	if err := store.Write(ctx, fmt.Sprintf("/local/domain/%d/%s", self, ReadyKey), "running"); err != nil {
 		log.Warn("cannot announce the backends to dom0", "key", ReadyKey, "err", err)
 	}
+	log.Debug("worker: announced", "key", ReadyKey)
 	if err := m.Run(ctx); err != nil {
 		log.Error("xenbus manager stopped", "err", err)
 		return 1
@@ -328,7 +335,7 @@ func workerCheck[D any](store interface {
 	Read(ctx context.Context, path string) (string, error)
 }, drivers []D) func(context.Context) error {
 	return func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 		defer cancel()
 		if _, err := store.Read(ctx, "domid"); err != nil && !errors.Is(err, xenstore.ErrNotExist) {
 			return fmt.Errorf("xenstore: %w", err)

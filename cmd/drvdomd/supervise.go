@@ -142,6 +142,9 @@ type Supervisor struct {
 	// StopGrace is how long a worker has after SIGTERM before SIGKILL.
 	StopGrace time.Duration
 	Log       *slog.Logger
+	// QuitAfter: a worker whose health has failed this long gets SIGQUIT
+	// (goroutine dump on the console, exit, restart); 0: never.
+	QuitAfter time.Duration
 
 	starts int
 	mu     sync.Mutex
@@ -244,6 +247,8 @@ func (s *Supervisor) runOnce(ctx context.Context, tick *time.Ticker) (int, error
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }() // owned: ends when the worker does
 	var werr error
+	var sickSince time.Time
+	dumped := false
 loop:
 	for {
 		select {
@@ -251,6 +256,18 @@ loop:
 			break loop
 		case <-tick.C:
 			s.Health.Loop()
+			// A worker without heartbeats for QuitAfter is hung: SIGQUIT
+			// makes the Go runtime print every goroutine's stack on its
+			// console (stderr) and exit, and it is restarted.
+			if err := s.Health.Check(); err == nil {
+				sickSince = time.Time{}
+			} else if sickSince.IsZero() {
+				sickSince = time.Now()
+			} else if s.QuitAfter > 0 && !dumped && time.Since(sickSince) >= s.QuitAfter {
+				dumped = true
+				s.Log.Error("worker hung: SIGQUIT for a goroutine dump, then a restart", "pid", cmd.Process.Pid, "err", err)
+				_ = cmd.Process.Signal(syscall.SIGQUIT)
+			}
 		case <-ctx.Done():
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			_ = cmd.Process.Signal(syscall.SIGCONT) // a stopped worker must see it
