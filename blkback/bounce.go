@@ -32,9 +32,18 @@ func newBouncePool(pages int) (*bouncePool, error) {
 	return p, nil
 }
 
-// get fills dst with page indices, waiting until len(dst) are free.
-func (p *bouncePool) get(dst []int32) {
+// get fills dst with page indices, waiting until len(dst) are free. Before
+// it waits it calls starving.flush (if not nil) once: pages held by
+// requests an engine has queued but not started (io_uring submits a ring's
+// batch only at its end) are freed only once they run, so a ring must not
+// wait for them with its batch unsubmitted.
+func (p *bouncePool) get(dst []int32, starving interface{ flush() }) {
 	p.mu.Lock()
+	if len(p.avail) < len(dst) && starving != nil {
+		p.mu.Unlock()
+		starving.flush()
+		p.mu.Lock()
+	}
 	for len(p.avail) < len(dst) {
 		p.cond.Wait()
 	}

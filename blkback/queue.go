@@ -533,7 +533,11 @@ func (q *queue) copyIndirect(s *slot, pages int) error {
 func (q *queue) copySegments(s *slot) error {
 	pool := q.dev.pool
 	s.bidx = s.bidx[:len(s.segs)]
-	pool.get(s.bidx)
+	var starving interface{ flush() }
+	if q.exec != nil {
+		starving = q.exec // submit this batch's queued I/O before waiting for its pages
+	}
+	pool.get(s.bidx, starving)
 	for i, sg := range s.segs {
 		lo, hi := int(sg.FirstSect)*SectorSize, (int(sg.LastSect)+1)*SectorSize
 		buf := pool.page(s.bidx[i])[lo:hi]
