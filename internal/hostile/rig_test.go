@@ -35,6 +35,7 @@ const (
 	honestID  = 2 // the guest that must keep being served
 	hostileID = 3 // the guest that attacks
 	otherID   = 5 // a bystander the hostile guest grants pages to
+	dd3       = 6 // driver domain: blkback in grant-copy mode with its default engine (io_uring on O_DIRECT files)
 )
 
 // maxQueues is multi-queue-max-queues of both backends (an over-limit
@@ -77,7 +78,7 @@ func newRig(t *testing.T) *rig {
 	}
 	dom0 := r.host.NewDomain(0)
 	r.d0 = dom0.Xenstore()
-	for _, id := range []uint16{dd1, dd2, honestID, hostileID, otherID} {
+	for _, id := range []uint16{dd1, dd2, dd3, honestID, hostileID, otherID} {
 		r.host.NewDomain(id)
 	}
 	r.hostile = r.host.Domain(hostileID)
@@ -99,8 +100,15 @@ func newRig(t *testing.T) *rig {
 		MaxQueues: maxQueues, Workers: 2, ResizeInterval: -1, StatsInterval: -1, Open: r.open,
 		GrantCopy: true, CopyPoolPages: 256,
 	}
+	d3 := r.host.Domain(dd3)
+	blk3 := &blkback.Driver{
+		Grants: d3.Mapper(), Events: func() (evtchn.Handle, error) { return d3.Evtchn(), nil }, Log: log,
+		MaxQueues: maxQueues, Workers: 2, ResizeInterval: -1, StatsInterval: -1,
+		GrantCopy: true, CopyPoolPages: 256,
+	}
 	stop1 := r.startDriverDomain(dd1, log, blk1, net1)
 	stop2 := r.startDriverDomain(dd2, log, blk2)
+	stop3 := r.startDriverDomain(dd3, log, blk3)
 	start := time.Now()
 	t.Cleanup(func() {
 		if r.honest != nil {
@@ -110,6 +118,7 @@ func newRig(t *testing.T) *rig {
 		r.honest.stop()
 		stop1()
 		stop2()
+		stop3()
 		r.hstore.Close()
 		r.d0.Close()
 		r.host.Close()
