@@ -56,6 +56,13 @@ type Client struct {
 	conn      io.ReadWriteCloser
 	log       *slog.Logger
 	xenbusDev bool // conn is XenbusDevice (see ResetWatches)
+	// slot, for XenbusDevice only, holds a token while a request is in
+	// flight: the kernel keeps each message's payload in the file's one
+	// message buffer until its xenbus thread has copied it to the ring,
+	// so a second write before the first reply would overwrite a payload
+	// not sent yet (xenstored then gets the header of one request with the
+	// bytes of another). One request at a time, as libxenstore does.
+	slot chan struct{}
 
 	wmu  sync.Mutex // serialises writes; guards wbuf
 	wbuf []byte
@@ -98,6 +105,9 @@ func newClient(conn io.ReadWriteCloser, xenbusDev bool) *Client {
 		pending:   make(map[uint32]*call),
 		watches:   make(map[string]*Watch),
 		done:      make(chan struct{}),
+	}
+	if xenbusDev {
+		c.slot = make(chan struct{}, 1)
 	}
 	go c.readLoop()
 	return c
@@ -186,6 +196,7 @@ func (c *Client) dispatch(h Header, p []byte) error {
 		c.mu.Unlock()
 		return nil
 	}
+	c.release() // every request gets exactly one reply
 	c.mu.Lock()
 	cl := c.pending[h.ReqID]
 	if cl != nil {
@@ -302,6 +313,11 @@ func (c *Client) request(ctx context.Context, typ MsgType, tx uint32, rawLast bo
 	if err := ctx.Err(); err != nil {
 		return "", fmt.Errorf("xenstore %v %s: %w", typ, path, err)
 	}
+	if err := c.acquire(ctx); err != nil {
+		return "", fmt.Errorf("xenstore %v %s: %w", typ, path, err)
+	}
+	// From here the slot (if any) is ours until the reply to what we
+	// write last arrives; every early return must give it back.
 
 	cl := callPool.Get().(*call)
 	cl.typ = typ
@@ -309,12 +325,10 @@ func (c *Client) request(ctx context.Context, typ MsgType, tx uint32, rawLast bo
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
+		c.release()
 		callPool.Put(cl)
 		return "", fmt.Errorf("xenstore %v %s: %w", typ, path, err)
 	}
-	c.nextID++
-	id := c.nextID
-	c.pending[id] = cl
 	stale := c.staleTx
 	c.staleTx = nil
 	var staleIDs []uint32
@@ -322,6 +336,9 @@ func (c *Client) request(ctx context.Context, typ MsgType, tx uint32, rawLast bo
 		c.nextID++
 		staleIDs = append(staleIDs, c.nextID) // nobody waits: replies are discarded
 	}
+	c.nextID++
+	id := c.nextID
+	c.pending[id] = cl
 	c.mu.Unlock()
 
 	c.wmu.Lock()
@@ -332,6 +349,16 @@ func (c *Client) request(ctx context.Context, typ MsgType, tx uint32, rawLast bo
 		b = append(b, 'F', 0)
 		if _, werr = c.conn.Write(b); werr != nil {
 			break
+		}
+		if c.slot != nil {
+			// The END is in flight: wait for its reply before the next
+			// write (see slot). Its reply releases the slot.
+			c.wmu.Unlock()
+			werr = c.acquire(context.WithoutCancel(ctx))
+			c.wmu.Lock()
+			if werr != nil {
+				break
+			}
 		}
 	}
 	b := AppendHeader(c.wbuf[:0], Header{Type: typ, ReqID: id, TxID: tx, Len: uint32(n)})
@@ -373,6 +400,39 @@ func (c *Client) request(ctx context.Context, typ MsgType, tx uint32, rawLast bo
 		c.mu.Unlock()
 		// cl is not reused: the reader may still hold it.
 		return "", fmt.Errorf("xenstore %v %s: %w", typ, path, ctx.Err())
+	}
+}
+
+// acquire takes the request slot of a XenbusDevice client (a no-op for
+// other transports), waiting for the reply to the request in flight.
+func (c *Client) acquire(ctx context.Context) error {
+	if c.slot == nil {
+		return nil
+	}
+	select {
+	case c.slot <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.done:
+		c.mu.Lock()
+		err := c.err
+		c.mu.Unlock()
+		if err == nil {
+			err = ErrClosed
+		}
+		return err
+	}
+}
+
+// release gives the slot back: a reply arrived, or a request was not sent.
+func (c *Client) release() {
+	if c.slot == nil {
+		return
+	}
+	select {
+	case <-c.slot:
+	default:
 	}
 }
 
