@@ -33,8 +33,11 @@ var targets = []target{
 	{name: "persistent", backDom: dd1, cfg: blkCfg{Persistent: true, Order: 1}},
 	// The grant-copy driver domain.
 	{name: "grant-copy", backDom: dd2, cfg: blkCfg{Proto: blkback.ProtoX86_64, Persistent: true}},
-	// A real file through blkback's own backing (and its I/O engine).
+	// A real file through blkback's own backing and its default engine
+	// (io_uring on an O_DIRECT file).
 	{name: "file", backDom: dd1, cfg: blkCfg{Proto: blkback.ProtoX86_32}, file: true},
+	// The same in grant-copy mode.
+	{name: "grant-copy-file", backDom: dd3, cfg: blkCfg{Proto: blkback.ProtoX86_64, Persistent: true}, file: true},
 }
 
 // fileDisk is a real backing file with sibling files: nothing may change
