@@ -174,7 +174,9 @@ func benchFioSh(runtime int) string {
 		--runtime=%[1]d --time_based --output-format=json --eta=never --output=/tmp/bench.json 2>/tmp/bench.err
 	r=$?
 	[ -s /tmp/bench.json ] && lab_put "$key.json" /tmp/bench.json
-	lab_check "$key" $r "fio $rw bs=$bs qd=$qd on $dev: $(tail -c 300 /tmp/bench.err 2>/dev/null | tr '\n@' '  ')"
+	msg="fio $rw bs=$bs qd=$qd on $dev"
+	[ "$r" = 0 ] || msg="$msg: $(tail -c 300 /tmp/bench.err 2>/dev/null | tr '\n@' '  ')"
+	lab_check "$key" $r "$msg"
 	echo "bench: $key rc=$r"
 }
 `, runtime, runtime+60)
@@ -227,7 +229,9 @@ func BenchGuestScript(runtime time.Duration) string {
 timeout %[5]d iperf3 -c %[1]s -t %[2]d -P %[3]d%[4]s -J > /tmp/bench.json 2>/tmp/bench.err
 r=$?
 [ -s /tmp/bench.json ] && lab_put %[6]s.json /tmp/bench.json
-lab_check %[6]s $r "iperf3 -P %[3]d%[4]s: $(tail -c 300 /tmp/bench.err 2>/dev/null | tr '\n@' '  ')"
+msg="iperf3 -P %[3]d%[4]s"
+[ "$r" = 0 ] || msg="$msg: $(tail -c 300 /tmp/bench.err 2>/dev/null | tr '\n@' '  ')"
+lab_check %[6]s $r "$msg"
 echo "bench: %[6]s rc=$r"
 sleep 1
 `, Dom0IP, rt, w.Streams, rev, rt+60, key)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -519,5 +520,19 @@ func TestBenchMainFlags(t *testing.T) {
 	}
 	if !regexp.MustCompile(`^\d+$`).MatchString("5") || isDigits("5s") || isDigits("") {
 		t.Error("isDigits")
+	}
+}
+
+func TestBenchScriptsParseAsShell(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash on this host:", err)
+	}
+	for name, s := range map[string]string{"drvdom.sh": BenchDrvdomScript(10 * time.Second), "guest.sh": BenchGuestScript(10 * time.Second)} {
+		cmd := exec.Command(bash, "-n")
+		cmd.Stdin = strings.NewReader(s)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s: bash -n: %v\n%s", name, err, out)
+		}
 	}
 }
