@@ -88,6 +88,13 @@ func hammer(t *testing.T, c *Client) {
 					tctx, cancel := context.WithTimeout(ctx, 50*time.Microsecond)
 					_, _ = c.Read(tctx, p) // abandoned requests too
 					cancel()
+					// An abandoned TRANSACTION_START is ended by the
+					// next request: one more message in that request.
+					tctx, cancel = context.WithTimeout(ctx, 50*time.Microsecond)
+					if tx, err := c.Begin(tctx); err == nil {
+						_ = tx.Abort(ctx)
+					}
+					cancel()
 				}
 			}
 		}()
@@ -117,5 +124,63 @@ func TestSocketClientPipelines(t *testing.T) {
 	hammer(t, c)
 	if m := f.maxOut.Load(); m < 2 {
 		t.Fatalf("max %d requests in flight on a socket client: the test cannot tell", m)
+	}
+}
+
+// An abandoned TRANSACTION_START on a xenbus device client is ended by the
+// next request with its own END, and the request waits for the END's reply
+// before it is written.
+func TestXenbusDeviceStaleTransactionEndedFirst(t *testing.T) {
+	cli, peer := net.Pipe()
+	defer peer.Close()
+	c := newClient(cli, true)
+	defer c.Close()
+	reply := func(h Header, payload string) {
+		rep := AppendHeader(nil, Header{Type: h.Type, ReqID: h.ReqID, TxID: h.TxID, Len: uint32(len(payload))})
+		_, err := peer.Write(append(rep, payload...))
+		if err != nil {
+			t.Errorf("reply: %v", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	began := make(chan error, 1)
+	go func() {
+		_, err := c.Begin(ctx)
+		began <- err
+	}()
+	h, _ := readFrame(t, peer)
+	if h.Type != MsgTransactionStart {
+		t.Fatalf("first message %v", h.Type)
+	}
+	cancel()
+	if err := <-began; err == nil {
+		t.Fatal("Begin succeeded after cancel")
+	}
+	reply(h, "9\x00") // the server started it anyway
+
+	read := make(chan error, 1)
+	go func() {
+		_, err := c.Read(context.Background(), "/x")
+		read <- err
+	}()
+	h, body := readFrame(t, peer)
+	if h.Type != MsgTransactionEnd || h.TxID != 9 || body != "F\x00" {
+		t.Fatalf("want END F of tx 9 first, got %v tx %d %q", h.Type, h.TxID, body)
+	}
+	// Nothing more may arrive before the END is answered.
+	_ = peer.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
+	var b [1]byte
+	if n, err := peer.Read(b[:]); n != 0 || err == nil {
+		t.Fatalf("a second message was written before the END's reply (n=%d err=%v)", n, err)
+	}
+	_ = peer.SetReadDeadline(time.Time{})
+	reply(h, "OK\x00")
+	h, body = readFrame(t, peer)
+	if h.Type != MsgRead || body != "/x\x00" {
+		t.Fatalf("want READ /x, got %v %q", h.Type, body)
+	}
+	reply(h, "v")
+	if err := <-read; err != nil {
+		t.Fatalf("read: %v", err)
 	}
 }
