@@ -309,8 +309,9 @@ func worker(ctx context.Context, console io.Writer) int {
 	}
 	log.Debug("worker: drivers ready")
 	m := xenbus.NewManager(store, uint16(self), log, drivers...)
-	m.RemoveNodes = true           // the driver domain cleans its backend side, as xl devd does
-	m.ProbeWait = 30 * time.Second // a passed-through disk may still be probing
+	m.RemoveNodes = true             // the driver domain cleans its backend side, as xl devd does
+	m.RemoveGrace = 10 * time.Second // ... once dom0 has read Closed and removed the frontend
+	m.ProbeWait = 30 * time.Second   // a passed-through disk may still be probing
 	// dom0's `drvdomctl supervise` re-attaches the guests' devices to a
 	// restarted driver domain once this says the backends run (the
 	// Manager's first scan sees devices attached before its watch).

@@ -83,6 +83,13 @@ type Manager struct {
 	// for the driver domain to clean the backend side). drvdomd sets it;
 	// without it the last state (Closed) stays readable. Set before Run.
 	RemoveNodes bool
+	// RemoveGrace, with RemoveNodes, is how long a removed device's
+	// backend directory stays after the backend went Closed while the
+	// frontend directory is still there: dom0's libxl waits for state
+	// Closed, reads it, then removes the frontend; a backend directory
+	// deleted before libxl read the state makes the detach fail ("wanted
+	// state 6 but it was removed"). 0: remove at once. Set before Run.
+	RemoveGrace time.Duration
 	// ProbeWait is how long Probe is retried while it fails with an error
 	// wrapping fs.ErrNotExist (the backing disk not there yet); 0: no
 	// retry. Set before Run.
@@ -400,6 +407,9 @@ type device struct {
 	inst      Instance
 	connected bool
 	state     State // what we last switched the backend to
+	// closedAt is when the device was closed for removal; its backend
+	// directory goes once the frontend is gone or RemoveGrace passed.
+	closedAt time.Time
 }
 
 func (d *device) kick() {
@@ -568,6 +578,16 @@ func (d *device) teardown() {
 	d.dev.logger().Info("xenbus: closed")
 }
 
+// rearm makes sure the device looks again before RemoveGrace ends even if
+// no watch fires (the resync may be slower than the grace).
+func (d *device) rearm() {
+	left := d.m.RemoveGrace - time.Since(d.closedAt)
+	if left < 10*time.Millisecond {
+		left = 10 * time.Millisecond
+	}
+	time.AfterFunc(left, d.kick) // a kick after the device is gone is a no-op
+}
+
 // removeNodes deletes the device's backend directory, its error node and
 // the frontend domain's directory if that is now empty. In a driver domain
 // this is the backend's job: dom0's toolstack removes only the frontend
@@ -648,10 +668,40 @@ func (d *device) step(ctx context.Context) bool {
 		}
 	}
 	d.dev.logger().Debug("xenbus: step", "front", fs.String(), "online", strings.TrimSpace(online), "back", d.state.String(), "connected", d.connected, "frontend_gone", frontGone)
+	if !d.closedAt.IsZero() {
+		// Closed for removal, waiting for dom0 to take the frontend away.
+		if isOnline {
+			// Brought back online: a new probe takes it from here.
+			d.dev.logger().Info("xenbus: online again before removal; probing afresh")
+			d.m.forget(d)
+			return true
+		}
+		if !frontGone && time.Since(d.closedAt) < d.m.RemoveGrace {
+			if fs == Unknown {
+				_, derr := d.dev.Store.Directory(ctx, d.dev.FrontPath)
+				frontGone = errors.Is(derr, xenstore.ErrNotExist) || errors.Is(derr, xenstore.ErrPermission)
+			}
+			if !frontGone {
+				d.rearm()
+				return false
+			}
+		}
+		d.m.forget(d)
+		d.removeNodes(ctx)
+		return true
+	}
 	if frontGone || !isOnline && (fs == Closing || fs == Closed || fs == Unknown || d.inst == nil) {
 		d.dev.logger().Info("xenbus: removing", "front", fs.String(), "online", isOnline, "frontend_gone", frontGone)
 		d.disconnect()
 		d.switchState(ctx, Closed)
+		if d.m.RemoveNodes && !frontGone && d.m.RemoveGrace > 0 {
+			// Free the host side now; the directory goes later (see
+			// RemoveGrace), so dom0 reads Closed before it vanishes.
+			d.teardown()
+			d.closedAt = time.Now()
+			d.rearm()
+			return false
+		}
 		d.m.forget(d)
 		d.teardown()
 		if d.m.RemoveNodes {

@@ -2,6 +2,7 @@ package xenbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -179,5 +180,95 @@ func TestTransientFrontStateErrorKeepsDevice(t *testing.T) {
 				t.Fatalf("%d disconnects after frontend Closing, want 1", n)
 			}
 		})
+	}
+}
+
+// detach does what dom0's libxl does for xl block-detach: online=0 and
+// backend Closing in one transaction.
+func (e *env) detach(typ string, id uint32) {
+	e.t.Helper()
+	err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
+		if err := tx.Write(e.ctx, backPath(typ, id)+"/online", "0"); err != nil {
+			return err
+		}
+		return tx.Write(e.ctx, backPath(typ, id)+"/state", "5")
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// TestRemovalWaitsForDom0: libxl waits for backend state Closed, reads it,
+// and only then removes the frontend; a backend directory deleted before
+// that read fails the detach ("wanted state 6 but it was removed"). With
+// RemoveGrace the directory stays, Closed, until the frontend is gone.
+func TestRemovalWaitsForDom0(t *testing.T) {
+	e := newEnv(t)
+	e.removeGrace = 5 * time.Second
+	drv := &fakeDriver{typ: "vbd"}
+	m, _ := e.start(drv)
+	const id = 51728
+	name := fmt.Sprintf("vbd %d/%d", guest, id)
+	e.addDevice("vbd", id)
+	e.waitBack("vbd", id, InitWait)
+	e.front("vbd", id, Initialised)
+	e.waitBack("vbd", id, Connected)
+	e.detach("vbd", id)
+	e.front("vbd", id, Closing)
+	e.front("vbd", id, Closed)
+	e.waitBack("vbd", id, Closed)
+	eventually(t, func() string {
+		if open, conn := drv.counts(); open != 0 || conn != 0 {
+			return fmt.Sprintf("host side not freed: open %d connected %d", open, conn)
+		}
+		return ""
+	})
+	time.Sleep(200 * time.Millisecond) // several resyncs
+	if got := e.read(backPath("vbd", id) + "/state"); got != "6" {
+		t.Fatalf("backend state %q while the frontend is still there, want 6 readable", got)
+	}
+	// libxl read Closed: it removes the frontend (and its own records).
+	if err := e.dom0.Rm(e.ctx, frontPath("vbd", id)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() string {
+		if _, err := e.dom0.Directory(e.ctx, backPath("vbd", id)); !errors.Is(err, xenstore.ErrNotExist) {
+			return fmt.Sprintf("backend directory still there after the frontend went (%v)", err)
+		}
+		if m.Devices() != 0 {
+			return "device still managed"
+		}
+		return ""
+	})
+	if n := drv.count("close", name); n != 1 {
+		t.Errorf("closes = %d, want 1", n)
+	}
+}
+
+// TestRemovalGraceExpires: a frontend dom0 never removes does not keep the
+// backend directory forever.
+func TestRemovalGraceExpires(t *testing.T) {
+	e := newEnv(t)
+	e.removeGrace = 300 * time.Millisecond
+	drv := &fakeDriver{typ: "vbd"}
+	m, _ := e.start(drv)
+	const id = 51728
+	e.addDevice("vbd", id)
+	e.waitBack("vbd", id, InitWait)
+	e.detach("vbd", id)
+	e.front("vbd", id, Closed)
+	e.waitBack("vbd", id, Closed)
+	start := time.Now()
+	eventually(t, func() string {
+		if _, err := e.dom0.Directory(e.ctx, backPath("vbd", id)); !errors.Is(err, xenstore.ErrNotExist) {
+			return fmt.Sprintf("backend directory still there (%v)", err)
+		}
+		if m.Devices() != 0 {
+			return "device still managed"
+		}
+		return ""
+	})
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Errorf("removed after %v, before the grace", d)
 	}
 }

@@ -262,6 +262,7 @@ type env struct {
 	// managers start makes.
 	removeNodes bool
 	probeWait   time.Duration
+	removeGrace time.Duration
 }
 
 func newEnv(t *testing.T) *env {
@@ -379,6 +380,7 @@ func (e *env) start(drivers ...Driver) (*Manager, func()) {
 	m.Resync = 50 * time.Millisecond
 	m.RemoveNodes = e.removeNodes
 	m.ProbeWait = e.probeWait
+	m.RemoveGrace = e.removeGrace
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- m.Run(ctx) }()
