@@ -524,7 +524,9 @@ func (dev *Device) start(parent context.Context, c *connection) {
 		go func() {
 			defer c.qwg.Done()
 			if err := q.run(ctx); err != nil {
-				dev.log.Error("blkback: ring stopped", "queue", q.idx, "err", err)
+				// WriteError logs it, once per distinct error, with the
+				// device's name: a hostile frontend gets one line.
+				dev.log.Debug("blkback: ring stopped", "queue", q.idx, "err", err)
 				dev.dev.WriteError(context.WithoutCancel(ctx), err)
 			}
 		}()
