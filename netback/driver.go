@@ -244,7 +244,8 @@ func (v *Vif) statsInterval() time.Duration {
 // ring), as Linux's xenvif_fatal_tx_err disables the vif; other vifs are
 // unaffected.
 func (v *Vif) fail(ctx context.Context, err error) {
-	v.log.Error("vif disabled", "err", err)
+	// WriteError logs it, once per distinct error, with the vif's name.
+	v.log.Debug("vif disabled", "err", err)
 	v.dev.WriteError(context.WithoutCancel(ctx), err)
 	v.mu.Lock()
 	if v.failed == nil {
