@@ -142,7 +142,22 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 			p.Printf("bench boot %d: prepare: %v", boot.Index, err)
 			rep = &Report{Out: dir, FailedDomain: "host", FailedWhy: "prepare: " + err.Error()}
 		} else {
+			fctx, stopFollow := context.WithCancel(ctx)
+			followed := make(chan struct{})
+			go func() { // owned here: stopped and waited for right after Run
+				defer close(followed)
+				logs := domainLogs(dir)
+				followBenchChecks(fctx, []string{logs[DrvdomName], logs[GuestName]}, 2*time.Second, func(_ string, c Check) {
+					st := "ok"
+					if !c.Pass {
+						st = "FAILED"
+					}
+					p.Printf("  row %-40s %s %s", c.Name, st, c.Detail)
+				})
+			}()
 			r, runErr := Run(ctx, a, RunOptions{Out: dir, Timeout: timeout, Echo: o.Echo}, p)
+			stopFollow()
+			<-followed
 			if !o.Keep {
 				Cleanup(dir)
 			}

@@ -536,3 +536,47 @@ func TestBenchScriptsParseAsShell(t *testing.T) {
 		}
 	}
 }
+
+func TestFollowBenchChecksReportsRowsAsTheyAppear(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "dd.log"), filepath.Join(dir, "missing-yet.log")
+	if err := os.WriteFile(a, []byte("boot noise\n@@LAB CHECK drvdom-nvme-passthrough PASS x@@\n@@LAB CHECK bench-device-nvme-4k-randread-qd1 PASS fio@@\n@@LAB CHECK bench-dev"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 16)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		followBenchChecks(ctx, []string{a, b}, 5*time.Millisecond, func(src string, c Check) {
+			got <- filepath.Base(src) + " " + c.Name + " " + strconv.FormatBool(c.Pass)
+		})
+	}()
+	if s := <-got; s != "dd.log bench-device-nvme-4k-randread-qd1 true" {
+		t.Fatalf("first row %q", s)
+	}
+	// Finish the half-written marker, and the second log appears.
+	fa, err := os.OpenFile(a, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa.WriteString("ice-tmpfs-1m-write-qd4 FAIL oops@@\n")
+	fa.Close()
+	if err := os.WriteFile(b, []byte("@@LAB CHECK bench-net-guest-to-dom0-P1 PASS iperf3@@\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for len(seen) < 2 {
+		seen[<-got] = true
+	}
+	cancel()
+	<-done
+	if !seen["dd.log bench-device-tmpfs-1m-write-qd4 false"] || !seen["missing-yet.log bench-net-guest-to-dom0-P1 true"] {
+		t.Errorf("rows %v", seen)
+	}
+	select {
+	case s := <-got:
+		t.Errorf("row reported twice or non-bench check reported: %q", s)
+	default:
+	}
+}

@@ -1,0 +1,48 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"time"
+)
+
+// followBenchChecks reports the bench CHECK markers that appear in the
+// console logs at paths while a boot runs (every interval, and once more
+// when ctx ends), so that each row's outcome shows up as it happens rather
+// than when the boot is over. It returns when ctx ends; the caller owns it.
+func followBenchChecks(ctx context.Context, paths []string, every time.Duration, emit func(source string, c Check)) {
+	offs := make([]int, len(paths))
+	scan := func() {
+		for i, p := range paths {
+			b, err := os.ReadFile(p)
+			if err != nil || len(b) <= offs[i] {
+				continue
+			}
+			// Only complete lines: a marker may be half written.
+			end := bytes.LastIndexByte(b[offs[i]:], '\n')
+			if end < 0 {
+				continue
+			}
+			chunk := b[offs[i] : offs[i]+end+1]
+			offs[i] += end + 1
+			for _, c := range Checks(ParseMarkers(chunk), p) {
+				if strings.HasPrefix(c.Name, "bench-") || strings.HasPrefix(c.Name, "guest-sees") {
+					emit(p, c)
+				}
+			}
+		}
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			scan()
+			return
+		case <-t.C:
+			scan()
+		}
+	}
+}
