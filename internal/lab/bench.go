@@ -91,9 +91,9 @@ var Backings = []string{BackingNVMe, BackingTmpfs}
 
 // BenchBoot is one boot of the plan.
 type BenchBoot struct {
-	Index   int // 1-based, in boot order
-	Rep     int // 1-based repetition
-	Backend string
+	Index   int    `json:"boot"` // 1-based, in boot order
+	Rep     int    `json:"rep"`  // 1-based repetition
+	Backend string `json:"backend"`
 }
 
 // PlanBench returns the boots of reps repetitions over backends: one boot

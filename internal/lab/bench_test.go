@@ -483,6 +483,11 @@ func TestWriteBenchOutputs(t *testing.T) {
 	if doc.RuntimeS != 10 || len(doc.Plan) != 6 || len(doc.Samples) != len(res.Samples) {
 		t.Errorf("bench.json: runtime %v, %d boots, %d samples", doc.RuntimeS, len(doc.Plan), len(doc.Samples))
 	}
+	if !bytes.Contains(b, []byte(`"plan": [
+    {
+      "boot": 1,`)) {
+		t.Errorf("bench.json plan not in lower-case keys")
+	}
 	for _, key := range []string{`"backend"`, `"path"`, `"backing"`, `"workload"`, `"rep"`, `"iops"`, `"mb_s"`, `"lat_us"`, `"gbit_s"`, `"error"`} {
 		if !bytes.Contains(b, []byte(key)) {
 			t.Errorf("bench.json lacks %s", key)
