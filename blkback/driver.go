@@ -608,7 +608,7 @@ func (dev *Device) checkResize(ctx context.Context) {
 func (dev *Device) writeStats(ctx context.Context, s StatsSnapshot) {
 	b, err := json.Marshal(s)
 	if err == nil {
-		err = dev.dev.WriteBack(ctx, StatsKey, string(b))
+		err = dev.dev.WriteBackIfPresent(ctx, StatsKey, string(b))
 	}
 	if err != nil && ctx.Err() == nil {
 		dev.log.Debug("blkback: write stats", "err", err)

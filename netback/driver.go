@@ -279,7 +279,7 @@ func (v *Vif) publishStats(ctx context.Context, iv time.Duration) {
 			if s == last {
 				continue // an idle vif costs xenstore nothing
 			}
-			if err := v.dev.WriteBack(ctx, StatsKey, s); err != nil {
+			if err := v.dev.WriteBackIfPresent(ctx, StatsKey, s); err != nil {
 				if ctx.Err() == nil {
 					v.log.Debug("publish stats", "err", err)
 				}
@@ -313,7 +313,7 @@ func (v *Vif) disconnectLocked() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if werr := v.dev.WriteBack(ctx, StatsKey, s.JSON()); werr != nil {
+	if werr := v.dev.WriteBackIfPresent(ctx, StatsKey, s.JSON()); werr != nil {
 		v.log.Debug("publish stats", "err", werr)
 	}
 	v.log.Info("vif disconnected", "stats", s.JSON())

@@ -74,6 +74,26 @@ func (d *Dev) WriteBack(ctx context.Context, key, val string) error {
 // about the frontend.
 var ErrBadState = errors.New("not a XenbusState")
 
+// WriteBackIfPresent writes BackPath/key only while the backend directory
+// is there (its state node exists), in one transaction: a write after the
+// toolstack or the Manager removed the directory would create it again,
+// leaving a stale backend that only holds key.
+func (d *Dev) WriteBackIfPresent(ctx context.Context, key, val string) error {
+	err := d.Store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		if _, err := tx.Read(ctx, d.BackPath+"/state"); err != nil {
+			if errors.Is(err, xenstore.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		return tx.Write(ctx, d.BackPath+"/"+key, val)
+	})
+	if err != nil {
+		return fmt.Errorf("%s: write backend %s: %w", d.Name(), key, err)
+	}
+	return nil
+}
+
 // FrontState reads the frontend's state node. A missing node is Unknown with
 // no error (as Linux's xenbus_read_driver_state); a value that is not a
 // XenbusState is Unknown with an error wrapping ErrBadState; a failed read

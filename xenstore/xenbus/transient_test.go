@@ -272,3 +272,26 @@ func TestRemovalGraceExpires(t *testing.T) {
 		t.Errorf("removed after %v, before the grace", d)
 	}
 }
+
+// TestWriteBackIfPresent: statistics written as a device goes must not
+// bring its removed backend directory back.
+func TestWriteBackIfPresent(t *testing.T) {
+	e := newEnv(t)
+	e.addDevice("vbd", 51728)
+	d := &Dev{Store: e.ddc, Type: "vbd", FrontDom: guest, DevID: 51728, BackPath: backPath("vbd", 51728), FrontPath: frontPath("vbd", 51728)}
+	if err := d.WriteBackIfPresent(e.ctx, "drvdom-stats", "{}"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.read(d.BackPath + "/drvdom-stats"); got != "{}" {
+		t.Fatalf("stats = %q", got)
+	}
+	if err := e.dom0.Rm(e.ctx, d.BackPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WriteBackIfPresent(e.ctx, "drvdom-stats", "{}"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.dom0.Directory(e.ctx, d.BackPath); !errors.Is(err, xenstore.ErrNotExist) {
+		t.Fatalf("backend directory came back: %v", err)
+	}
+}
