@@ -46,3 +46,31 @@ func followBenchChecks(ctx context.Context, paths []string, every time.Duration,
 		}
 	}
 }
+
+// watchStall calls onStall once, and returns, when none of the files at
+// paths has grown for stall (a file that does not exist yet counts as
+// empty); it returns without calling it when ctx ends. Under TCG a boot
+// sometimes hangs with both vCPUs idle; dom0's own timeouts cannot fire
+// then, and the boot would sit until its whole-boot timeout.
+func watchStall(ctx context.Context, paths []string, every, stall time.Duration, onStall func()) {
+	sizes := make([]int64, len(paths))
+	last := time.Now()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for i, p := range paths {
+				if fi, err := os.Stat(p); err == nil && fi.Size() != sizes[i] {
+					sizes[i], last = fi.Size(), now
+				}
+			}
+			if now.Sub(last) >= stall {
+				onStall()
+				return
+			}
+		}
+	}
+}

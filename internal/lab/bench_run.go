@@ -23,6 +23,20 @@ type BenchOptions struct {
 	Keep     bool          // keep each boot's disk image and ramdisks
 	Echo     io.Writer     // serial console copy, if set
 	Drvdomd  string        // drvdomd binary for the drvdom mode
+	Stall    time.Duration // stop a boot whose consoles are silent this long; 0: BenchStall
+}
+
+// BenchStall is the default silence after which a bench boot is stopped:
+// longer than dom0's own waits (300 s), which report better reasons.
+const BenchStall = 7 * time.Minute
+
+// lastStamp names the last dom0 T marker of a run, for failure reasons.
+func lastStamp(r *Result) string {
+	if r == nil || len(r.Stamps) == 0 {
+		return ""
+	}
+	s := r.Stamps[len(r.Stamps)-1]
+	return fmt.Sprintf(" (dom0 last reached %s at %.0fs)", s.Name, s.At.Seconds())
 }
 
 // BenchResult is the whole matrix.
@@ -122,6 +136,10 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 	if timeout == 0 {
 		timeout = BenchBootTimeout(o.Runtime)
 	}
+	stall := o.Stall
+	if stall == 0 {
+		stall = BenchStall
+	}
 	res := &BenchResult{Out: o.Out, Plan: plan}
 	for _, boot := range plan {
 		if ctx.Err() != nil {
@@ -142,12 +160,13 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 			p.Printf("bench boot %d: prepare: %v", boot.Index, err)
 			rep = &Report{Out: dir, FailedDomain: "host", FailedWhy: "prepare: " + err.Error()}
 		} else {
-			fctx, stopFollow := context.WithCancel(ctx)
-			followed := make(chan struct{})
+			bctx, stopBoot := context.WithCancel(ctx)
+			followed, watched := make(chan struct{}), make(chan struct{})
+			logs := domainLogs(dir)
+			stalled := false
 			go func() { // owned here: stopped and waited for right after Run
 				defer close(followed)
-				logs := domainLogs(dir)
-				followBenchChecks(fctx, []string{logs[DrvdomName], logs[GuestName]}, 2*time.Second, func(_ string, c Check) {
+				followBenchChecks(bctx, []string{logs[DrvdomName], logs[GuestName]}, 2*time.Second, func(_ string, c Check) {
 					st := "ok"
 					if !c.Pass {
 						st = "FAILED"
@@ -155,16 +174,29 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 					p.Printf("  row %-40s %s %s", c.Name, st, c.Detail)
 				})
 			}()
-			r, runErr := Run(ctx, a, RunOptions{Out: dir, Timeout: timeout, Echo: o.Echo}, p)
-			stopFollow()
+			go func() { // owned here: ends with bctx or after stopping a stalled boot
+				defer close(watched)
+				watchStall(bctx, []string{filepath.Join(dir, "serial.log"), logs["dom0"], logs[DrvdomName], logs[GuestName]},
+					5*time.Second, stall, func() {
+						stalled = true
+						p.Printf("bench boot %d: no console output for %s: stopping it", boot.Index, stall)
+						stopBoot()
+					})
+			}()
+			r, runErr := Run(bctx, a, RunOptions{Out: dir, Timeout: timeout, Echo: o.Echo}, p)
+			stopBoot()
 			<-followed
+			<-watched
 			if !o.Keep {
 				Cleanup(dir)
 			}
 			rep = Collect(dir, r)
 			rep.Backend = boot.Backend
-			if runErr != nil && !errors.Is(runErr, ErrDomainFailed) && rep.FailedDomain == "" {
-				rep.FailedDomain, rep.FailedWhy = "host", runErr.Error()
+			switch {
+			case stalled && rep.FailedDomain == "":
+				rep.FailedDomain, rep.FailedWhy = "host", fmt.Sprintf("boot stalled: no console output for %s%s", stall, lastStamp(r))
+			case runErr != nil && rep.FailedDomain == "":
+				rep.FailedDomain, rep.FailedWhy = "host", runErr.Error()+lastStamp(r)
 			}
 			if runErr != nil {
 				p.Printf("bench boot %d: %v", boot.Index, runErr)
@@ -210,6 +242,7 @@ func BenchMain(ctx context.Context, p *Progress, args []string, stdout io.Writer
 	fs.DurationVar(&o.Timeout, "timeout", 0, "per-boot timeout (default from --runtime)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep each boot's disk image and ramdisks")
 	fs.StringVar(&o.Drvdomd, "drvdomd", "", "drvdomd binary for the drvdom mode (default: built from this repo)")
+	fs.DurationVar(&o.Stall, "stall", BenchStall, "stop a boot whose consoles stay silent this long (a TCG hang)")
 	verbose := fs.Bool("v", false, "copy the serial console to stderr")
 	// --runtime 5 means 5 s: accept a plain number.
 	for i, a := range args {

@@ -585,3 +585,50 @@ func TestFollowBenchChecksReportsRowsAsTheyAppear(t *testing.T) {
 	default:
 	}
 }
+
+func TestWatchStall(t *testing.T) {
+	dir := t.TempDir()
+	live, quiet := filepath.Join(dir, "live.log"), filepath.Join(dir, "quiet.log")
+	os.WriteFile(quiet, []byte("x"), 0o644)
+
+	// Silent files: onStall fires once, and watchStall returns.
+	fired := 0
+	start := time.Now()
+	watchStall(t.Context(), []string{quiet, filepath.Join(dir, "absent.log")}, 5*time.Millisecond, 60*time.Millisecond, func() { fired++ })
+	if fired != 1 || time.Since(start) < 60*time.Millisecond {
+		t.Fatalf("fired %d after %s", fired, time.Since(start))
+	}
+
+	// A file that keeps growing holds it off; ctx ending returns without firing.
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	fired = 0
+	go func() {
+		defer close(done)
+		watchStall(ctx, []string{quiet, live}, 5*time.Millisecond, 80*time.Millisecond, func() { fired++ })
+	}()
+	f, err := os.Create(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := 0; i < 30; i++ { // 300 ms of output, well past the 80 ms stall
+		f.WriteString("line\n")
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if fired != 0 {
+		t.Errorf("fired %d times on a live log", fired)
+	}
+}
+
+func TestLastStampInFailureReasons(t *testing.T) {
+	if lastStamp(nil) != "" || lastStamp(&Result{}) != "" {
+		t.Error("stamp from nothing")
+	}
+	r := &Result{Stamps: []Stamp{{"dom0-ready", 26 * time.Second}, {"images-copied", 34 * time.Second}}}
+	if got := lastStamp(r); got != " (dom0 last reached images-copied at 34s)" {
+		t.Errorf("lastStamp = %q", got)
+	}
+}
