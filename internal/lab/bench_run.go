@@ -89,12 +89,17 @@ func WriteBenchOutputs(out string, o BenchOptions, res *BenchResult) error {
 
 // PrepareBench writes one bench boot's run directory: Scenario.Prepare,
 // then the bench's own xl configs (the guest's second disk on the tmpfs
-// file, the driver domain's larger memory).
-func PrepareBench(s Scenario, a *Artifacts, dir string) error {
+// file, the driver domain's larger memory) and dom0 script (a longer wait
+// for the driver domain, whose baseline runs before it is ready).
+func PrepareBench(s Scenario, a *Artifacts, dir string, runtime time.Duration) error {
 	if err := s.Prepare(a, dir); err != nil {
 		return err
 	}
-	for name, text := range map[string]string{"guest.cfg": BenchGuestConfig(s).Render(), "drvdom.cfg": BenchDrvdomConfig(s).Render()} {
+	dom0, err := BenchDom0Script(s, runtime)
+	if err != nil {
+		return err
+	}
+	for name, text := range map[string]string{"guest.cfg": BenchGuestConfig(s).Render(), "drvdom.cfg": BenchDrvdomConfig(s).Render(), "dom0.sh": dom0} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}
@@ -156,7 +161,7 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return res, fmt.Errorf("bench: %w", err)
 		}
-		if err := PrepareBench(s, a, dir); err != nil {
+		if err := PrepareBench(s, a, dir, o.Runtime); err != nil {
 			p.Printf("bench boot %d: prepare: %v", boot.Index, err)
 			rep = &Report{Out: dir, FailedDomain: "host", FailedWhy: "prepare: " + err.Error()}
 		} else {

@@ -129,7 +129,7 @@ func TestBenchConfigsAndTimeouts(t *testing.T) {
 	if s.GuestTimeout <= 14*5*time.Second || BenchBootTimeout(5*time.Second) <= s.GuestTimeout {
 		t.Errorf("guest timeout %s, boot timeout %s", s.GuestTimeout, BenchBootTimeout(5*time.Second))
 	}
-	for _, rt := range []time.Duration{0, 500 * time.Millisecond, 21 * time.Second} {
+	for _, rt := range []time.Duration{0, 500 * time.Millisecond, 61 * time.Second} {
 		if CheckBenchRuntime(rt) == nil {
 			t.Errorf("runtime %s accepted", rt)
 		}
@@ -505,7 +505,7 @@ func TestWriteBenchOutputs(t *testing.T) {
 
 func TestBenchMainFlags(t *testing.T) {
 	built := false
-	for _, args := range [][]string{{"--reps", "0"}, {"--backends", "kernel,xen"}, {"--runtime", "60"}, {"--nope"}} {
+	for _, args := range [][]string{{"--reps", "0"}, {"--backends", "kernel,xen"}, {"--runtime", "61"}, {"--nope"}} {
 		code, err := BenchMain(t.Context(), NewProgress(nil), args, io.Discard, func(ctx context.Context) (*Artifacts, error) {
 			built = true
 			return nil, errors.New("no lab here")
@@ -630,5 +630,29 @@ func TestLastStampInFailureReasons(t *testing.T) {
 	r := &Result{Stamps: []Stamp{{"dom0-ready", 26 * time.Second}, {"images-copied", 34 * time.Second}}}
 	if got := lastStamp(r); got != " (dom0 last reached images-copied at 34s)" {
 		t.Errorf("lastStamp = %q", got)
+	}
+}
+
+func TestBenchDom0ScriptWaitsLongerForTheBaseline(t *testing.T) {
+	s := BenchScenario(BenchBoot{Index: 1, Rep: 1, Backend: BackendKernel}, 10*time.Second, "")
+	got, err := BenchDom0Script(s, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := BenchDrvdomWait(10 * time.Second)
+	if w != 300+10*40 {
+		t.Errorf("wait %d", w)
+	}
+	want := "lab_wait_log \"$DDLOG\" '" + ReadyShell + "' " + itoa(w) + " || fail_domain drvdom \"not ready after " + itoa(w) + "s"
+	if !strings.Contains(got, want) {
+		t.Errorf("dom0 script lacks %q", want)
+	}
+	// Nothing else changed.
+	if strings.Replace(got, itoa(w), "300", 2) != s.Dom0Script() {
+		t.Error("dom0 script changed beyond the ready wait")
+	}
+	s.DrvdomReady = "something else"
+	if _, err := BenchDom0Script(s, 10*time.Second); err != nil {
+		t.Errorf("custom ready pattern: %v", err)
 	}
 }
