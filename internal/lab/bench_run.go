@@ -30,6 +30,24 @@ type BenchOptions struct {
 // longer than dom0's own waits (300 s), which report better reasons.
 const BenchStall = 7 * time.Minute
 
+// xlError returns ": " and the first libxl error of an xl log, or "".
+func xlError(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if _, msg, ok := strings.Cut(line, "libxl: error: "); ok {
+			// "libxl_device.c:1181:device_backend_callback: Domain 2:unable to add ..."
+			if i := strings.LastIndex(msg, ":"); i >= 0 && i+1 < len(msg) {
+				msg = msg[i+1:]
+			}
+			return ": " + strings.TrimSpace(msg)
+		}
+	}
+	return ""
+}
+
 // lastStamp names the last dom0 T marker of a run, for failure reasons.
 func lastStamp(r *Result) string {
 	if r == nil || len(r.Stamps) == 0 {
@@ -197,6 +215,9 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 			}
 			rep = Collect(dir, r)
 			rep.Backend = boot.Backend
+			if strings.Contains(rep.FailedWhy, "xl create failed") {
+				rep.FailedWhy += xlError(filepath.Join(dir, "xl-create-"+rep.FailedDomain+".log"))
+			}
 			switch {
 			case stalled && rep.FailedDomain == "":
 				rep.FailedDomain, rep.FailedWhy = "host", fmt.Sprintf("boot stalled: no console output for %s%s", stall, lastStamp(r))

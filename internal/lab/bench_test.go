@@ -656,3 +656,17 @@ func TestBenchDom0ScriptWaitsLongerForTheBaseline(t *testing.T) {
 		t.Errorf("custom ready pattern: %v", err)
 	}
 }
+
+func TestXlErrorNamesTheFirstLibxlError(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "xl-create-guest.log")
+	os.WriteFile(p, []byte("domainbuilder: detail: loader probe failed\n"+
+		"libxl: error: libxl_device.c:1181:device_backend_callback: Domain 2:unable to add device with path /local/domain/1/backend/vbd/2/51728\n"+
+		"libxl: error: libxl_create.c:1672:domcreate_launch_dm: Domain 2:unable to add disk devices\n"), 0o644)
+	if got := xlError(p); got != ": unable to add device with path /local/domain/1/backend/vbd/2/51728" {
+		t.Errorf("xlError = %q", got)
+	}
+	if xlError(filepath.Join(dir, "none.log")) != "" {
+		t.Error("error from a missing log")
+	}
+}
