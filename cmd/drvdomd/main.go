@@ -26,7 +26,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -272,13 +271,6 @@ func worker(ctx context.Context, console io.Writer) int {
 	log := slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{Level: level})).With("role", "worker", "pid", os.Getpid())
 	cfg := loadConfig(log)
 	level.Set(cfg.LogLevel)
-	// A driver domain often has one vCPU. With one P, a goroutine blocked
-	// in a syscall (io_uring's wait for completions, a disk read) holds it
-	// until sysmon takes it back (up to ~10 ms), and the rings' goroutines,
-	// woken by event channels through the poller, wait that long.
-	if runtime.GOMAXPROCS(0) < minProcs {
-		runtime.GOMAXPROCS(minProcs)
-	}
 	store, err := openStore(ctx, 10*time.Second, log)
 	if err != nil {
 		log.Error("no xenstore", "err", err)
@@ -333,9 +325,6 @@ func worker(ctx context.Context, console io.Writer) int {
 	}
 	return 0
 }
-
-// minProcs is the worker's least GOMAXPROCS (see worker).
-const minProcs = 4
 
 // ReadyKey (under the driver domain's home) tells dom0's supervisor that
 // drvdomd's backends run; drvdomctl supervise waits for "running".
