@@ -61,6 +61,7 @@ func lastStamp(r *Result) string {
 type BenchResult struct {
 	Out     string
 	Plan    []BenchBoot
+	Boots   []BenchBootLog
 	Samples []BenchSample
 	Rows    []BenchRow
 }
@@ -77,18 +78,44 @@ func (r *BenchResult) Measured() bool {
 
 // benchJSON is bench.json.
 type benchJSON struct {
-	RuntimeS float64       `json:"runtime_s"`
-	Reps     int           `json:"reps"`
-	Backends []string      `json:"backends"`
-	Plan     []BenchBoot   `json:"plan"`
-	Samples  []BenchSample `json:"samples"`
+	RuntimeS float64        `json:"runtime_s"`
+	Reps     int            `json:"reps"`
+	Backends []string       `json:"backends"`
+	Plan     []BenchBoot    `json:"plan"`
+	Boots    []BenchBootLog `json:"boots"`
+	Samples  []BenchSample  `json:"samples"`
+}
+
+// BenchBootLog is what bench.json keeps of one boot: how long it took and
+// the host's load around it (TCG figures move with the host's load: read
+// ratios from boots with similar load).
+type BenchBootLog struct {
+	Boot      int     `json:"boot"`
+	Backend   string  `json:"backend"`
+	Dir       string  `json:"dir"`
+	ElapsedS  float64 `json:"elapsed_s"`
+	LoadStart string  `json:"host_loadavg_start"`
+	LoadEnd   string  `json:"host_loadavg_end"`
+	Error     string  `json:"error,omitempty"`
+}
+
+func hostLoad() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // WriteBenchOutputs writes bench.json, bench.md and bench.svg into out.
 func WriteBenchOutputs(out string, o BenchOptions, res *BenchResult) error {
 	res.Rows = AggregateBench(res.Samples, o.Backends)
 	j, err := json.MarshalIndent(benchJSON{RuntimeS: o.Runtime.Seconds(), Reps: o.Reps, Backends: o.Backends,
-		Plan: res.Plan, Samples: res.Samples}, "", "  ")
+		Plan: res.Plan, Boots: res.Boots, Samples: res.Samples}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
@@ -175,6 +202,8 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 			drvdomd = o.Drvdomd
 		}
 		s := BenchScenario(boot, o.Runtime, drvdomd)
+		blog := BenchBootLog{Boot: boot.Index, Backend: boot.Backend, Dir: dir, LoadStart: hostLoad()}
+		bstart := time.Now()
 		var rep *Report
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return res, fmt.Errorf("bench: %w", err)
@@ -228,6 +257,12 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 				p.Printf("bench boot %d: %v", boot.Index, runErr)
 			}
 		}
+		blog.ElapsedS, blog.LoadEnd = time.Since(bstart).Seconds(), hostLoad()
+		if rep.FailedDomain != "" {
+			blog.Error = rep.FailedDomain + ": " + rep.FailedWhy
+		}
+		res.Boots = append(res.Boots, blog)
+		p.Printf("bench boot %d/%d: %.0fs, host load %s -> %s", boot.Index, len(plan), blog.ElapsedS, blog.LoadStart, blog.LoadEnd)
 		samples := BenchSamples(boot, rep)
 		ok := 0
 		for _, s := range samples {

@@ -464,7 +464,8 @@ func TestWriteBenchOutputs(t *testing.T) {
 	dir := t.TempDir()
 	o := BenchOptions{Backends: []string{BackendKernel, BackendDrvdom}, Reps: 3, Runtime: 10 * time.Second}
 	plan, _ := PlanBench(o.Backends, o.Reps)
-	res := &BenchResult{Plan: plan, Samples: synthSamples()}
+	res := &BenchResult{Plan: plan, Samples: synthSamples(),
+		Boots: []BenchBootLog{{Boot: 1, Backend: BackendKernel, ElapsedS: 326, LoadStart: "1.90 3.24 3.45", LoadEnd: "2.00 2.10 2.20"}}}
 	if err := WriteBenchOutputs(dir, o, res); err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +489,7 @@ func TestWriteBenchOutputs(t *testing.T) {
       "boot": 1,`)) {
 		t.Errorf("bench.json plan not in lower-case keys")
 	}
-	for _, key := range []string{`"backend"`, `"path"`, `"backing"`, `"workload"`, `"rep"`, `"iops"`, `"mb_s"`, `"lat_us"`, `"gbit_s"`, `"error"`} {
+	for _, key := range []string{`"backend"`, `"path"`, `"backing"`, `"workload"`, `"rep"`, `"iops"`, `"mb_s"`, `"lat_us"`, `"gbit_s"`, `"error"`, `"host_loadavg_start": "1.90 3.24 3.45"`, `"elapsed_s": 326`} {
 		if !bytes.Contains(b, []byte(key)) {
 			t.Errorf("bench.json lacks %s", key)
 		}
@@ -668,5 +669,14 @@ func TestXlErrorNamesTheFirstLibxlError(t *testing.T) {
 	}
 	if xlError(filepath.Join(dir, "none.log")) != "" {
 		t.Error("error from a missing log")
+	}
+}
+
+func TestHostLoad(t *testing.T) {
+	if _, err := os.Stat("/proc/loadavg"); err != nil {
+		t.Skip("no /proc/loadavg:", err)
+	}
+	if f := strings.Fields(hostLoad()); len(f) != 3 {
+		t.Errorf("hostLoad() = %q", hostLoad())
 	}
 }
