@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"drvdom/internal/xensim"
 	"drvdom/xenstore"
 )
 
@@ -38,43 +39,19 @@ func AddDisk(ctx context.Context, dom0 *xenstore.Client, d Disk) error {
 	if mode == "" {
 		mode = "w"
 	}
-	return dom0.Transaction(ctx, func(tx *xenstore.Tx) error {
-		back := map[string]string{
-			"frontend": fp, "frontend-id": strconv.Itoa(int(d.FrontDom)), "params": d.Params,
-			"online": "1", "removable": "0", "bootable": "1", "state": "1", "dev": "xvda",
-			"type": "phy", "mode": mode, "device-type": "disk", "discard-enable": "1",
-		}
-		for k, v := range d.Extra {
-			back[k] = v
-		}
-		front := map[string]string{
-			"backend": bp, "backend-id": strconv.Itoa(int(d.BackDom)), "state": "1",
-			"virtual-device": strconv.FormatUint(uint64(d.DevID), 10), "device-type": "disk",
-		}
-		if err := tx.Mkdir(ctx, bp); err != nil {
-			return err
-		}
-		if err := tx.SetPerms(ctx, bp, []xenstore.Perm{{Domid: d.BackDom, Access: xenstore.PermNone}, {Domid: d.FrontDom, Access: xenstore.PermRead}}); err != nil {
-			return err
-		}
-		for k, v := range back {
-			if err := tx.Write(ctx, bp+"/"+k, v); err != nil {
-				return err
-			}
-		}
-		if err := tx.Mkdir(ctx, fp); err != nil {
-			return err
-		}
-		if err := tx.SetPerms(ctx, fp, []xenstore.Perm{{Domid: d.FrontDom, Access: xenstore.PermNone}, {Domid: d.BackDom, Access: xenstore.PermRead}}); err != nil {
-			return err
-		}
-		for k, v := range front {
-			if err := tx.Write(ctx, fp+"/"+k, v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	back := map[string]string{
+		"frontend": fp, "frontend-id": strconv.Itoa(int(d.FrontDom)), "params": d.Params,
+		"online": "1", "removable": "0", "bootable": "1", "state": "1", "dev": "xvda",
+		"type": "phy", "mode": mode, "device-type": "disk", "discard-enable": "1",
+	}
+	for k, v := range d.Extra {
+		back[k] = v
+	}
+	front := map[string]string{
+		"backend": bp, "backend-id": strconv.Itoa(int(d.BackDom)), "state": "1",
+		"virtual-device": strconv.FormatUint(uint64(d.DevID), 10), "device-type": "disk",
+	}
+	return xensim.AddDevice(ctx, dom0, bp, fp, d.BackDom, d.FrontDom, back, front)
 }
 
 // RemoveDisk takes the disk offline as the toolstack does on detach.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"drvdom/internal/xensim"
 	"drvdom/xenstore"
 )
 
@@ -33,48 +34,24 @@ func (n Nic) FrontPath() string {
 // Initialising, the backend online.
 func AddNic(ctx context.Context, dom0 *xenstore.Client, n Nic) error {
 	bp, fp := n.BackPath(), n.FrontPath()
-	return dom0.Transaction(ctx, func(tx *xenstore.Tx) error {
-		back := map[string]string{
-			"frontend": fp, "frontend-id": strconv.Itoa(int(n.FrontDom)), "online": "1", "state": "1",
-			"script": "vif-bridge", "mac": n.MAC, "handle": strconv.FormatUint(uint64(n.DevID), 10), "type": "vif",
-		}
-		if n.Bridge != "" {
-			back["bridge"] = n.Bridge
-		}
-		if n.Rate != "" {
-			back["rate"] = n.Rate
-		}
-		for k, v := range n.Extra {
-			back[k] = v
-		}
-		front := map[string]string{
-			"backend": bp, "backend-id": strconv.Itoa(int(n.BackDom)), "state": "1",
-			"handle": strconv.FormatUint(uint64(n.DevID), 10), "mac": n.MAC,
-		}
-		if err := tx.Mkdir(ctx, bp); err != nil {
-			return err
-		}
-		if err := tx.SetPerms(ctx, bp, []xenstore.Perm{{Domid: n.BackDom, Access: xenstore.PermNone}, {Domid: n.FrontDom, Access: xenstore.PermRead}}); err != nil {
-			return err
-		}
-		for k, v := range back {
-			if err := tx.Write(ctx, bp+"/"+k, v); err != nil {
-				return err
-			}
-		}
-		if err := tx.Mkdir(ctx, fp); err != nil {
-			return err
-		}
-		if err := tx.SetPerms(ctx, fp, []xenstore.Perm{{Domid: n.FrontDom, Access: xenstore.PermNone}, {Domid: n.BackDom, Access: xenstore.PermRead}}); err != nil {
-			return err
-		}
-		for k, v := range front {
-			if err := tx.Write(ctx, fp+"/"+k, v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	back := map[string]string{
+		"frontend": fp, "frontend-id": strconv.Itoa(int(n.FrontDom)), "online": "1", "state": "1",
+		"script": "vif-bridge", "mac": n.MAC, "handle": strconv.FormatUint(uint64(n.DevID), 10), "type": "vif",
+	}
+	if n.Bridge != "" {
+		back["bridge"] = n.Bridge
+	}
+	if n.Rate != "" {
+		back["rate"] = n.Rate
+	}
+	for k, v := range n.Extra {
+		back[k] = v
+	}
+	front := map[string]string{
+		"backend": bp, "backend-id": strconv.Itoa(int(n.BackDom)), "state": "1",
+		"handle": strconv.FormatUint(uint64(n.DevID), 10), "mac": n.MAC,
+	}
+	return xensim.AddDevice(ctx, dom0, bp, fp, n.BackDom, n.FrontDom, back, front)
 }
 
 // RemoveNic takes the vif offline as the toolstack does on detach.
