@@ -34,7 +34,9 @@ func (b *slowBacking) WriteV(io *blkback.IO) error { b.delay(); return b.Backing
 
 // crashDriver is a fresh backend process: its own gntdev handle, the
 // journals in dir.
-func (e *env) crashDriver(dir string, mode string, slow **slowBacking) *blkback.Driver {
+// slow is set from the backend's probe goroutine and read by the test: an
+// atomic pointer.
+func (e *env) crashDriver(dir string, mode string, slow *atomic.Pointer[slowBacking]) *blkback.Driver {
 	if mode == "nojournal" {
 		dir = ""
 	}
@@ -56,11 +58,12 @@ func (e *env) crashDriver(dir string, mode string, slow **slowBacking) *blkback.
 			if err != nil {
 				return nil, err
 			}
-			*slow = &slowBacking{Backing: b}
+			sb := &slowBacking{Backing: b}
+			slow.Store(sb)
 			if mode == "uring" {
 				return b, nil // io_uring needs the file itself
 			}
-			return *slow, nil
+			return sb, nil
 		},
 	}
 }
@@ -108,7 +111,7 @@ func crashKillRun(t *testing.T, mode string, kills, total int, stuckAfter time.D
 		blocks = 64 // 4 KiB blocks
 	)
 	dir := t.TempDir()
-	var slow *slowBacking
+	var slow atomic.Pointer[slowBacking]
 	var delayed int64
 	e := newEnv(t, func(d *blkback.Driver) { d.MaxQueues = 1 })
 	e.stop() // the default driver goes; a crash driver serves the disk
@@ -170,7 +173,7 @@ func crashKillRun(t *testing.T, mode string, kills, total int, stuckAfter time.D
 			time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond) // a random instant
 			e.drv.Kill()
 			e.stop()
-			delayed += slow.delayed.Load()
+			delayed += slowDelayed(&slow)
 			deadline := time.Now().Add(10 * time.Second)
 			for e.host.Grants.Mapped(ddID) != 0 || e.host.Events.BoundPorts(ddID) != 0 {
 				if time.Now().After(deadline) {
@@ -275,7 +278,7 @@ func crashKillRun(t *testing.T, mode string, kills, total int, stuckAfter time.D
 	if killed < kills/2 {
 		t.Errorf("only %d of %d kills happened", killed, kills)
 	}
-	delayed += slow.delayed.Load()
+	delayed += slowDelayed(&slow)
 	if delayed == 0 && mode != "uring" {
 		t.Error("no request was delayed: completion was in order")
 	}
@@ -338,4 +341,12 @@ func engineFor(mode string) string {
 		return blkback.EngineURing
 	}
 	return blkback.EnginePool
+}
+
+// slowDelayed reads how many transfers the current backing delayed.
+func slowDelayed(p *atomic.Pointer[slowBacking]) int64 {
+	if b := p.Load(); b != nil {
+		return b.delayed.Load()
+	}
+	return 0
 }
