@@ -30,13 +30,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var c *xenstore.Client
-	var err error
-	if *socket != "" {
-		c, err = xenstore.DialSocket(*socket)
-	} else {
-		c, err = xenstore.Open()
-	}
+	c, err := openStore(*socket)
 	if err != nil {
 		fmt.Fprintf(stderr, "drvdomctl status: %v\n", err)
 		return 1
@@ -176,4 +170,13 @@ func numLess(a, b string) bool {
 		return a < b
 	}
 	return x < y
+}
+
+// openStore connects to xenstore through socket if given, else the usual
+// way (/dev/xen/xenbus, then xenstored's socket).
+func openStore(socket string) (*xenstore.Client, error) {
+	if socket != "" {
+		return xenstore.DialSocket(socket)
+	}
+	return xenstore.Open()
 }

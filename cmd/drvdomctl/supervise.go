@@ -367,13 +367,7 @@ func cmdSupervise(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var c *xenstore.Client
-	var err error
-	if *socket != "" {
-		c, err = xenstore.DialSocket(*socket)
-	} else {
-		c, err = xenstore.Open()
-	}
+	c, err := openStore(*socket)
 	if err != nil {
 		fmt.Fprintf(stderr, "drvdomctl supervise: %v\n", err)
 		return 1
