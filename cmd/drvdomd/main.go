@@ -184,6 +184,7 @@ func daemon(ctx context.Context, console io.Writer) int {
 	}
 
 	setupNetwork(ctx, cfg, log)
+	logBlockDevices("/sys/block", log)
 
 	// The lab (internal/lab ReadyImage) waits for this line: it is printed
 	// just before the backends start watching xenstore. Keep its message.
@@ -309,9 +310,11 @@ func worker(ctx context.Context, console io.Writer) int {
 	}
 	log.Debug("worker: drivers ready")
 	m := xenbus.NewManager(store, uint16(self), log, drivers...)
-	m.RemoveNodes = true             // the driver domain cleans its backend side, as xl devd does
-	m.RemoveGrace = 10 * time.Second // ... once dom0 has read Closed and removed the frontend
-	m.ProbeWait = 30 * time.Second   // a passed-through disk may still be probing
+	m.RemoveNodes = true // the driver domain cleans its backend side, as xl devd does
+	// ... once dom0 read Closed (libxl reads it at once, then allows 10 s
+	// for the directory to go) or removed the frontend.
+	m.RemoveGrace = 2 * time.Second
+	m.ProbeWait = 30 * time.Second // a passed-through disk may still be probing
 	// dom0's `drvdomctl supervise` re-attaches the guests' devices to a
 	// restarted driver domain once this says the backends run (the
 	// Manager's first scan sees devices attached before its watch).

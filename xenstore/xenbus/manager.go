@@ -88,7 +88,12 @@ type Manager struct {
 	// frontend directory is still there: dom0's libxl waits for state
 	// Closed, reads it, then removes the frontend; a backend directory
 	// deleted before libxl read the state makes the detach fail ("wanted
-	// state 6 but it was removed"). 0: remove at once. Set before Run.
+	// state 6 but it was removed"). It must stay well under libxl's
+	// LIBXL_DESTROY_TIMEOUT (10 s), which for a driver domain's backend
+	// counts from libxl reading Closed to the directory going: libxl
+	// removes the frontend only after that (seen in the lab, where a
+	// 10 s grace failed `xl network-detach`). 0: remove at once. Set
+	// before Run.
 	RemoveGrace time.Duration
 	// ProbeWait is how long Probe is retried while it fails with an error
 	// wrapping fs.ErrNotExist (the backing disk not there yet); 0: no
