@@ -3,12 +3,15 @@ package lab
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 func TestKeyChangesWithEveryInput(t *testing.T) {
@@ -422,4 +425,33 @@ func TestFindPrune(t *testing.T) {
 	if findPrune(nil) != "" {
 		t.Fatal("empty prune list")
 	}
+}
+
+func TestLockLabWaitsForHolder(t *testing.T) {
+	old := LockPath
+	LockPath = filepath.Join(t.TempDir(), "lab.lock")
+	defer func() { LockPath = old }()
+	var out strings.Builder
+	p := NewProgress(&out)
+	unlock, err := lockLab(context.Background(), p)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	_, err = lockLab(ctx, p)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Contains(t, out.String(), "another lab boot holds")
+	unlock()
+	unlock2, err := lockLab(context.Background(), p)
+	require.NoError(t, err)
+	unlock2()
+}
+
+func TestImagePassthroughChecksOnlyForImages(t *testing.T) {
+	img := Scenario{Backend: BackendDrvdom, DrvdomImage: "/x/drvdom.cpio.gz", E2E: true}.Dom0Script()
+	require.Contains(t, img, `grep -q 'msg="block device" name=nvme0n1 ' "$DDLOG"`)
+	require.Contains(t, img, "ck drvdom-nic-passthrough")
+	// The checks come after dom0 waited for the ready line.
+	require.Less(t, strings.Index(img, "lab_t drvdom-ready"), strings.Index(img, "ck drvdom-nvme-passthrough"))
+	shell := Scenario{Backend: BackendDrvdom, E2E: true}.Dom0Script()
+	require.NotContains(t, shell, "drvdom-nvme-passthrough")
 }

@@ -89,6 +89,11 @@ func Run(ctx context.Context, a *Artifacts, opts RunOptions, p *Progress) (*Resu
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Minute
 	}
+	unlock, err := lockLab(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)

@@ -174,7 +174,7 @@ lab_t drvdom-created
 DD=$(xl domid %[1]s)
 lab_wait_log "$DDLOG" '%[8]s' %[7]d || fail_domain %[1]s "not ready after %[7]ds (waited for: %[8]s)"
 lab_t drvdom-ready
-`, DrvdomName, GuestName, NVMeBDF, DDNicBDF, Dom0NicBD, Dom0IP, defaultWait, s.readyPattern())
+%[9]s`, DrvdomName, GuestName, NVMeBDF, DDNicBDF, Dom0NicBD, Dom0IP, defaultWait, s.readyPattern(), s.imagePassthroughChecks())
 	if !s.NoGuest {
 		fmt.Fprintf(&b, `timeout 300 xl -vvv create /lab/guest.cfg 2>/lab/xl-create-guest.log || fail_domain %[1]s "xl create failed"
 lab_t guest-created
@@ -220,6 +220,20 @@ lab_t dom0-done
 exit "$fails"
 `)
 	return b.String()
+}
+
+// imagePassthroughChecks: the shell driver domain checks its passed-through
+// devices itself; an image has no lab scripts, so dom0 reads drvdomd's boot
+// inventory on its console (printed before the ready line).
+func (s Scenario) imagePassthroughChecks() string {
+	if s.DrvdomImage == "" {
+		return ""
+	}
+	return `grep -q 'msg="block device" name=nvme0n1 ' "$DDLOG"
+ck drvdom-nvme-passthrough $? "drvdomd lists nvme0n1"
+grep -q 'msg="NIC in bridge" nic=eth0 ' "$DDLOG"
+ck drvdom-nic-passthrough $? "drvdomd put eth0 in the bridge"
+`
 }
 
 // Prepare writes everything the boot needs into the run directory out:
