@@ -61,6 +61,11 @@ type Scenario struct {
 	// DrvdomArgs is appended to the driver domain's kernel command line
 	// (e.g. "drvdom.loglevel=debug").
 	DrvdomArgs string
+	// Dom0Phase, if set, is dom0's shell code run once the guest is ready
+	// (after E2E's detach/attach, if any) and before dom0 waits for the
+	// guest script's end: fault injection and the like. It runs in dom0.sh
+	// with $DD (driver domain id), $GID (guest id), $DDLOG, $GLOG and ck.
+	Dom0Phase string
 }
 
 // Who does the kernel backends' hotplug in the shell driver domain.
@@ -207,6 +212,7 @@ ck dom0-network-attach $? "xl network-attach %[1]s %[5]s"
 				// block-attach's single disk spec.
 				strings.ReplaceAll(VIFSpec(DrvdomName, Bridge, GuestMAC), ",", " "))
 		}
+		b.WriteString(s.Dom0Phase)
 		fmt.Fprintf(&b, `lab_wait_log "$GLOG" "@@LAB END guest.sh" %[2]d || fail_domain %[1]s "guest script did not finish in %[2]ds"
 lab_wait 60 sh -c "! xl domid %[1]s"
 ck guest-shutdown $? "domain %[1]s gone after poweroff"
