@@ -150,6 +150,42 @@ func args(p []byte, min, max int) ([]string, bool) {
 	return out, true
 }
 
+// pathArg parses the payload of a request that takes one path (READ,
+// MKDIR, RM, DIRECTORY, GET_PERMS) and makes the path absolute.
+func (c *conn) pathArg(p []byte) (string, string) {
+	a, ok := args(p, 1, 1)
+	if !ok {
+		return "", "EINVAL"
+	}
+	return c.canonical(a[0])
+}
+
+// readNode is the prelude of READ, DIRECTORY and GET_PERMS: the node named
+// by the request's one path argument, as tx sees it, if c may read it.
+// With specials (GET_PERMS), an argument starting with '@' names a special
+// watch node (@introduceDomain, @releaseDomain) instead of a path.
+func (s *Server) readNode(c *conn, tx *txn, p []byte, specials bool) (*node, string) {
+	a, ok := args(p, 1, 1)
+	if !ok {
+		return nil, "EINVAL"
+	}
+	if specials && strings.HasPrefix(a[0], "@") {
+		sp := s.special[a[0]]
+		if sp == nil {
+			return nil, "ENOENT"
+		}
+		if !c.allowed(sp.perms, accRead) {
+			return nil, "EACCES"
+		}
+		return sp, ""
+	}
+	path, e := c.canonical(a[0])
+	if e != "" {
+		return nil, e
+	}
+	return s.lookup(c, tx, path, accRead)
+}
+
 // handle serves one request and queues its reply (and any events); s.mu
 // is held.
 func (s *Server) handle(c *conn, h xenstore.Header, p []byte) {
@@ -173,17 +209,7 @@ func (s *Server) handle(c *conn, h xenstore.Header, p []byte) {
 
 	switch h.Type {
 	case xenstore.MsgRead:
-		a, ok := args(p, 1, 1)
-		if !ok {
-			fail("EINVAL")
-			return
-		}
-		path, e := c.canonical(a[0])
-		if e != "" {
-			fail(e)
-			return
-		}
-		n, e := s.lookup(c, tx, path, accRead)
+		n, e := s.readNode(c, tx, p, false)
 		if e != "" {
 			fail(e)
 			return
@@ -208,12 +234,7 @@ func (s *Server) handle(c *conn, h xenstore.Header, p []byte) {
 		reply(okMsg(h))
 
 	case xenstore.MsgMkdir:
-		a, ok := args(p, 1, 1)
-		if !ok {
-			fail("EINVAL")
-			return
-		}
-		path, e := c.canonical(a[0])
+		path, e := c.pathArg(p)
 		if e != "" {
 			fail(e)
 			return
@@ -225,12 +246,7 @@ func (s *Server) handle(c *conn, h xenstore.Header, p []byte) {
 		reply(okMsg(h))
 
 	case xenstore.MsgRm:
-		a, ok := args(p, 1, 1)
-		if !ok {
-			fail("EINVAL")
-			return
-		}
-		path, e := c.canonical(a[0])
+		path, e := c.pathArg(p)
 		if e != "" {
 			fail(e)
 			return
@@ -242,17 +258,7 @@ func (s *Server) handle(c *conn, h xenstore.Header, p []byte) {
 		reply(okMsg(h))
 
 	case xenstore.MsgDirectory:
-		a, ok := args(p, 1, 1)
-		if !ok {
-			fail("EINVAL")
-			return
-		}
-		path, e := c.canonical(a[0])
-		if e != "" {
-			fail(e)
-			return
-		}
-		n, e := s.lookup(c, tx, path, accRead)
+		n, e := s.readNode(c, tx, p, false)
 		if e != "" {
 			fail(e)
 			return
@@ -297,37 +303,12 @@ func (s *Server) handle(c *conn, h xenstore.Header, p []byte) {
 		reply(message(h.Type, h, directoryPart(n, int(off))))
 
 	case xenstore.MsgGetPerms:
-		a, ok := args(p, 1, 1)
-		if !ok {
-			fail("EINVAL")
+		n, e := s.readNode(c, tx, p, true)
+		if e != "" {
+			fail(e)
 			return
 		}
-		var perms []xenstore.Perm
-		if strings.HasPrefix(a[0], "@") {
-			sp := s.special[a[0]]
-			if sp == nil {
-				fail("ENOENT")
-				return
-			}
-			if !c.allowed(sp.perms, accRead) {
-				fail("EACCES")
-				return
-			}
-			perms = sp.perms
-		} else {
-			path, e := c.canonical(a[0])
-			if e != "" {
-				fail(e)
-				return
-			}
-			n, e := s.lookup(c, tx, path, accRead)
-			if e != "" {
-				fail(e)
-				return
-			}
-			perms = n.perms
-		}
-		reply(message(h.Type, h, strings.Join(xenstore.FormatPerms(perms), "\x00")+"\x00"))
+		reply(message(h.Type, h, strings.Join(xenstore.FormatPerms(n.perms), "\x00")+"\x00"))
 
 	case xenstore.MsgSetPerms:
 		a, ok := args(p, 2, xenstore.PayloadMax)
