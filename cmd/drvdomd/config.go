@@ -30,6 +30,10 @@ type Config struct {
 	// tests); never from xenstore's drvdom/ keys, only the image and the
 	// kernel command line.
 	Faults bool
+	// Scratch are files created (sparse, if missing) at boot, e.g. the
+	// file backings of guests' disks in the domain's tmpfs; their
+	// allocated bytes are published for dom0 (see scratch.go).
+	Scratch []ScratchFile
 }
 
 // BaseModules are loaded in every mode; BackendModules only in kernel mode
@@ -109,6 +113,12 @@ func (c *Config) Set(key, val string) error {
 			return fmt.Errorf("faults=%q: %w", val, err)
 		}
 		c.Faults = b
+	case "scratch":
+		files, err := ParseScratch(val)
+		if err != nil {
+			return fmt.Errorf("scratch=%q: %w", val, err)
+		}
+		c.Scratch = files
 	case "waitnic":
 		n, err := strconv.Atoi(val)
 		if err != nil || n < 0 || n > 3600 {
