@@ -58,8 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case "config":
 			log := slog.New(slog.NewTextHandler(stderr, nil))
 			cfg := loadConfig(log)
-			fmt.Fprintf(stdout, "backend=%s\nnic=%s\nbridge=%s\nmodules=%s\nloglevel=%s\nwatchdog=%v\nwaitnic=%d\nfaults=%v\n",
-				cfg.Backend, cfg.NIC, cfg.Bridge, strings.Join(cfg.Modules, ","), cfg.LogLevel, cfg.Watchdog, cfg.WaitNIC, cfg.Faults)
+			fmt.Fprintf(stdout, "backend=%s\nnic=%s\nbridge=%s\nmodules=%s\nloglevel=%s\nwatchdog=%v\nwaitnic=%d\nfaults=%v\nscratch=%s\n",
+				cfg.Backend, cfg.NIC, cfg.Bridge, strings.Join(cfg.Modules, ","), cfg.LogLevel, cfg.Watchdog, cfg.WaitNIC, cfg.Faults, scratchString(cfg.Scratch))
 			return 0
 		case "-h", "-help", "--help", "help":
 			fmt.Fprintln(stdout, "usage: drvdomd [selftest|config|worker]   (no argument: run the driver domain)")
@@ -163,6 +163,9 @@ func daemon(ctx context.Context, console io.Writer) int {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Scratch files (guests' file backings) exist before any backend starts.
+	stopScratch := startScratch(ctx, cfg.Scratch, store, uint16(self), log)
+	defer stopScratch()
 	// The watchdog has its own context, ended by the deferred wdCancel
 	// only after disarm is decided (a signal must not end it first).
 	var wg sync.WaitGroup
