@@ -11,12 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 
 	"drvdom/blkback"
 	"drvdom/evtchn"
 	"drvdom/grant"
+	"drvdom/internal/xensim"
 	"drvdom/ring"
 	"drvdom/xenstore"
 )
@@ -74,8 +74,7 @@ type Front struct {
 	queues []*fqueue
 	byPort map[evtchn.Port]*fqueue
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	recv xensim.Receiver
 }
 
 type fqueue struct {
@@ -207,13 +206,7 @@ func Attach(ctx context.Context, store *xenstore.Client, sharer grant.Sharer, ev
 	if cfg.Manual {
 		return f, nil
 	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f.cancel = cancel
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		f.receive(rctx)
-	}()
+	f.recv.Start(ctx, f.receive)
 	return f, nil
 }
 
@@ -235,15 +228,7 @@ func (f *Front) readDisk(ctx context.Context) error {
 func (f *Front) Reread(ctx context.Context) error { return f.readDisk(ctx) }
 
 func (f *Front) readInt(ctx context.Context, key string, def int) int {
-	v, err := f.store.Read(ctx, f.back+"/"+key)
-	if err != nil {
-		return def
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-	if err != nil {
-		return def
-	}
-	return int(n)
+	return xensim.BackendInt(ctx, f.store, f.back, key, def)
 }
 
 // BackendState reads the backend's state.
@@ -539,41 +524,12 @@ func (f *Front) Share(n int, writable bool) (grant.Share, error) {
 // Close runs the frontend's side of closing: Closing, wait for the backend
 // to close, end every grant and event channel, Closed.
 func (f *Front) Close(ctx context.Context) error {
-	err := f.store.Write(ctx, f.path+"/state", strconv.Itoa(stateClosing))
-	if err == nil {
-		err = f.waitBackendClosing(ctx)
-	}
-	f.release()
-	if e := f.store.Write(ctx, f.path+"/state", strconv.Itoa(stateClosed)); e != nil && err == nil {
-		err = e
-	}
-	return err
-}
-
-func (f *Front) waitBackendClosing(ctx context.Context) error {
-	w, err := f.store.Watch(ctx, f.back+"/state", "blkfront-close-"+f.path)
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	for {
-		if s := f.readInt(ctx, "state", 0); s == stateClosing || s == stateClosed || s == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-w.Events():
-		}
-	}
+	return xensim.CloseFrontend(ctx, f.store, f.path, f.back, "blkfront-close-"+f.path, f.release)
 }
 
 // release stops the receiver and ends every grant and event channel.
 func (f *Front) release() {
-	if f.cancel != nil {
-		f.cancel()
-	}
-	f.wg.Wait()
+	f.recv.Stop()
 	for _, q := range f.queues {
 		if q.port != 0 {
 			f.evh.Unbind(q.port)

@@ -13,11 +13,11 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 
 	"drvdom/evtchn"
 	"drvdom/grant"
+	"drvdom/internal/xensim"
 	"drvdom/netback"
 	"drvdom/ring"
 	"drvdom/xenstore"
@@ -83,8 +83,7 @@ type Front struct {
 	queues []*fqueue
 	byPort map[evtchn.Port]*fqueue
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	recv xensim.Receiver
 }
 
 type fqueue struct {
@@ -213,13 +212,7 @@ func Attach(ctx context.Context, store *xenstore.Client, sharer grant.Sharer, ev
 	if err := f.waitBackend(ctx, stateConnected); err != nil {
 		return nil, err
 	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f.cancel = cancel
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		f.receive(rctx)
-	}()
+	f.recv.Start(ctx, f.receive)
 	// Kick the backend once for buffers posted before it bound.
 	for _, q := range f.queues {
 		f.evh.Notify(q.rxPort)
@@ -292,15 +285,7 @@ func (q *fqueue) rxProdPvt() uint32 {
 }
 
 func (f *Front) readInt(ctx context.Context, key string, def int) int {
-	v, err := f.store.Read(ctx, f.back+"/"+key)
-	if err != nil {
-		return def
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-	if err != nil {
-		return def
-	}
-	return int(n)
+	return xensim.BackendInt(ctx, f.store, f.back, key, def)
 }
 
 // BackendState reads the backend's state.
@@ -653,41 +638,12 @@ func (f *Front) RecvChan(q int) <-chan Packet { return f.queues[q].recv }
 // Close runs the frontend's side of closing: Closing, wait for the backend
 // to close, end every grant and event channel, Closed.
 func (f *Front) Close(ctx context.Context) error {
-	err := f.store.Write(ctx, f.path+"/state", strconv.Itoa(stateClosing))
-	if err == nil {
-		err = f.waitBackendClosing(ctx)
-	}
-	f.release()
-	if e := f.store.Write(ctx, f.path+"/state", strconv.Itoa(stateClosed)); e != nil && err == nil {
-		err = e
-	}
-	return err
-}
-
-func (f *Front) waitBackendClosing(ctx context.Context) error {
-	w, err := f.store.Watch(ctx, f.back+"/state", "netfront-close-"+f.path)
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	for {
-		if s := f.readInt(ctx, "state", 0); s == stateClosing || s == stateClosed || s == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-w.Events():
-		}
-	}
+	return xensim.CloseFrontend(ctx, f.store, f.path, f.back, "netfront-close-"+f.path, f.release)
 }
 
 // release stops the receiver and ends every grant and event channel.
 func (f *Front) release() {
-	if f.cancel != nil {
-		f.cancel()
-	}
-	f.wg.Wait()
+	f.recv.Stop()
 	for _, q := range f.queues {
 		for _, p := range []evtchn.Port{q.txPort, q.rxPort} {
 			if p != 0 {

@@ -1,0 +1,95 @@
+package xensim
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+
+	"drvdom/xenstore"
+)
+
+// XenbusState values of the frontend lifecycle.
+const (
+	stateClosing = 5
+	stateClosed  = 6
+)
+
+// BackendInt reads back/key as a decimal integer; def when the key is
+// missing, unreadable or not a number (what a frontend assumes of a
+// backend that does not publish a feature).
+func BackendInt(ctx context.Context, store *xenstore.Client, back, key string, def int) int {
+	v, err := store.Read(ctx, back+"/"+key)
+	if err != nil {
+		return def
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil {
+		return def
+	}
+	return int(n)
+}
+
+// Receiver owns the goroutine of a simulated frontend that serves its
+// event channels. The zero value is ready; it runs at most one goroutine.
+type Receiver struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Start runs fn in a goroutine until Stop. fn's context carries ctx's
+// values but not its cancellation: the frontend outlives the call that
+// attached it.
+func (r *Receiver) Start(ctx context.Context, fn func(ctx context.Context)) {
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.cancel = cancel
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		fn(rctx)
+	}()
+}
+
+// Stop cancels the goroutine (if Start ran) and waits for it to return.
+func (r *Receiver) Stop() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.wg.Wait()
+}
+
+// CloseFrontend runs a frontend's side of closing, as Linux's frontends
+// do when the device goes: it writes Closing to front/state, waits until
+// the backend at back is Closing, Closed or gone (watching back/state with
+// token), calls release (which must stop the frontend and end every grant
+// and event channel it holds; it runs even when the write or the wait
+// failed), then writes Closed. It returns the first error.
+func CloseFrontend(ctx context.Context, store *xenstore.Client, front, back, token string, release func()) error {
+	err := store.Write(ctx, front+"/state", strconv.Itoa(stateClosing))
+	if err == nil {
+		err = waitBackendClosing(ctx, store, back, token)
+	}
+	release()
+	if e := store.Write(ctx, front+"/state", strconv.Itoa(stateClosed)); e != nil && err == nil {
+		err = e
+	}
+	return err
+}
+
+func waitBackendClosing(ctx context.Context, store *xenstore.Client, back, token string) error {
+	w, err := store.Watch(ctx, back+"/state", token)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	for {
+		if s := BackendInt(ctx, store, back, "state", 0); s == stateClosing || s == stateClosed || s == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.Events():
+		}
+	}
+}
