@@ -224,6 +224,11 @@ func daemon(ctx context.Context, console io.Writer) int {
 		}
 		fctx, fcancel := context.WithCancel(ctx)
 		var fwg sync.WaitGroup
+		fwg.Add(1)
+		go func() {
+			defer fwg.Done()
+			publishProcStats(fctx, store, fmt.Sprintf("/local/domain/%d/%ssupervisor", self, StatsKeyPrefix), procStatsEvery, log)
+		}()
 		if cfg.Faults {
 			fwg.Add(1)
 			go func() {
@@ -258,6 +263,8 @@ const (
 	// checkTimeout bounds the health check's xenstore read: under TCG, with
 	// dom0 busy creating a domain, a read can take over a second.
 	checkTimeout = 4 * time.Second
+	// procStatsEvery is how often each process publishes its ProcStats.
+	procStatsEvery = 5 * time.Second
 )
 
 // stallChecker is implemented by drivers that can tell whether one of their
@@ -311,6 +318,11 @@ func worker(ctx context.Context, console io.Writer) int {
 			heartbeat(ctx, hb, beatEvery, workerCheck(store, drivers), log)
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		publishProcStats(ctx, store, fmt.Sprintf("/local/domain/%d/%sworker", self, StatsKeyPrefix), procStatsEvery, log)
+	}()
 	log.Debug("worker: drivers ready")
 	m := xenbus.NewManager(store, uint16(self), log, drivers...)
 	m.RemoveNodes = true // the driver domain cleans its backend side, as xl devd does
