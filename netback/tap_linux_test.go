@@ -7,13 +7,13 @@ import (
 	"encoding/binary"
 	"net"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"drvdom/internal/testnet"
 )
 
 // TestTunABI pins the /dev/net/tun numbers to the Linux uapi values.
@@ -51,36 +51,14 @@ func TestTunABI(t *testing.T) {
 	}
 }
 
-// inNetns runs fn on a locked OS thread inside a fresh network namespace.
+// inNetns runs fn in a fresh network namespace (testnet.Run) where it can
+// create TAP devices.
 func inNetns(t *testing.T, fn func()) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace and TAP devices")
-	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Skipf("no /dev/net/tun: %v", err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		// Never unlock: the thread is in the test namespace and dies with
-		// this goroutine.
-		orig, err := netns.Get()
-		if err != nil {
-			t.Errorf("netns get: %v", err)
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.New()
-		if err != nil {
-			t.Errorf("netns new: %v", err)
-			return
-		}
-		defer ns.Close()
-		fn()
-	}()
-	<-done
+	testnet.Run(t, fn)
 }
 
 // TestRealTap creates a real multi-queue TAP with a virtio-net header in a

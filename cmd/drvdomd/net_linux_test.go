@@ -2,50 +2,17 @@ package main
 
 import (
 	"context"
-	"os"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"drvdom/internal/testnet"
 )
 
-// inNewNetns runs fn on a locked thread in a fresh network namespace, so the
-// test never touches the host's interfaces.
-func inNewNetns(t *testing.T, fn func()) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		// The thread is left locked: it dies with the goroutine, taking the
-		// namespace with it.
-		orig, err := netns.Get()
-		if err != nil {
-			t.Errorf("netns.Get: %v", err)
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.New()
-		if err != nil {
-			t.Errorf("netns.New: %v", err)
-			return
-		}
-		defer ns.Close()
-		fn()
-		if err := netns.Set(orig); err != nil {
-			t.Errorf("restore netns: %v", err)
-		}
-	}()
-	<-done
-}
-
 func TestBridgeAndEnslave(t *testing.T) {
-	inNewNetns(t, func() {
+	testnet.Run(t, func() {
 		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "nic0"}}); err != nil {
 			t.Logf("no dummy links in this kernel (%v); using a veth pair", err)
 			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "nic0"}, PeerName: "nic0p"}); err != nil {
@@ -87,7 +54,7 @@ func TestBridgeAndEnslave(t *testing.T) {
 }
 
 func TestWaitLinkGone(t *testing.T) {
-	inNewNetns(t, func() {
+	testnet.Run(t, func() {
 		ctx := context.Background()
 		if err := waitLinkGone(ctx, "absent0", time.Second); err != nil {
 			t.Errorf("missing link: %v", err)
