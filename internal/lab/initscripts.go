@@ -157,6 +157,9 @@ case "$backend" in
 kernel)
 	if [ "$hotplug" = drvdomd ] && command -v drvdomd >/dev/null; then
 		drvdomd &
+	elif [ "$hotplug" = devd ]; then
+		mkdir -p /var/run/xen /var/log/xen /var/lib/xen
+		xl devd -F &
 	else
 		sh /lab/hotplug.sh &
 	fi
