@@ -52,6 +52,8 @@ func main() {
 		err = imageCmd(ctx, p, os.Args[2:])
 	case "faults":
 		code, err = faultsCmd(ctx, p, os.Args[2:])
+	case "soak":
+		code, err = soakCmd(ctx, p, os.Args[2:])
 	case "bench":
 		code, err = lab.BenchMain(ctx, p, os.Args[2:], os.Stdout,
 			func(ctx context.Context) (*lab.Artifacts, error) { return build(ctx, p) },
@@ -85,6 +87,7 @@ func usage() {
        xenlab e2e [--backend=kernel|drvdom|both] [common flags]
        xenlab image [-o out/drvdom.cpio.gz]   the u-root driver-domain image (package initramfs) for the lab's kernel
        xenlab bench
+       xenlab soak [--guests 3] [--duration 10m]   guests with fio/iperf3, detach/attach and restarts, leak checks (issue 8)
        xenlab faults [common flags]        crash-only and watchdog scenarios (issue 6)
        xenlab clean-cache
 common flags: --backend=kernel|drvdom --drvdom-image PATH --drvdomd PATH --kernel-hotplug=script|drvdomd
