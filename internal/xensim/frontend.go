@@ -2,6 +2,7 @@ package xensim
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,47 @@ func BackendInt(ctx context.Context, store *xenstore.Client, back, key string, d
 		return def
 	}
 	return int(n)
+}
+
+// BackendOf reads where the toolstack put the backend of the frontend
+// directory front: the backend directory and the backend's domain.
+func BackendOf(ctx context.Context, store *xenstore.Client, front string) (string, uint16, error) {
+	back, err := store.Read(ctx, front+"/backend")
+	if err != nil {
+		return "", 0, err
+	}
+	bd, err := store.Read(ctx, front+"/backend-id")
+	if err != nil {
+		return "", 0, err
+	}
+	n, err := strconv.ParseUint(bd, 10, 16)
+	if err != nil {
+		return "", 0, fmt.Errorf("backend-id %q: %w", bd, err)
+	}
+	return back, uint16(n), nil
+}
+
+// WaitBackend calls done with the backend's state (back/state read as
+// BackendInt, 0 when gone) now and after every change of it, watching it
+// with token, until done reports true or an error. When ctx ends first it
+// returns ctx.Err() with the last state read.
+func WaitBackend(ctx context.Context, store *xenstore.Client, back, token string, done func(state int) (bool, error)) (int, error) {
+	w, err := store.Watch(ctx, back+"/state", token)
+	if err != nil {
+		return 0, err
+	}
+	defer w.Close()
+	for {
+		s := BackendInt(ctx, store, back, "state", 0)
+		if ok, err := done(s); ok || err != nil {
+			return s, err
+		}
+		select {
+		case <-ctx.Done():
+			return s, ctx.Err()
+		case <-w.Events():
+		}
+	}
 }
 
 // Receiver owns the goroutine of a simulated frontend that serves its
@@ -67,29 +109,13 @@ func (r *Receiver) Stop() {
 func CloseFrontend(ctx context.Context, store *xenstore.Client, front, back, token string, release func()) error {
 	err := store.Write(ctx, front+"/state", strconv.Itoa(stateClosing))
 	if err == nil {
-		err = waitBackendClosing(ctx, store, back, token)
+		_, err = WaitBackend(ctx, store, back, token, func(s int) (bool, error) {
+			return s == stateClosing || s == stateClosed || s == 0, nil
+		})
 	}
 	release()
 	if e := store.Write(ctx, front+"/state", strconv.Itoa(stateClosed)); e != nil && err == nil {
 		err = e
 	}
 	return err
-}
-
-func waitBackendClosing(ctx context.Context, store *xenstore.Client, back, token string) error {
-	w, err := store.Watch(ctx, back+"/state", token)
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	for {
-		if s := BackendInt(ctx, store, back, "state", 0); s == stateClosing || s == stateClosed || s == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-w.Events():
-		}
-	}
 }

@@ -2,10 +2,13 @@ package xensim
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"drvdom/xenstore"
 )
 
 func TestBackendInt(t *testing.T) {
@@ -108,4 +111,71 @@ func TestCloseFrontend(t *testing.T) {
 	require.NoError(t, dom0.Rm(ctx, back))
 	require.NoError(t, CloseFrontend(ctx, dom0, front, back, "close", func() { n++ }))
 	require.Equal(t, 2, n)
+}
+
+func TestBackendOf(t *testing.T) {
+	h := New()
+	defer h.Close()
+	dom0 := h.NewDomain(0).Xenstore()
+	defer dom0.Close()
+	ctx := context.Background()
+	const front = "/local/domain/2/device/vbd/51712"
+
+	_, _, err := BackendOf(ctx, dom0, front)
+	require.ErrorIs(t, err, xenstore.ErrNotExist)
+	require.NoError(t, dom0.Write(ctx, front+"/backend", "/local/domain/1/backend/vbd/2/51712"))
+	_, _, err = BackendOf(ctx, dom0, front)
+	require.ErrorIs(t, err, xenstore.ErrNotExist, "no backend-id")
+	for _, bad := range []string{"65536", "-1", "one", ""} {
+		require.NoError(t, dom0.Write(ctx, front+"/backend-id", bad))
+		_, _, err = BackendOf(ctx, dom0, front)
+		require.ErrorContains(t, err, "backend-id", bad)
+	}
+	require.NoError(t, dom0.Write(ctx, front+"/backend-id", "1"))
+	back, dom, err := BackendOf(ctx, dom0, front)
+	require.NoError(t, err)
+	require.Equal(t, "/local/domain/1/backend/vbd/2/51712", back)
+	require.Equal(t, uint16(1), dom)
+}
+
+func TestWaitBackend(t *testing.T) {
+	h := New()
+	defer h.Close()
+	dom0 := h.NewDomain(0).Xenstore()
+	defer dom0.Close()
+	ctx := context.Background()
+	const back = "/local/domain/1/backend/vbd/2/51712"
+	require.NoError(t, dom0.Write(ctx, back+"/state", "1"))
+
+	// done sees the state now and after each change, until it is done.
+	var seen []int
+	go func() {
+		for _, s := range []string{"2", "4"} {
+			time.Sleep(10 * time.Millisecond)
+			if err := dom0.Write(ctx, back+"/state", s); err != nil {
+				t.Errorf("write state: %v", err)
+			}
+		}
+	}()
+	s, err := WaitBackend(ctx, dom0, back, "w", func(s int) (bool, error) {
+		if len(seen) == 0 || seen[len(seen)-1] != s {
+			seen = append(seen, s)
+		}
+		return s == 4, nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, 4, s)
+	require.Equal(t, []int{1, 2, 4}, seen)
+
+	// done's error ends the wait.
+	bad := errors.New("bad state")
+	_, err = WaitBackend(ctx, dom0, back, "w", func(int) (bool, error) { return false, bad })
+	require.ErrorIs(t, err, bad)
+
+	// The context ends the wait with the last state read.
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	s, err = WaitBackend(tctx, dom0, back, "w", func(int) (bool, error) { return false, nil })
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Equal(t, 4, s)
 }

@@ -97,18 +97,9 @@ type fqueue struct {
 // state there) and returns once both ends are Connected.
 func Attach(ctx context.Context, store *xenstore.Client, sharer grant.Sharer, evh evtchn.Handle, path string, cfg Config) (f *Front, err error) {
 	f = &Front{store: store, sharer: sharer, evh: evh, path: path, byPort: map[evtchn.Port]*fqueue{}}
-	if f.back, err = store.Read(ctx, path+"/backend"); err != nil {
+	if f.back, f.backDom, err = xensim.BackendOf(ctx, store, path); err != nil {
 		return nil, fmt.Errorf("blkfront %s: %w", path, err)
 	}
-	bd, err := store.Read(ctx, path+"/backend-id")
-	if err != nil {
-		return nil, fmt.Errorf("blkfront %s: %w", path, err)
-	}
-	n, err := strconv.ParseUint(bd, 10, 16)
-	if err != nil {
-		return nil, fmt.Errorf("blkfront %s: backend-id %q", path, bd)
-	}
-	f.backDom = uint16(n)
 	if f.abi, err = blkback.ParseProtocol(cfg.Protocol); err != nil {
 		return nil, err
 	}
@@ -237,28 +228,22 @@ func (f *Front) BackendState(ctx context.Context) int { return f.readInt(ctx, "s
 // waitBackend waits until the backend's state is want (or fails when it
 // reaches Closing/Closed instead).
 func (f *Front) waitBackend(ctx context.Context, want int) error {
-	w, err := f.store.Watch(ctx, f.back+"/state", "blkfront-"+f.path)
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	for {
-		s := f.readInt(ctx, "state", 0)
+	s, err := xensim.WaitBackend(ctx, f.store, f.back, "blkfront-"+f.path, func(s int) (bool, error) {
 		if s == want {
-			return nil
+			return true, nil
 		}
 		// Closed while waiting for InitWait is a backend between two
 		// connections (the guest rebooted); Closing is a failure.
 		if want < stateClosing && (s == stateClosing || s == stateClosed && want != stateInitWait) {
 			e, _ := f.store.Read(ctx, "/local/domain/"+strconv.Itoa(int(f.backDom))+"/error"+f.back+"/error")
-			return fmt.Errorf("blkfront %s: backend went to state %d waiting for %d (error %q)", f.path, s, want, e)
+			return false, fmt.Errorf("blkfront %s: backend went to state %d waiting for %d (error %q)", f.path, s, want, e)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("blkfront %s: waiting for backend state %d (now %d): %w", f.path, want, s, ctx.Err())
-		case <-w.Events():
-		}
+		return false, nil
+	})
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("blkfront %s: waiting for backend state %d (now %d): %w", f.path, want, s, err)
 	}
+	return err
 }
 
 // receive dispatches responses to their waiters.

@@ -121,18 +121,9 @@ type fqueue struct {
 // frontend domain's event channel handle (the Front owns it from now on).
 func Attach(ctx context.Context, store *xenstore.Client, sharer grant.Sharer, evh evtchn.Handle, path string, cfg Config) (f *Front, err error) {
 	f = &Front{store: store, sharer: sharer, evh: evh, path: path, cfg: cfg, byPort: map[evtchn.Port]*fqueue{}}
-	if f.back, err = store.Read(ctx, path+"/backend"); err != nil {
+	if f.back, f.backDom, err = xensim.BackendOf(ctx, store, path); err != nil {
 		return nil, fmt.Errorf("netfront %s: %w", path, err)
 	}
-	bd, err := store.Read(ctx, path+"/backend-id")
-	if err != nil {
-		return nil, fmt.Errorf("netfront %s: %w", path, err)
-	}
-	n, err := strconv.ParseUint(bd, 10, 16)
-	if err != nil {
-		return nil, fmt.Errorf("netfront %s: backend-id %q", path, bd)
-	}
-	f.backDom = uint16(n)
 	// A backend still Closing/Closed from an earlier connection (a guest
 	// reboot) goes back to InitWait when it sees the frontend Initialising.
 	if err := f.waitBackendState(ctx, stateInitWait, true); err != nil {
@@ -298,26 +289,20 @@ func (f *Front) waitBackend(ctx context.Context, want int) error {
 }
 
 func (f *Front) waitBackendState(ctx context.Context, want int, tolerateClosed bool) error {
-	w, err := f.store.Watch(ctx, f.back+"/state", "netfront-"+f.path)
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	for {
-		s := f.readInt(ctx, "state", 0)
+	s, err := xensim.WaitBackend(ctx, f.store, f.back, "netfront-"+f.path, func(s int) (bool, error) {
 		if s == want {
-			return nil
+			return true, nil
 		}
 		if !tolerateClosed && want < stateClosing && (s == stateClosing || s == stateClosed) {
 			e, _ := f.store.Read(ctx, "/local/domain/"+strconv.Itoa(int(f.backDom))+"/error"+f.back+"/error")
-			return fmt.Errorf("netfront %s: backend went to state %d waiting for %d (error %q)", f.path, s, want, e)
+			return false, fmt.Errorf("netfront %s: backend went to state %d waiting for %d (error %q)", f.path, s, want, e)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("netfront %s: waiting for backend state %d (now %d): %w", f.path, want, s, ctx.Err())
-		case <-w.Events():
-		}
+		return false, nil
+	})
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("netfront %s: waiting for backend state %d (now %d): %w", f.path, want, s, err)
 	}
+	return err
 }
 
 // Queues returns the number of queues negotiated.
