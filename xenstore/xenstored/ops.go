@@ -328,50 +328,35 @@ func (s *Server) handle(c *conn, h xenstore.Header, p []byte) {
 		reply(okMsg(h))
 
 	case xenstore.MsgWatch:
-		a, ok := args(p, 2, 3)
-		if !ok {
-			fail("EINVAL")
-			return
-		}
-		w, e := c.watchArg(a[0], a[1])
-		if e != "" {
+		w, i, e := c.watchReq(p)
+		switch {
+		case e != "":
 			fail(e)
 			return
-		}
-		for _, o := range c.watches {
-			if o.path == w.path && o.token == w.token {
-				fail("EEXIST")
-				return
-			}
-		}
-		if len(c.watches) >= maxWatches {
+		case i >= 0:
+			fail("EEXIST")
+			return
+		case len(c.watches) >= maxWatches:
 			fail("E2BIG")
 			return
 		}
 		c.watches = append(c.watches, w)
 		reply(okMsg(h))
 		// Fired once at once, with the path as given.
-		c.send(eventMsg(a[0], w.token))
+		c.send(eventMsg(c.reported(w, w.path), w.token))
 
 	case xenstore.MsgUnwatch:
-		a, ok := args(p, 2, 3)
-		if !ok {
-			fail("EINVAL")
-			return
-		}
-		w, e := c.watchArg(a[0], a[1])
-		if e != "" {
+		_, i, e := c.watchReq(p)
+		switch {
+		case e != "":
 			fail(e)
 			return
+		case i < 0:
+			fail("ENOENT")
+			return
 		}
-		for i, o := range c.watches {
-			if o.path == w.path && o.token == w.token {
-				c.watches = append(c.watches[:i], c.watches[i+1:]...)
-				reply(okMsg(h))
-				return
-			}
-		}
-		fail("ENOENT")
+		c.watches = append(c.watches[:i], c.watches[i+1:]...)
+		reply(okMsg(h))
 
 	case xenstore.MsgTransactionStart:
 		if h.TxID != xenstore.TxNone {
@@ -489,6 +474,26 @@ func parseDomid(s string) (uint16, bool) {
 	}
 	v, err := strconv.ParseUint(s, 10, 16)
 	return uint16(v), err == nil
+}
+
+// watchReq parses a WATCH or UNWATCH payload (path, token and an optional
+// third string, ignored) and finds c's watch of the same path and token:
+// its index in c.watches, or -1.
+func (c *conn) watchReq(p []byte) (*watch, int, string) {
+	a, ok := args(p, 2, 3)
+	if !ok {
+		return nil, -1, "EINVAL"
+	}
+	w, e := c.watchArg(a[0], a[1])
+	if e != "" {
+		return nil, -1, e
+	}
+	for i, o := range c.watches {
+		if o.path == w.path && o.token == w.token {
+			return w, i, ""
+		}
+	}
+	return w, -1, ""
 }
 
 // watchArg resolves a WATCH/UNWATCH path argument.
