@@ -55,6 +55,14 @@ func (r *raw) recv() (xenstore.Header, string, error) {
 	return h, string(p), err
 }
 
+// call sends one request and returns the payload of its reply.
+func (r *raw) call(typ xenstore.MsgType, reqID, txID uint32, payload string) string {
+	r.t.Helper()
+	r.send(typ, reqID, txID, payload)
+	_, p := r.reply()
+	return p
+}
+
 func (r *raw) reply() (xenstore.Header, string) {
 	r.t.Helper()
 	for {
@@ -211,50 +219,30 @@ func TestWireTransactionsAndDomains(t *testing.T) {
 	r.send(xenstore.MsgWrite, 2, tx, "/t/a\x00v")
 	h, _ = r.reply()
 	assert.Equal(t, tx, h.TxID)
-	r.send(xenstore.MsgTransactionEnd, 3, tx, "X\x00")
-	_, p = r.reply()
-	assert.Equal(t, "EINVAL\x00", p)
+	assert.Equal(t, "EINVAL\x00", r.call(xenstore.MsgTransactionEnd, 3, tx, "X\x00"))
 	r.send(xenstore.MsgTransactionEnd, 4, tx, "T\x00")
 	h, p = r.reply()
 	assert.Equal(t, xenstore.MsgTransactionEnd, h.Type)
 	assert.Equal(t, "OK\x00", p)
-	r.send(xenstore.MsgRead, 5, 0, "/t/a\x00")
-	_, p = r.reply()
-	assert.Equal(t, "v", p)
+	assert.Equal(t, "v", r.call(xenstore.MsgRead, 5, 0, "/t/a\x00"))
 
 	// Domain management over the wire (dom0).
-	r.send(xenstore.MsgIsDomainIntroduced, 6, 0, "8\x00")
-	_, p = r.reply()
-	assert.Equal(t, "F\x00", p)
-	r.send(xenstore.MsgIntroduce, 7, 0, "8\x001234\x005\x00")
-	_, p = r.reply()
-	assert.Equal(t, "OK\x00", p)
-	r.send(xenstore.MsgIsDomainIntroduced, 8, 0, "8\x00")
-	_, p = r.reply()
-	assert.Equal(t, "T\x00", p)
-	r.send(xenstore.MsgRelease, 9, 0, "8\x00")
-	_, p = r.reply()
-	assert.Equal(t, "OK\x00", p)
-	r.send(xenstore.MsgIsDomainIntroduced, 10, 0, "8\x00")
-	_, p = r.reply()
-	assert.Equal(t, "F\x00", p)
+	assert.Equal(t, "F\x00", r.call(xenstore.MsgIsDomainIntroduced, 6, 0, "8\x00"))
+	assert.Equal(t, "OK\x00", r.call(xenstore.MsgIntroduce, 7, 0, "8\x001234\x005\x00"))
+	assert.Equal(t, "T\x00", r.call(xenstore.MsgIsDomainIntroduced, 8, 0, "8\x00"))
+	assert.Equal(t, "OK\x00", r.call(xenstore.MsgRelease, 9, 0, "8\x00"))
+	assert.Equal(t, "F\x00", r.call(xenstore.MsgIsDomainIntroduced, 10, 0, "8\x00"))
 
 	// RESET_WATCHES drops watches and transactions.
-	r.send(xenstore.MsgWatch, 11, 0, "/t\x00tok\x00")
-	_, p = r.reply()
-	require.Equal(t, "OK\x00", p)
+	require.Equal(t, "OK\x00", r.call(xenstore.MsgWatch, 11, 0, "/t\x00tok\x00"))
 	r.send(xenstore.MsgTransactionStart, 12, 0, "\x00")
 	_, p = r.reply()
 	_, err = fmt.Sscanf(strings.TrimSuffix(p, "\x00"), "%d", &tx)
 	require.NoError(t, err)
 	assert.Equal(t, 1, s.WatchCount())
-	r.send(xenstore.MsgResetWatches, 13, 0, "\x00")
-	_, p = r.reply()
-	assert.Equal(t, "OK\x00", p)
+	assert.Equal(t, "OK\x00", r.call(xenstore.MsgResetWatches, 13, 0, "\x00"))
 	assert.Equal(t, 0, s.WatchCount())
-	r.send(xenstore.MsgRead, 14, tx, "/t\x00")
-	_, p = r.reply()
-	assert.Equal(t, "ENOENT\x00", p, "transaction gone")
+	assert.Equal(t, "ENOENT\x00", r.call(xenstore.MsgRead, 14, tx, "/t\x00"), "transaction gone")
 	checkTree(t, s)
 }
 
@@ -264,25 +252,17 @@ func TestQuotas(t *testing.T) {
 	s.IntroduceDomain(5)
 	r := dialRaw(t, s, 5)
 	for i := range maxWatches {
-		r.send(xenstore.MsgWatch, uint32(i), 0, fmt.Sprintf("w%d\x00t\x00", i))
-		_, p := r.reply()
-		require.Equal(t, "OK\x00", p)
+		require.Equal(t, "OK\x00", r.call(xenstore.MsgWatch, uint32(i), 0, fmt.Sprintf("w%d\x00t\x00", i)))
 	}
-	r.send(xenstore.MsgWatch, 1, 0, "over\x00t\x00")
-	_, p := r.reply()
-	assert.Equal(t, "E2BIG\x00", p)
-	r.send(xenstore.MsgWatch, 1, 0, "w0\x00t\x00")
-	_, p = r.reply()
-	assert.Equal(t, "EEXIST\x00", p)
+	assert.Equal(t, "E2BIG\x00", r.call(xenstore.MsgWatch, 1, 0, "over\x00t\x00"))
+	assert.Equal(t, "EEXIST\x00", r.call(xenstore.MsgWatch, 1, 0, "w0\x00t\x00"))
 
 	for range maxTransactions {
 		r.send(xenstore.MsgTransactionStart, 2, 0, "\x00")
 		h, _ := r.reply()
 		require.Equal(t, xenstore.MsgTransactionStart, h.Type)
 	}
-	r.send(xenstore.MsgTransactionStart, 2, 0, "\x00")
-	_, p = r.reply()
-	assert.Equal(t, "ENOSPC\x00", p)
+	assert.Equal(t, "ENOSPC\x00", r.call(xenstore.MsgTransactionStart, 2, 0, "\x00"))
 
 	// Node quota for an unprivileged domain (its home counts).
 	var last string
@@ -298,13 +278,9 @@ func TestQuotas(t *testing.T) {
 	// A directory listing that does not fit a reply.
 	d := dialRaw(t, s, 0)
 	for i := range 300 {
-		d.send(xenstore.MsgWrite, 4, 0, fmt.Sprintf("/big/child-with-a-long-name-%04d\x00", i))
-		_, p := d.reply()
-		require.Equal(t, "OK\x00", p)
+		require.Equal(t, "OK\x00", d.call(xenstore.MsgWrite, 4, 0, fmt.Sprintf("/big/child-with-a-long-name-%04d\x00", i)))
 	}
-	d.send(xenstore.MsgDirectory, 5, 0, "/big\x00")
-	_, p = d.reply()
-	assert.Equal(t, "E2BIG\x00", p)
+	assert.Equal(t, "E2BIG\x00", d.call(xenstore.MsgDirectory, 5, 0, "/big\x00"))
 	checkTree(t, s)
 }
 
@@ -319,9 +295,7 @@ func TestNonReadingClientDropped(t *testing.T) {
 	payload := "/flood/" + strings.Repeat("x", 200) + "\x00v"
 	dropped := false
 	for i := 0; i < 2*maxQueued/400; i++ {
-		w.send(xenstore.MsgWrite, uint32(i), 0, payload)
-		_, p := w.reply()
-		require.Equal(t, "OK\x00", p)
+		require.Equal(t, "OK\x00", w.call(xenstore.MsgWrite, uint32(i), 0, payload))
 		if s.WatchCount() == 0 {
 			dropped = true
 			t.Logf("dropped after %d events of ~%d bytes", i+1, len(payload)+220)
@@ -453,9 +427,7 @@ func TestDirectoryPart(t *testing.T) {
 	defer s.Close()
 	r := dialRaw(t, s, 0)
 	for _, k := range []string{"aa", "b", "cccc"} {
-		r.send(xenstore.MsgWrite, 1, 0, "/d/"+k+"\x00")
-		_, p := r.reply()
-		require.Equal(t, "OK\x00", p)
+		require.Equal(t, "OK\x00", r.call(xenstore.MsgWrite, 1, 0, "/d/"+k+"\x00"))
 	}
 	s.mu.Lock()
 	gen := fmt.Sprint(s.nodes["/d"].gen)
@@ -473,8 +445,6 @@ func TestDirectoryPart(t *testing.T) {
 		assert.Equal(t, want, p, off)
 	}
 	for _, bad := range []string{"/d\x00", "/d\x00-1\x00", "/d\x00x\x00", "/d\x000\x00extra\x00"} {
-		r.send(xenstore.MsgDirectoryPart, 3, 0, bad)
-		_, p := r.reply()
-		assert.Equal(t, "EINVAL\x00", p, "%q", bad)
+		assert.Equal(t, "EINVAL\x00", r.call(xenstore.MsgDirectoryPart, 3, 0, bad), "%q", bad)
 	}
 }
