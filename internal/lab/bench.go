@@ -202,7 +202,10 @@ loop=$(losetup -f --show %[1]s 2>/tmp/losetup.err) || loop=/dev/no-loop-device
 `, BenchTmpfsFile, BenchTmpfsMB)
 	benchBlockRuns(&b, PathDevice, BackingNVMe, NVMeTarget)
 	benchBlockRuns(&b, PathDevice, BackingTmpfs, "$loop")
-	b.WriteString("[ -b \"$loop\" ] && losetup -d \"$loop\"\nexit 0\n")
+	b.WriteString("[ -b \"$loop\" ] && losetup -d \"$loop\"\n")
+	b.WriteString(benchDDStatSh)
+	b.WriteString(benchDDStatStart(BenchStatInterval, BenchStatPutEvery))
+	b.WriteString("exit 0\n")
 	return b.String()
 }
 
@@ -217,13 +220,15 @@ func BenchGuestScript(runtime time.Duration) string {
 	benchBlockRuns(&b, PathGuest, BackingNVMe, "/dev/"+GuestVdev)
 	benchBlockRuns(&b, PathGuest, BackingTmpfs, "/dev/"+BenchTmpfsVdev)
 	fmt.Fprintf(&b, "lab_wait 30 ping -c1 -W1 %s\nlab_check guest-ping-dom0 $? %s\n", Dom0IP, Dom0IP)
+	b.WriteString(benchNetSnapSh)
 	for _, w := range NetWorkloads {
 		key := benchCheckName(BenchFileName(PathNet, "", w.Name))
 		rev := ""
 		if w.Reverse {
 			rev = " -R"
 		}
-		fmt.Fprintf(&b, `rm -f /tmp/bench.json
+		fmt.Fprintf(&b, `bench_netsnap > /tmp/netstat.txt
+rm -f /tmp/bench.json
 timeout %[5]d iperf3 -c %[1]s -t %[2]d -P %[3]d%[4]s -J > /tmp/bench.json 2>/tmp/bench.err
 r=$?
 [ -s /tmp/bench.json ] && lab_put %[6]s.json /tmp/bench.json
@@ -231,8 +236,10 @@ msg="iperf3 -P %[3]d%[4]s"
 [ "$r" = 0 ] || msg="$msg: $(tail -c 300 /tmp/bench.err 2>/dev/null | tr '\n@' '  ')"
 lab_check %[6]s $r "$msg"
 echo "bench: %[6]s rc=$r"
+bench_netsnap >> /tmp/netstat.txt
+lab_put %[7]s /tmp/netstat.txt
 sleep 1
-`, Dom0IP, rt, w.Streams, rev, rt+60, key)
+`, Dom0IP, rt, w.Streams, rev, rt+60, key, BenchNetStatName(w.Name))
 	}
 	b.WriteString("exit 0\n")
 	return b.String()

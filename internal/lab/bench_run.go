@@ -97,6 +97,13 @@ type BenchBootLog struct {
 	LoadStart string  `json:"host_loadavg_start"`
 	LoadEnd   string  `json:"host_loadavg_end"`
 	Error     string  `json:"error,omitempty"`
+	// DrvdomdRSSMaxKB is the largest sum of every drvdomd process's VmRSS
+	// the driver domain's sampler saw (bench_ddstat), DrvdomdHWMKB the
+	// largest sum of their VmHWM; 0 when no drvdomd ran or nothing was
+	// sampled.
+	DrvdomdRSSMaxKB uint64 `json:"drvdomd_rss_max_kb,omitempty"`
+	DrvdomdHWMKB    uint64 `json:"drvdomd_hwm_kb,omitempty"`
+	DrvdomdProcs    int    `json:"drvdomd_procs,omitempty"`
 }
 
 func hostLoad() string {
@@ -121,6 +128,7 @@ func WriteBenchOutputs(out string, o BenchOptions, res *BenchResult) error {
 	}
 	var md, svg strings.Builder
 	WriteBenchMarkdown(&md, res.Rows, o.Backends)
+	WriteBenchMemory(&md, res.Boots)
 	if err := WriteBenchSVG(&svg, res.Rows, o.Backends); err != nil {
 		return fmt.Errorf("bench: svg: %w", err)
 	}
@@ -261,6 +269,7 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 		if rep.FailedDomain != "" {
 			blog.Error = rep.FailedDomain + ": " + rep.FailedWhy
 		}
+		blog.DrvdomdRSSMaxKB, blog.DrvdomdHWMKB, blog.DrvdomdProcs = DrvdomdMemory(rep.Files)
 		res.Boots = append(res.Boots, blog)
 		p.Printf("bench boot %d/%d: %.0fs, host load %s -> %s", boot.Index, len(plan), blog.ElapsedS, blog.LoadStart, blog.LoadEnd)
 		samples := BenchSamples(boot, rep)

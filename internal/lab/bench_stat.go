@@ -1,0 +1,222 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// The driver domain's side of a bench boot, watched while the guest runs
+// its rows: after its baseline the driver domain leaves a sampler running
+// (bench_ddstat) that every BenchStatInterval appends one snapshot to a
+// file in its tmpfs (CPU time from /proc/stat, the counters of its
+// network devices from /proc/net/dev, every drvdomd process's VmRSS,
+// VmHWM and CPU time) and sends the file to the host every
+// BenchStatPutEvery snapshots as bench-ddstat-N.txt, then starts a new
+// one. The sampler uses shell builtins only (a fork under TCG in a PV
+// domain costs tens of milliseconds of the CPU being measured), except
+// for one tc per file, for the qdisc drops. BenchDDStats parses the
+// files back: drvdomd's resident memory while serving and the driver
+// domain's CPU use and packet drops during the network rows.
+
+const (
+	BenchStatInterval = 5  // seconds between snapshots
+	BenchStatPutEvery = 12 // snapshots per file sent to the host
+	benchStatPrefix   = "bench-ddstat-"
+)
+
+// benchDDStatSh defines bench_ddstat INTERVAL PUTEVERY.
+const benchDDStatSh = `bench_ddstat() {
+	iv=$1; every=$2; n=0; k=0
+	sd=${DDSTAT_DIR:-/tmp}
+	rm -f "$sd/ddstat.fifo"; mkfifo "$sd/ddstat.fifo" || return
+	exec 9<>"$sd/ddstat.fifo"
+	: > "$sd/ddstat.txt"
+	while :; do
+		read -r -t "$iv" -u 9 _
+		{
+		read -r up _ < /proc/uptime
+		read -r cpu < /proc/stat
+		printf 'T %s %s\n' "$up" "$cpu"
+		while read -r l; do
+			case "$l" in eth*|xenbr*|vif*) printf 'D %s\n' "$l" ;; esac
+		done < /proc/net/dev
+		for d in /proc/[0-9]*; do
+			read -r c < "$d/comm" 2>/dev/null || continue
+			[ "$c" = drvdomd ] || continue
+			rss=0; hwm=0
+			while read -r key v _; do
+				case "$key" in VmRSS:) rss=$v ;; VmHWM:) hwm=$v ;; esac
+			done < "$d/status"
+			read -r st < "$d/stat" || continue
+			set -- ${st##*) }
+			printf 'P %s %s %s %s %s\n' "${d#/proc/}" "$rss" "$hwm" "${12}" "${13}"
+		done
+		} >> "$sd/ddstat.txt" 2>/dev/null
+		n=$((n+1))
+		if [ $((n % every)) = 0 ]; then
+			k=$((k+1))
+			tc -s qdisc 2>/dev/null | while read -r l; do printf 'Q %s\n' "$l"; done >> "$sd/ddstat.txt"
+			lab_put "` + benchStatPrefix + `$k.txt" "$sd/ddstat.txt"
+			: > "$sd/ddstat.txt"
+		fi
+	done
+}
+`
+
+// benchDDStatStart starts the sampler in the background: it outlives the
+// script (the domain keeps running until dom0 powers the machine off).
+func benchDDStatStart(interval, every int) string {
+	return fmt.Sprintf("bench_ddstat %d %d </dev/null 2>/dev/null &\n", interval, every)
+}
+
+// DDSnap is one snapshot of the driver domain.
+type DDSnap struct {
+	Uptime float64
+	// CPU jiffies (USER_HZ) from /proc/stat's cpu line: busy (all but idle
+	// and iowait) and total.
+	Busy, Total uint64
+	Devs        map[string]DevCounters
+	Procs       []DDProc
+}
+
+// DevCounters are a /proc/net/dev line's counters.
+type DevCounters struct {
+	RxBytes, RxPackets, RxDrop, TxBytes, TxPackets, TxDrop uint64
+}
+
+// DDProc is one drvdomd process in a snapshot.
+type DDProc struct {
+	PID          int
+	RSSKB, HWMKB uint64
+	UTime, STime uint64 // clock ticks
+}
+
+// RSSKB sums the snapshot's drvdomd processes' resident memory.
+func (s DDSnap) RSSKB() uint64 {
+	var n uint64
+	for _, p := range s.Procs {
+		n += p.RSSKB
+	}
+	return n
+}
+
+func parseUints(fs []string) []uint64 {
+	out := make([]uint64, len(fs))
+	for i, f := range fs {
+		out[i], _ = strconv.ParseUint(f, 10, 64)
+	}
+	return out
+}
+
+// ParseDDStat parses one bench-ddstat file into its snapshots (lines it
+// cannot read are skipped: the file is a diagnostic, not a measurement).
+func ParseDDStat(b []byte) []DDSnap {
+	var out []DDSnap
+	var cur *DDSnap
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "T":
+			// T uptime cpu user nice system idle iowait irq softirq steal ...
+			if len(f) < 7 || f[2] != "cpu" {
+				cur = nil
+				continue
+			}
+			up, _ := strconv.ParseFloat(f[1], 64)
+			j := parseUints(f[3:])
+			var total uint64
+			for _, v := range j {
+				total += v
+			}
+			idle := j[3]
+			if len(j) > 4 {
+				idle += j[4]
+			}
+			out = append(out, DDSnap{Uptime: up, Busy: total - idle, Total: total, Devs: map[string]DevCounters{}})
+			cur = &out[len(out)-1]
+		case "D":
+			// D name: rxbytes rxpackets errs drop fifo frame compressed multicast txbytes txpackets errs drop ...
+			if cur == nil {
+				continue
+			}
+			rest := strings.Join(f[1:], " ")
+			name, nums, ok := strings.Cut(rest, ":")
+			if !ok {
+				continue
+			}
+			v := parseUints(strings.Fields(nums))
+			if len(v) < 12 {
+				continue
+			}
+			cur.Devs[strings.TrimSpace(name)] = DevCounters{RxBytes: v[0], RxPackets: v[1], RxDrop: v[3], TxBytes: v[8], TxPackets: v[9], TxDrop: v[11]}
+		case "P":
+			if cur == nil || len(f) < 6 {
+				continue
+			}
+			pid, _ := strconv.Atoi(f[1])
+			v := parseUints(f[2:6])
+			cur.Procs = append(cur.Procs, DDProc{PID: pid, RSSKB: v[0], HWMKB: v[1], UTime: v[2], STime: v[3]})
+		}
+	}
+	return out
+}
+
+// benchNetSnapSh defines bench_netsnap for the guest: its NIC's counters,
+// TCP's retransmissions and, with drvdom's netback, the vif's own
+// counters from its backend directory (drvdom-stats, rewritten every 5 s).
+// The guest script takes one before and one after each network row and
+// sends both as BenchNetStatName(row).
+const benchNetSnapSh = `bench_netsnap() {
+	grep 'eth0:' /proc/net/dev
+	grep '^Tcp:' /proc/net/snmp
+	be=$(xenstore-read device/vif/0/backend 2>/dev/null) && echo "drvdom-stats $(xenstore-read "$be/drvdom-stats" 2>/dev/null)"
+	return 0
+}
+`
+
+// BenchNetStatName is the file a network row's counters are sent as.
+func BenchNetStatName(workload string) string { return "bench-netstat-" + workload + ".txt" }
+
+// DrvdomdMemory returns, over a boot's bench-ddstat files, the largest sum
+// of the drvdomd processes' VmRSS (KB), the largest sum of their VmHWM and
+// how many drvdomd processes that snapshot had.
+func DrvdomdMemory(files map[string][]byte) (rssKB, hwmKB uint64, procs int) {
+	for name, b := range files {
+		if !strings.HasPrefix(name, benchStatPrefix) {
+			continue
+		}
+		for _, s := range ParseDDStat(b) {
+			var hwm uint64
+			for _, p := range s.Procs {
+				hwm += p.HWMKB
+			}
+			if r := s.RSSKB(); r > rssKB {
+				rssKB, procs = r, len(s.Procs)
+			}
+			hwmKB = max(hwmKB, hwm)
+		}
+	}
+	return rssKB, hwmKB, procs
+}
+
+// WriteBenchMemory appends drvdomd's resident memory per boot to a
+// bench.md (nothing when no boot sampled a drvdomd).
+func WriteBenchMemory(w io.Writer, boots []BenchBootLog) {
+	first := true
+	for _, b := range boots {
+		if b.DrvdomdRSSMaxKB == 0 {
+			continue
+		}
+		if first {
+			fmt.Fprintf(w, "\ndrvdomd resident memory in the driver domain (all its processes, VmRSS summed, largest of the %d s samples; VmHWM: peak):\n\n", BenchStatInterval)
+			first = false
+		}
+		fmt.Fprintf(w, "- boot %d (%s): %.1f MB in %d processes, peak %.1f MB\n", b.Boot, b.Backend,
+			float64(b.DrvdomdRSSMaxKB)/1024, b.DrvdomdProcs, float64(b.DrvdomdHWMKB)/1024)
+	}
+}

@@ -1,0 +1,126 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBenchDDStatSamplesDrvdomd runs the driver domain's sampler for real
+// (bash, this host's /proc) next to a process named drvdomd and parses
+// what it sent: snapshots with CPU time, network devices and that
+// process's resident memory.
+func TestBenchDDStatSamplesDrvdomd(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash on this host:", err)
+	}
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep on this host:", err)
+	}
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "drvdomd")
+	b, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(fake, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	proc := exec.CommandContext(ctx, fake, "30")
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { proc.Process.Kill(); proc.Wait() }()
+	lib := strings.ReplaceAll(LibSh, "export PATH=", "export PATH=$PATH:")
+	script := lib + benchDDStatSh + "bench_ddstat 1 2\n"
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, bash, "-c", script)
+	cmd.Env = append(os.Environ(), "DDSTAT_DIR="+dir)
+	cmd.Stdout = &out
+	cmd.Cancel = func() error { return cmd.Process.Kill() }
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4500 * time.Millisecond) // 4 snapshots: two files
+	cmd.Process.Kill()
+	cmd.Wait()
+	files := ExtractFiles(out.Bytes())
+	f1, f2 := files[benchStatPrefix+"1.txt"], files[benchStatPrefix+"2.txt"]
+	if f1 == nil || f2 == nil {
+		t.Fatalf("files sent: %v\n%s", len(files), out.String())
+	}
+	snaps := append(ParseDDStat(f1), ParseDDStat(f2)...)
+	if len(snaps) != 4 {
+		t.Fatalf("%d snapshots, want 4:\n%s\n%s", len(snaps), f1, f2)
+	}
+	for i, s := range snaps {
+		if s.Total == 0 || s.Busy > s.Total || s.Uptime <= 0 {
+			t.Errorf("snapshot %d: cpu busy %d total %d uptime %v", i, s.Busy, s.Total, s.Uptime)
+		}
+		found := false
+		for _, p := range s.Procs {
+			if p.PID == proc.Process.Pid {
+				found = p.RSSKB > 0 && p.HWMKB >= p.RSSKB
+			}
+		}
+		if !found || s.RSSKB() == 0 {
+			t.Errorf("snapshot %d: drvdomd pid %d not sampled with its memory: %+v", i, proc.Process.Pid, s.Procs)
+		}
+		if i > 0 && s.Uptime <= snaps[i-1].Uptime {
+			t.Errorf("snapshot %d: uptime %v not after %v", i, s.Uptime, snaps[i-1].Uptime)
+		}
+	}
+}
+
+func TestParseDDStat(t *testing.T) {
+	in := "T 120.50 cpu  100 0 50 800 50 0 10 0 0 0\n" +
+		"D eth0: 1000 10 0 1 0 0 0 0 2000 20 0 3 0 0 0 0\n" +
+		"D vif2.0: 5 1 0 0 0 0 0 0 6 2 0 7 0 0 0 0\n" +
+		"P 321 20480 30720 150 75\n" +
+		"P 322 1024 2048 1 2\n" +
+		"Q qdisc noqueue 0: dev eth0 root refcnt 2\n" +
+		"garbage\n" +
+		"T 125.50 cpu  200 0 60 1700 50 0 20 0 0 0\n"
+	s := ParseDDStat([]byte(in))
+	if len(s) != 2 {
+		t.Fatalf("%d snapshots", len(s))
+	}
+	if s[0].Busy != 160 || s[0].Total != 1010 || s[1].Busy != 280 {
+		t.Errorf("cpu %+v %+v", s[0], s[1])
+	}
+	if d := s[0].Devs["vif2.0"]; d.TxDrop != 7 || d.TxPackets != 2 || d.RxBytes != 5 {
+		t.Errorf("vif2.0 %+v", d)
+	}
+	if d := s[0].Devs["eth0"]; d.RxDrop != 1 || d.TxBytes != 2000 {
+		t.Errorf("eth0 %+v", d)
+	}
+	if s[0].RSSKB() != 21504 || s[0].Procs[0].UTime != 150 || s[0].Procs[0].STime != 75 || len(s[1].Procs) != 0 {
+		t.Errorf("procs %+v", s[0].Procs)
+	}
+}
+
+func TestDrvdomdMemoryAndMarkdown(t *testing.T) {
+	files := map[string][]byte{
+		benchStatPrefix + "1.txt":         []byte("T 1 cpu 1 0 1 1 0 0 0 0\nP 10 30000 31000 1 1\nP 11 2000 2500 1 1\n"),
+		benchStatPrefix + "2.txt":         []byte("T 6 cpu 1 0 1 1 0 0 0 0\nP 10 40000 41000 1 1\nP 11 1000 2500 1 1\nT 11 cpu 1 0 1 1 0 0 0 0\nP 10 20000 41000 1 1\n"),
+		"bench-net-guest-to-dom0-P1.json": []byte("P 1 999999 999999 1 1\n"),
+	}
+	rss, hwm, n := DrvdomdMemory(files)
+	if rss != 41000 || hwm != 43500 || n != 2 {
+		t.Errorf("rss %d hwm %d procs %d, want 41000 43500 2", rss, hwm, n)
+	}
+	var b strings.Builder
+	WriteBenchMemory(&b, []BenchBootLog{{Boot: 1, Backend: BackendKernel}, {Boot: 2, Backend: BackendDrvdom, DrvdomdRSSMaxKB: rss, DrvdomdHWMKB: hwm, DrvdomdProcs: n}})
+	if !strings.Contains(b.String(), "boot 2 (drvdom): 40.0 MB in 2 processes, peak 42.5 MB") || strings.Contains(b.String(), "boot 1") {
+		t.Errorf("markdown:\n%s", b.String())
+	}
+}
