@@ -25,14 +25,19 @@ func readFrame(t *testing.T, r io.Reader) (Header, string) {
 	return h, string(p)
 }
 
-// A TRANSACTION_START whose caller gave up still gets its transaction
-// ended, by the next request, so it does not hold a server slot.
-func TestAbandonedTransactionStartIsEnded(t *testing.T) {
-	cli, peer := net.Pipe()
-	c := NewClient(cli)
-	defer c.Close()
-	defer peer.Close()
+// writeReply answers request h from the fake server's end.
+func writeReply(t *testing.T, w io.Writer, h Header, payload string) {
+	t.Helper()
+	b := AppendHeader(nil, Header{Type: h.Type, ReqID: h.ReqID, TxID: h.TxID, Len: uint32(len(payload))})
+	_, err := w.Write(append(b, payload...))
+	require.NoError(t, err)
+}
 
+// abandonedBegin starts a TRANSACTION_START on c whose caller gives up
+// (cancels its context) once the request reached the fake server's end,
+// and returns the request.
+func abandonedBegin(t *testing.T, c *Client, peer io.Reader) Header {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	began := make(chan error, 1)
 	go func() {
@@ -42,22 +47,37 @@ func TestAbandonedTransactionStartIsEnded(t *testing.T) {
 	h, _ := readFrame(t, peer)
 	require.Equal(t, MsgTransactionStart, h.Type)
 	cancel()
-	assert.ErrorIs(t, <-began, context.Canceled)
+	require.ErrorIs(t, <-began, context.Canceled)
+	return h
+}
 
-	reply := AppendHeader(nil, Header{Type: MsgTransactionStart, ReqID: h.ReqID, Len: 3})
-	_, err := peer.Write(append(reply, "42\x00"...))
-	require.NoError(t, err)
+// readAsync reads path through c in a goroutine; the channel gets the error.
+func readAsync(c *Client, path string) <-chan error {
+	read := make(chan error, 1)
+	go func() {
+		_, err := c.Read(context.Background(), path)
+		read <- err
+	}()
+	return read
+}
+
+// A TRANSACTION_START whose caller gave up still gets its transaction
+// ended, by the next request, so it does not hold a server slot.
+func TestAbandonedTransactionStartIsEnded(t *testing.T) {
+	cli, peer := net.Pipe()
+	c := NewClient(cli)
+	defer c.Close()
+	defer peer.Close()
+
+	h := abandonedBegin(t, c, peer)
+	writeReply(t, peer, h, "42\x00") // the server started it anyway
 	require.Eventually(t, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return len(c.staleTx) == 1
 	}, 5*time.Second, time.Millisecond)
 
-	read := make(chan error, 1)
-	go func() {
-		_, err := c.Read(context.Background(), "/k")
-		read <- err
-	}()
+	read := readAsync(c, "/k")
 	end, p := readFrame(t, peer)
 	assert.Equal(t, MsgTransactionEnd, end.Type)
 	assert.Equal(t, uint32(42), end.TxID)
@@ -67,12 +87,8 @@ func TestAbandonedTransactionStartIsEnded(t *testing.T) {
 	assert.Equal(t, "/k\x00", p)
 
 	// The END's reply is discarded; the READ gets its own.
-	ok := AppendHeader(nil, Header{Type: MsgTransactionEnd, ReqID: end.ReqID, TxID: 42, Len: 3})
-	_, err = peer.Write(append(ok, "OK\x00"...))
-	require.NoError(t, err)
-	val := AppendHeader(nil, Header{Type: MsgRead, ReqID: rd.ReqID, Len: 1})
-	_, err = peer.Write(append(val, 'v'))
-	require.NoError(t, err)
+	writeReply(t, peer, end, "OK\x00")
+	writeReply(t, peer, rd, "v")
 	require.NoError(t, <-read)
 }
 

@@ -577,22 +577,7 @@ func TestContextCancelAbandonsWait(t *testing.T) {
 	c := xenstore.NewClient(cli)
 	defer c.Close()
 	reqs := make(chan xenstore.Header, 4)
-	go func() {
-		var hdr [xenstore.HeaderSize]byte
-		for {
-			if _, err := io.ReadFull(peer, hdr[:]); err != nil {
-				return
-			}
-			h, err := xenstore.DecodeHeader(hdr[:])
-			if err != nil {
-				return
-			}
-			if _, err := io.CopyN(io.Discard, peer, int64(h.Len)); err != nil {
-				return
-			}
-			reqs <- h
-		}
-	}()
+	go readRequests(peer, func(h xenstore.Header) { reqs <- h })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	_, err := c.Read(ctx, "/slow")
 	cancel()
@@ -629,6 +614,26 @@ func canceled() context.Context {
 }
 
 // frame builds one raw message.
+// readRequests plays the server's reading half: it reads request frames
+// from peer until that fails (the pipe closed), passing each header to got
+// and discarding the payloads.
+func readRequests(peer io.Reader, got func(xenstore.Header)) {
+	var hdr [xenstore.HeaderSize]byte
+	for {
+		if _, err := io.ReadFull(peer, hdr[:]); err != nil {
+			return
+		}
+		h, err := xenstore.DecodeHeader(hdr[:])
+		if err != nil {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, peer, int64(h.Len)); err != nil {
+			return
+		}
+		got(h)
+	}
+}
+
 func frame(typ xenstore.MsgType, reqID uint32, payload string) []byte {
 	b := xenstore.AppendHeader(nil, xenstore.Header{Type: typ, ReqID: reqID, Len: uint32(len(payload))})
 	return append(b, payload...)

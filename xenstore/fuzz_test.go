@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"strings"
 	"testing"
@@ -35,22 +34,7 @@ func FuzzClientReplies(f *testing.F) {
 		c := xenstore.NewClient(cli)
 		defer c.Close()
 		frames := make(chan struct{}, 8)
-		go func() {
-			var hdr [xenstore.HeaderSize]byte
-			for {
-				if _, err := io.ReadFull(peer, hdr[:]); err != nil {
-					return
-				}
-				h, err := xenstore.DecodeHeader(hdr[:])
-				if err != nil {
-					return
-				}
-				if _, err := io.CopyN(io.Discard, peer, int64(h.Len)); err != nil {
-					return
-				}
-				frames <- struct{}{}
-			}
-		}()
+		go readRequests(peer, func(xenstore.Header) { frames <- struct{}{} })
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		ops := []func() error{

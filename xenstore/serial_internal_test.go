@@ -135,34 +135,10 @@ func TestXenbusDeviceStaleTransactionEndedFirst(t *testing.T) {
 	defer peer.Close()
 	c := newClient(cli, true)
 	defer c.Close()
-	reply := func(h Header, payload string) {
-		rep := AppendHeader(nil, Header{Type: h.Type, ReqID: h.ReqID, TxID: h.TxID, Len: uint32(len(payload))})
-		_, err := peer.Write(append(rep, payload...))
-		if err != nil {
-			t.Errorf("reply: %v", err)
-		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	began := make(chan error, 1)
-	go func() {
-		_, err := c.Begin(ctx)
-		began <- err
-	}()
-	h, _ := readFrame(t, peer)
-	if h.Type != MsgTransactionStart {
-		t.Fatalf("first message %v", h.Type)
-	}
-	cancel()
-	if err := <-began; err == nil {
-		t.Fatal("Begin succeeded after cancel")
-	}
-	reply(h, "9\x00") // the server started it anyway
+	h := abandonedBegin(t, c, peer)
+	writeReply(t, peer, h, "9\x00") // the server started it anyway
 
-	read := make(chan error, 1)
-	go func() {
-		_, err := c.Read(context.Background(), "/x")
-		read <- err
-	}()
+	read := readAsync(c, "/x")
 	h, body := readFrame(t, peer)
 	if h.Type != MsgTransactionEnd || h.TxID != 9 || body != "F\x00" {
 		t.Fatalf("want END F of tx 9 first, got %v tx %d %q", h.Type, h.TxID, body)
@@ -174,12 +150,12 @@ func TestXenbusDeviceStaleTransactionEndedFirst(t *testing.T) {
 		t.Fatalf("a second message was written before the END's reply (n=%d err=%v)", n, err)
 	}
 	_ = peer.SetReadDeadline(time.Time{})
-	reply(h, "OK\x00")
+	writeReply(t, peer, h, "OK\x00")
 	h, body = readFrame(t, peer)
 	if h.Type != MsgRead || body != "/x\x00" {
 		t.Fatalf("want READ /x, got %v %q", h.Type, body)
 	}
-	reply(h, "v")
+	writeReply(t, peer, h, "v")
 	if err := <-read; err != nil {
 		t.Fatalf("read: %v", err)
 	}
