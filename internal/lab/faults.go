@@ -289,10 +289,10 @@ func ParseBootTimes(tl map[string]float64) BootTimes {
 
 // FaultFigures are what a crash boot measured.
 type FaultFigures struct {
-	Kills          int     // kill-worker requests dom0 wrote
-	Injected       int     // "fault injected" fault=kill-worker lines in the driver domain's log
-	NoWorker       int     // of those, how many found no worker running (it was restarting)
-	Restarts       int     // "worker exited; restarting" lines
+	Kills          int // kill-worker requests dom0 wrote
+	Injected       int // "fault injected" fault=kill-worker lines in the driver domain's log
+	NoWorker       int // of those, how many found no worker running (it was restarting)
+	Restarts       int // "worker exited; restarting" lines
 	Fio            *FioResult
 	FioErr         string
 	Iperf          *IperfResult
