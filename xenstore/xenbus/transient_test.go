@@ -149,9 +149,7 @@ func TestTransientFrontStateErrorKeepsDevice(t *testing.T) {
 			const id = 51728
 			name := fmt.Sprintf("vbd %d/%d", guest, id)
 			e.addDevice("vbd", id)
-			e.waitBack("vbd", id, InitWait)
-			e.front("vbd", id, Initialised)
-			e.waitBack("vbd", id, Connected)
+			e.handshake("vbd", id)
 			e.front("vbd", id, Connected)
 
 			fc.arm(frontPath("vbd", id)+"/state", errno, 20)
@@ -210,9 +208,7 @@ func TestRemovalWaitsForDom0(t *testing.T) {
 	const id = 51728
 	name := fmt.Sprintf("vbd %d/%d", guest, id)
 	e.addDevice("vbd", id)
-	e.waitBack("vbd", id, InitWait)
-	e.front("vbd", id, Initialised)
-	e.waitBack("vbd", id, Connected)
+	e.handshake("vbd", id)
 	e.detach("vbd", id)
 	e.front("vbd", id, Closing)
 	e.front("vbd", id, Closed)
@@ -231,15 +227,7 @@ func TestRemovalWaitsForDom0(t *testing.T) {
 	if err := e.dom0.Rm(e.ctx, frontPath("vbd", id)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() string {
-		if _, err := e.dom0.Directory(e.ctx, backPath("vbd", id)); !errors.Is(err, xenstore.ErrNotExist) {
-			return fmt.Sprintf("backend directory still there after the frontend went (%v)", err)
-		}
-		if m.Devices() != 0 {
-			return "device still managed"
-		}
-		return ""
-	})
+	e.waitRemoved(m, "vbd", id)
 	if n := drv.count("close", name); n != 1 {
 		t.Errorf("closes = %d, want 1", n)
 	}
@@ -259,15 +247,7 @@ func TestRemovalGraceExpires(t *testing.T) {
 	e.front("vbd", id, Closed)
 	e.waitBack("vbd", id, Closed)
 	start := time.Now()
-	eventually(t, func() string {
-		if _, err := e.dom0.Directory(e.ctx, backPath("vbd", id)); !errors.Is(err, xenstore.ErrNotExist) {
-			return fmt.Sprintf("backend directory still there (%v)", err)
-		}
-		if m.Devices() != 0 {
-			return "device still managed"
-		}
-		return ""
-	})
+	e.waitRemoved(m, "vbd", id)
 	if d := time.Since(start); d < 200*time.Millisecond {
 		t.Errorf("removed after %v, before the grace", d)
 	}

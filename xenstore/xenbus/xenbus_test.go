@@ -347,6 +347,30 @@ func (e *env) read(p string) string {
 	return v
 }
 
+// handshake answers the backend's InitWait with Initialised and waits for
+// it to connect.
+func (e *env) handshake(typ string, id uint32) {
+	e.t.Helper()
+	e.waitBack(typ, id, InitWait)
+	e.front(typ, id, Initialised)
+	e.waitBack(typ, id, Connected)
+}
+
+// waitRemoved waits until typ/id's backend directory is gone and m no
+// longer manages the device.
+func (e *env) waitRemoved(m *Manager, typ string, id uint32) {
+	e.t.Helper()
+	eventually(e.t, func() string {
+		if _, err := e.dom0.Directory(e.ctx, backPath(typ, id)); !errors.Is(err, xenstore.ErrNotExist) {
+			return fmt.Sprintf("backend directory still there (%v)", err)
+		}
+		if m.Devices() != 0 {
+			return "device still managed"
+		}
+		return ""
+	})
+}
+
 func (e *env) waitBack(typ string, id uint32, s State) {
 	e.t.Helper()
 	want := strconv.Itoa(int(s))
@@ -448,9 +472,7 @@ func TestVBDLifecycle(t *testing.T) {
 
 	// Guest reboots: Initialising -> InitWait -> connect again.
 	e.front("vbd", id, Initialising)
-	e.waitBack("vbd", id, InitWait)
-	e.front("vbd", id, Initialised)
-	e.waitBack("vbd", id, Connected)
+	e.handshake("vbd", id)
 	if n := drv.count("connect", name); n != 2 {
 		t.Errorf("connects after reboot = %d, want 2", n)
 	}
@@ -573,9 +595,7 @@ func TestFrontendVanished(t *testing.T) {
 	m, _ := e.start(drv)
 	e.addDevice("vbd", 51712)
 	e.addDevice("vbd", 51728)
-	e.waitBack("vbd", 51712, InitWait)
-	e.front("vbd", 51712, Initialised)
-	e.waitBack("vbd", 51712, Connected)
+	e.handshake("vbd", 51712)
 	// The guest is destroyed: its frontend directory goes, online stays 1.
 	if err := e.dom0.Rm(e.ctx, frontPath("vbd", 51712)); err != nil {
 		t.Fatal(err)
@@ -603,9 +623,7 @@ func TestBackendDirRemoved(t *testing.T) {
 	drv := &fakeDriver{typ: "vbd"}
 	m, _ := e.start(drv)
 	e.addDevice("vbd", 51712)
-	e.waitBack("vbd", 51712, InitWait)
-	e.front("vbd", 51712, Initialised)
-	e.waitBack("vbd", 51712, Connected)
+	e.handshake("vbd", 51712)
 	// Guest destroyed, toolstack force-removes the backend.
 	if err := e.dom0.Rm(e.ctx, backPath("vbd", 51712)); err != nil {
 		t.Fatal(err)
@@ -643,9 +661,7 @@ func TestHostileFrontendState(t *testing.T) {
 	}
 	e.waitBack("vbd", 51712, Closed)
 	e.front("vbd", 51712, Initialising)
-	e.waitBack("vbd", 51712, InitWait)
-	e.front("vbd", 51712, Initialised)
-	e.waitBack("vbd", 51712, Connected)
+	e.handshake("vbd", 51712)
 }
 
 func TestResumeConnectedDevice(t *testing.T) {
@@ -770,9 +786,7 @@ func TestRestartAfterClose(t *testing.T) {
 	mu.Unlock()
 	// The guest comes back.
 	e.front("vbd", 51712, Initialising)
-	e.waitBack("vbd", 51712, InitWait)
-	e.front("vbd", 51712, Initialised)
-	e.waitBack("vbd", 51712, Connected)
+	e.handshake("vbd", 51712)
 	close(stopWatch)
 	<-watchDone
 }
