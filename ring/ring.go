@@ -99,6 +99,18 @@ func (l *layout) slot(i uint32) []byte {
 	return l.mem[off : off+l.entrySize : off+l.entrySize]
 }
 
+// push publishes the producer index at offProd (req_prod or rsp_prod) as
+// nw and reports whether the peer's event index at offEvent (req_event or
+// rsp_event) lies in (old, nw]: the peer asked to be notified, the test of
+// ring.h's RING_PUSH_*_AND_CHECK_NOTIFY. The store is a release (entries
+// first, then the index) and a full barrier before the event is read.
+func (l *layout) push(offProd, offEvent int, nw uint32) (notify bool) {
+	old := l.idx.load(offProd)
+	l.idx.store(offProd, nw)
+	event := l.idx.load(offEvent)
+	return nw-event < nw-old
+}
+
 // Back is the backend end of a shared ring: it consumes requests and
 // produces responses. Thread-compatible.
 type Back struct {
@@ -198,13 +210,7 @@ func (b *Back) Response() []byte {
 // PushResponses publishes every claimed response (rsp_prod = rsp_prod_pvt,
 // after a write barrier) and reports whether the frontend asked to be
 // notified (RING_PUSH_RESPONSES_AND_CHECK_NOTIFY).
-func (b *Back) PushResponses() (notify bool) {
-	old := b.idx.load(offRspProd)
-	nw := b.rspProdPvt
-	b.idx.store(offRspProd, nw) // release: entries first, then the index
-	event := b.idx.load(offRspEvent)
-	return nw-event < nw-old
-}
+func (b *Back) PushResponses() (notify bool) { return b.push(offRspProd, offRspEvent, b.rspProdPvt) }
 
 // Front is the frontend end of a shared ring: it produces requests and
 // consumes responses. Thread-compatible.
@@ -240,13 +246,7 @@ func (f *Front) Request() []byte {
 
 // PushRequests publishes every claimed request and reports whether the
 // backend asked to be notified (RING_PUSH_REQUESTS_AND_CHECK_NOTIFY).
-func (f *Front) PushRequests() (notify bool) {
-	old := f.idx.load(offReqProd)
-	nw := f.reqProdPvt
-	f.idx.store(offReqProd, nw)
-	event := f.idx.load(offReqEvent)
-	return nw-event < nw-old
-}
+func (f *Front) PushRequests() (notify bool) { return f.push(offReqProd, offReqEvent, f.reqProdPvt) }
 
 // Unconsumed returns how many responses are ready
 // (RING_HAS_UNCONSUMED_RESPONSES), capped at the ring size.
