@@ -228,9 +228,14 @@ func (q *queue) rxFlush() {
 		} else {
 			q.stats.rxPackets.Add(1)
 			q.stats.rxBytes.Add(uint64(p.n))
+			if p.gso.Type != 0 {
+				q.stats.rxGSO.Add(1)
+			}
 		}
 	}
+	q.stats.rxBatches.Add(1)
 	if q.rx.PushResponses() {
+		q.stats.rxNotify.Add(1)
 		if err := q.events.Notify(q.localRx); err != nil {
 			q.log.Warn("notify rx", "queue", q.id, "err", err)
 		}

@@ -20,6 +20,15 @@ type Stats struct {
 	RxBytes   uint64 `json:"rx_bytes"`
 	RxDropped uint64 `json:"rx_dropped"`
 	RxErrors  uint64 `json:"rx_errors"`
+	// Batching, for performance work: grant copy batches (each one copy
+	// hypercall batch and at most one notification), notifications sent,
+	// and packets that carried GSO (a TSO super-frame of up to 64 KiB).
+	TxBatches uint64 `json:"tx_batches"`
+	TxNotify  uint64 `json:"tx_notify"`
+	TxGSO     uint64 `json:"tx_gso"`
+	RxBatches uint64 `json:"rx_batches"`
+	RxNotify  uint64 `json:"rx_notify"`
+	RxGSO     uint64 `json:"rx_gso"`
 }
 
 // JSON returns s as the JSON object written to the drvdom-stats key.
@@ -37,6 +46,12 @@ func (s *Stats) add(o Stats) {
 	s.RxBytes += o.RxBytes
 	s.RxDropped += o.RxDropped
 	s.RxErrors += o.RxErrors
+	s.TxBatches += o.TxBatches
+	s.TxNotify += o.TxNotify
+	s.TxGSO += o.TxGSO
+	s.RxBatches += o.RxBatches
+	s.RxNotify += o.RxNotify
+	s.RxGSO += o.RxGSO
 }
 
 // counters are one queue's live counters: written by its two goroutines,
@@ -44,6 +59,8 @@ func (s *Stats) add(o Stats) {
 type counters struct {
 	txPackets, txBytes, txDropped, txErrors atomic.Uint64
 	rxPackets, rxBytes, rxDropped, rxErrors atomic.Uint64
+	txBatches, txNotify, txGSO              atomic.Uint64
+	rxBatches, rxNotify, rxGSO              atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -52,5 +69,7 @@ func (c *counters) snapshot() Stats {
 		TxDropped: c.txDropped.Load(), TxErrors: c.txErrors.Load(),
 		RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(),
 		RxDropped: c.rxDropped.Load(), RxErrors: c.rxErrors.Load(),
+		TxBatches: c.txBatches.Load(), TxNotify: c.txNotify.Load(), TxGSO: c.txGSO.Load(),
+		RxBatches: c.rxBatches.Load(), RxNotify: c.rxNotify.Load(), RxGSO: c.rxGSO.Load(),
 	}
 }

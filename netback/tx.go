@@ -228,7 +228,9 @@ func (q *queue) flushTx() {
 	for _, r := range q.rsps {
 		TxResponse{ID: r.id, Status: r.status}.Encode(q.tx.Response())
 	}
+	q.stats.txBatches.Add(1)
 	if q.tx.PushResponses() {
+		q.stats.txNotify.Add(1)
 		if err := q.events.Notify(q.localTx); err != nil {
 			q.log.Warn("notify tx", "queue", q.id, "err", err)
 		}
@@ -269,5 +271,8 @@ func (q *queue) sendPacket(p *txPkt, batchErr error) int16 {
 	}
 	q.stats.txPackets.Add(1)
 	q.stats.txBytes.Add(uint64(p.n))
+	if p.hasGSO {
+		q.stats.txGSO.Add(1)
+	}
 	return RspOkay
 }
