@@ -19,11 +19,14 @@ type QEMUConfig struct {
 	Vmlinuz    string
 	Dom0Args   string // extra dom0 kernel options
 	Initrd     string
-	NVMeImage  string // raw disk image passed to the driver domain
-	ShareDir   string // 9p share, mount_tag lab
-	MemoryMB   int
-	Dom0MemMB  int
-	SMP        int
+	NVMeImage  string // raw disk image passed to the driver domain: namespace 1, 512-byte blocks
+	// NVMe4KImage, if set, is the same controller's namespace 2, with
+	// 4096-byte logical and physical blocks (the driver domain's nvme0n2).
+	NVMe4KImage string
+	ShareDir    string // 9p share, mount_tag lab
+	MemoryMB    int
+	Dom0MemMB   int
+	SMP         int
 }
 
 // Args returns qemu-system-x86_64's arguments. The intel-iommu device comes
@@ -42,24 +45,36 @@ func (c QEMUConfig) Args() ([]string, error) {
 	}
 	xen := strings.TrimSpace(fmt.Sprintf("console=com1 com1=115200,8n1 dom0_mem=%dM,max:%dM iommu=1 %s", d0, d0, c.XenCmdline))
 	dom0 := strings.TrimSpace("console=hvc0 earlyprintk=xen rdinit=/init lab.role=dom0 " + c.Dom0Args)
-	for _, p := range []string{c.Vmlinuz, c.Initrd, c.NVMeImage, c.ShareDir} {
+	for _, p := range []string{c.Vmlinuz, c.Initrd, c.NVMeImage, c.NVMe4KImage, c.ShareDir} {
 		if strings.ContainsAny(p, ", ") {
 			return nil, fmt.Errorf("lab: path with a comma or space cannot go on the QEMU command line: %q", p)
 		}
 	}
-	return []string{
+	// One controller, its namespaces as nvme-ns devices on its bus.
+	nvme := []string{
+		"-drive", "if=none,id=nv,file=" + c.NVMeImage + ",format=raw",
+		"-device", "nvme,id=nvme0,serial=lab0,addr=0x5",
+		"-device", "nvme-ns,drive=nv,bus=nvme0,nsid=1",
+	}
+	if c.NVMe4KImage != "" {
+		nvme = append(nvme,
+			"-drive", "if=none,id=nv4k,file="+c.NVMe4KImage+",format=raw",
+			"-device", "nvme-ns,drive=nv4k,bus=nvme0,nsid=2,logical_block_size=4096,physical_block_size=4096")
+	}
+	args := []string{
 		"-machine", "q35", "-cpu", "qemu64", "-smp", fmt.Sprint(smp), "-m", fmt.Sprint(mem),
 		"-nographic", "-no-reboot", "-nic", "none",
 		"-device", "intel-iommu,intremap=on",
 		"-kernel", c.Xen,
 		"-append", xen,
 		"-initrd", c.Vmlinuz + " " + dom0 + "," + c.Initrd,
-		"-drive", "if=none,id=nv,file=" + c.NVMeImage + ",format=raw",
-		"-device", "nvme,serial=lab0,drive=nv,addr=0x5",
+	}
+	args = append(args, nvme...)
+	return append(args,
 		"-netdev", "hubport,id=p1,hubid=0",
 		"-device", "e1000,netdev=p1,addr=0x6",
 		"-netdev", "hubport,id=p2,hubid=0",
 		"-device", "e1000,netdev=p2,addr=0x7",
-		"-virtfs", "local,path=" + c.ShareDir + ",mount_tag=lab,security_model=none",
-	}, nil
+		"-virtfs", "local,path="+c.ShareDir+",mount_tag=lab,security_model=none",
+	), nil
 }

@@ -63,16 +63,17 @@ func Run(ctx context.Context, a *Artifacts, opts RunOptions, p *Progress) (*Resu
 		size = 1 << 30
 	}
 	disk := filepath.Join(out, "nvme.img")
-	f, err := os.OpenFile(disk, os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lab: nvme image: %w", err)
+	if err := sparseImage(disk, size); err != nil {
+		return nil, err
 	}
-	err = f.Truncate(size)
-	f.Close()
-	if err != nil {
-		return nil, fmt.Errorf("lab: nvme image: %w", err)
+	// Namespace 2 (4096-byte sectors) starts empty every boot: the e2e
+	// guest tells its first boot from a reboot by what it finds there.
+	disk4k := filepath.Join(out, NVMe4KImageName)
+	os.Remove(disk4k)
+	if err := sparseImage(disk4k, NVMe4KSize); err != nil {
+		return nil, err
 	}
-	q := QEMUConfig{Xen: a.Xen, Vmlinuz: a.Vmlinuz, Initrd: a.Initrd, NVMeImage: disk, ShareDir: out}
+	q := QEMUConfig{Xen: a.Xen, Vmlinuz: a.Vmlinuz, Initrd: a.Initrd, NVMeImage: disk, NVMe4KImage: disk4k, ShareDir: out}
 	args, err := q.Args()
 	if err != nil {
 		return nil, err
@@ -138,6 +139,29 @@ func Run(ctx context.Context, a *Artifacts, opts RunOptions, p *Progress) (*Resu
 	res.ExitCode = code
 	done(nil)
 	return res, nil
+}
+
+// NVMe namespace 2's image in the run directory, and its size.
+const (
+	NVMe4KImageName = "nvme4k.img"
+	NVMe4KSize      = 64 << 20
+)
+
+// sparseImage makes path a sparse file of size bytes (an existing one keeps
+// its data).
+func sparseImage(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("lab: disk image: %w", err)
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("lab: disk image %s: %w", filepath.Base(path), err)
+	}
+	return nil
 }
 
 // copySerial copies QEMU's output to the serial log (and echo), and

@@ -17,6 +17,9 @@ type DomainConfig struct {
 	PCI          []string // BDFs, e.g. 0000:00:05.0
 	Disks        []string // xl disk specs
 	VIFs         []string
+	// OnReboot is on_reboot ("destroy" if empty; "restart": xl builds the
+	// domain again, under a new id, when the guest reboots).
+	OnReboot string
 }
 
 func quoteList(xs []string) string {
@@ -38,7 +41,11 @@ func (c DomainConfig) Render() string {
 	if vcpus == 0 {
 		vcpus = 1
 	}
-	fmt.Fprintf(&b, "vcpus = %d\non_poweroff = \"destroy\"\non_reboot = \"destroy\"\non_crash = \"preserve\"\n", vcpus)
+	onReboot := c.OnReboot
+	if onReboot == "" {
+		onReboot = "destroy"
+	}
+	fmt.Fprintf(&b, "vcpus = %d\non_poweroff = \"destroy\"\non_reboot = %q\non_crash = \"preserve\"\n", vcpus, onReboot)
 	if c.DriverDomain {
 		b.WriteString("driver_domain = 1\n")
 	}
@@ -57,7 +64,13 @@ func (c DomainConfig) Render() string {
 // DiskSpec is an xl disk spec served by backend (a driver domain's name)
 // from target, a path inside that domain.
 func DiskSpec(vdev, backend, target string) string {
-	return fmt.Sprintf("vdev=%s,format=raw,access=rw,backend=%s,target=%s", vdev, backend, target)
+	return DiskSpecAccess(vdev, backend, target, "rw")
+}
+
+// DiskSpecAccess is DiskSpec with the access mode: "rw", or "ro" for a disk
+// the backend serves read-only (backend key mode=r).
+func DiskSpecAccess(vdev, backend, target, access string) string {
+	return fmt.Sprintf("vdev=%s,format=raw,access=%s,backend=%s,target=%s", vdev, access, backend, target)
 }
 
 // VIFSpec is an xl vif spec served by backend on its bridge.
