@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -304,4 +307,39 @@ func AllModules() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// SourceHash hashes what a Go build of the module at root depends on: every
+// non-test .go file, go.mod and go.sum (paths and contents), skipping .git,
+// testdata, out and hidden directories. It keys the cached driver-domain
+// image: any source change rebuilds it, an unchanged tree reuses it.
+func SourceHash(root string) (string, error) {
+	h := sha256.New()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "out") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !(strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go")) && name != "go.mod" && name != "go.sum" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		fmt.Fprintf(h, "%s\x00%d\x00", rel, len(b))
+		h.Write(b)
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("lab: source hash: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }

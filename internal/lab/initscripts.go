@@ -126,10 +126,12 @@ sleep 60
 const InitDrvdom = domUCommon + `lab_t drvdom-init
 backend=kernel
 hotplug=script
+scratch=""
 for a in $(cat /proc/cmdline); do
 	case "$a" in
 	drvdom.backend=*) backend="${a#drvdom.backend=}" ;;
 	lab.hotplug=*) hotplug="${a#lab.hotplug=}" ;;
+	drvdom.scratch=*) scratch="${a#drvdom.scratch=}" ;;
 	esac
 done
 [ -f /lab/drvdomd ] && ln -sf /lab/drvdomd /usr/local/bin/drvdomd
@@ -144,6 +146,30 @@ fi
 mount -t xenfs xenfs /proc/xen
 lab_wait 60 test -b /dev/nvme0n1
 lab_check drvdom-nvme-passthrough $? "/dev/nvme0n1"
+if [ -n "$scratch" ]; then
+	# drvdomd's scratch=PATH:SIZE,...: sparse files (never truncated), and
+	# their allocated bytes under data/scratch for dom0.
+	for item in $(echo "$scratch" | tr , ' '); do
+		p=${item%%:*}
+		mkdir -p "$(dirname "$p")"
+		[ -e "$p" ] || truncate -s "${item#*:}" "$p"
+	done
+	(
+		me=$(xenstore-read domid)
+		while :; do
+			for item in $(echo "$scratch" | tr , ' '); do
+				p=${item%%:*}
+				k=$(basename "$p" | tr -c 'A-Za-z0-9_\n-' _)
+				xenstore-write "/local/domain/$me/data/scratch/$k" $(( $(stat -c %b "$p") * 512 ))
+			done
+			sleep 1
+		done
+	) &
+fi
+if [ -b /dev/nvme0n2 ]; then
+	[ "$(cat /sys/block/nvme0n2/queue/logical_block_size)" = 4096 ]
+	lab_check drvdom-nvme-4k-namespace $? "/dev/nvme0n2 $(cat /sys/block/nvme0n2/queue/logical_block_size) B blocks"
+fi
 lab_wait 60 test -e /sys/class/net/eth0
 lab_check drvdom-nic-passthrough $? "eth0"
 ip link add xenbr0 type bridge forward_delay 0 stp_state 0
@@ -271,15 +297,26 @@ done
 // InitGuest is /lab/init-guest.sh: frontends, wait for the disk and NIC,
 // address 169.254.0.2 (lab.ip= overrides), then /lab/guest.sh, then power
 // off (the domain is destroyed: on_poweroff=destroy).
+//
+// lab.disk=none: the guest has no disk (no xvdb check); lab.script=NAME
+// runs /lab/NAME instead of /lab/guest.sh.
 const InitGuest = domUCommon + `lab_t guest-init
 ip=169.254.0.2
+disk=xvdb
+script=guest.sh
 for a in $(cat /proc/cmdline); do
-	case "$a" in lab.ip=*) ip="${a#lab.ip=}" ;; esac
+	case "$a" in
+	lab.ip=*) ip="${a#lab.ip=}" ;;
+	lab.disk=*) disk="${a#lab.disk=}" ;;
+	lab.script=*) script="${a#lab.script=}" ;;
+	esac
 done
 modprobe xen-blkfront
 modprobe xen-netfront
-lab_wait 90 test -b /dev/xvdb
-lab_check guest-sees-disk $? "/dev/xvdb $(cat /sys/block/xvdb/size 2>/dev/null) sectors"
+if [ "$disk" != none ]; then
+	lab_wait 90 test -b /dev/$disk
+	lab_check guest-sees-disk $? "/dev/$disk $(cat /sys/block/$disk/size 2>/dev/null) sectors"
+fi
 lab_wait 30 test -e /sys/class/net/eth0
 lab_check guest-sees-nic $? "eth0 $(cat /sys/class/net/eth0/address 2>/dev/null)"
 ip addr add "$ip/16" dev eth0
@@ -287,7 +324,7 @@ ip link set eth0 up
 echo 1 > /proc/sys/kernel/printk
 lab_t guest-ready
 lab_mark "READY guest"
-if [ -f /lab/guest.sh ]; then lab_run /lab/guest.sh guest.sh; fi
+if [ -f "/lab/$script" ]; then lab_run "/lab/$script" "$script"; fi
 sync
 lab_t guest-done
 echo o > /proc/sysrq-trigger

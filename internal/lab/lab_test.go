@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -130,7 +132,8 @@ func TestQEMUArgs(t *testing.T) {
 		return i
 	}
 	for _, s := range []string{"-machine q35", "-cpu qemu64", "-smp 2", "-no-reboot", "iommu=1", "console=com1",
-		"-initrd /c/vmlinuz console=hvc0", "lab.role=dom0", ",/c/initrd.gz", "nvme,serial=lab0,drive=nv,addr=0x5",
+		"-initrd /c/vmlinuz console=hvc0", "lab.role=dom0", ",/c/initrd.gz", "nvme,id=nvme0,serial=lab0,addr=0x5",
+		"nvme-ns,drive=nv,bus=nvme0,nsid=1",
 		"e1000,netdev=p1,addr=0x6", "e1000,netdev=p2,addr=0x7", "mount_tag=lab"} {
 		idx(s)
 	}
@@ -204,12 +207,168 @@ func TestDom0Script(t *testing.T) {
 	if ng := (Scenario{Backend: BackendKernel, NoGuest: true}).Dom0Script(); strings.Contains(ng, "guest.cfg") {
 		t.Error("--no-guest still creates the guest")
 	}
-	// Every check the e2e guest and dom0 scripts report is expected.
-	all := e2e + GuestE2EScript + InitGuest + InitDrvdom
-	for _, n := range E2EChecks {
-		if !strings.Contains(all, n) {
+	// Every check the e2e guest and dom0 scripts report is expected (fv
+	// NAME reports guest-fio-NAME).
+	img := Scenario{Backend: BackendDrvdom, DrvdomImage: "/x.cpio.gz", E2E: true}.Dom0Script()
+	all := e2e + img + GuestE2EScript + Guest2E2EScript + InitGuest + InitDrvdom
+	expected, na := E2EChecksFor(BackendDrvdom)
+	if len(na) != 0 || len(expected) != len(E2EChecks)+len(E2EDrvdomOnlyChecks) {
+		t.Errorf("drvdom: %d expected, %v not applicable", len(expected), na)
+	}
+	for _, n := range expected {
+		fv := "\nfv " + strings.TrimPrefix(n, "guest-fio-") + " "
+		if !strings.Contains(all, n) && !(strings.HasPrefix(n, "guest-fio-") && strings.Contains(all, fv)) {
 			t.Errorf("expected check %s is reported by no script", n)
 		}
+	}
+	// The drvdom-only checks are in the drvdom scenario's dom0 script only,
+	// and listed (not dropped) for the kernel's backends.
+	for _, n := range E2EDrvdomOnlyChecks {
+		if strings.Contains(e2e, n) || !strings.Contains(img, n) {
+			t.Errorf("%s: kernel script has it %v, drvdom script %v", n, strings.Contains(e2e, n), strings.Contains(img, n))
+		}
+	}
+	if exp, na := E2EChecksFor(BackendKernel); len(exp) != len(E2EChecks) || len(na) != len(E2EDrvdomOnlyChecks) {
+		t.Errorf("kernel: %d expected, %v not applicable", len(exp), na)
+	}
+}
+
+// The e2e scenario's dom0 follows the guest's cues in the order the guest
+// gives them, and each cue is given once.
+func TestE2ECueOrder(t *testing.T) {
+	s := Scenario{Backend: BackendDrvdom, DrvdomImage: "/x.cpio.gz", E2E: true}
+	dom0 := s.Dom0Script()
+	last, lastG := -1, -1
+	for _, cue := range []string{"PHASE discarded", "PHASE block-detach", "PHASE network-detach", "PHASE reboot"} {
+		i := strings.Index(dom0, "@@LAB "+cue)
+		g := strings.Index(GuestE2EScript, `lab_mark "`+cue+`"`)
+		if i < 0 || g < 0 || i < last || g < lastG {
+			t.Fatalf("cue %q: dom0 at %d (after %d), guest at %d (after %d)", cue, i, last, g, lastG)
+		}
+		if strings.Count(GuestE2EScript, `lab_mark "`+cue+`"`) != 1 {
+			t.Errorf("cue %q given more than once", cue)
+		}
+		last, lastG = i, g
+	}
+	// The second boot never reboots again, and the first only with its marker.
+	second := GuestE2EScript[:strings.Index(GuestE2EScript, "\nfi\n")]
+	if strings.Contains(second, "sysrq") {
+		t.Error("the second boot reboots")
+	}
+	if !strings.Contains(GuestE2EScript, "touch lab-marker") || strings.Index(GuestE2EScript, "test -f /mnt/d/lab-marker; then") > strings.Index(GuestE2EScript, "echo b > /proc/sysrq-trigger") {
+		t.Error("the first boot reboots without checking its marker")
+	}
+}
+
+func TestE2EConfigs(t *testing.T) {
+	s := Scenario{Backend: BackendKernel, DrvdomImage: "/x.cpio.gz", E2E: true}
+	g := s.GuestConfig().Render()
+	for _, want := range []string{"vcpus = 2", `on_reboot = "restart"`,
+		"'vdev=xvdb,format=raw,access=rw,backend=drvdom,target=/dev/nvme0n1'",
+		"'vdev=xvdc,format=raw,access=rw,backend=drvdom,target=/run/drvdom/scratch/file.img'",
+		"'vdev=xvdd,format=raw,access=rw,backend=drvdom,target=/dev/nvme0n2'",
+		"'vdev=xvde,format=raw,access=ro,backend=drvdom,target=/run/drvdom/scratch/ro.img'"} {
+		if !strings.Contains(g, want) {
+			t.Errorf("e2e guest config lacks %q:\n%s", want, g)
+		}
+	}
+	g2 := s.Guest2Config().Render()
+	for _, want := range []string{`name = "guest2"`, "lab.ip=169.254.0.4", "lab.disk=none", "lab.script=guest2.sh", "mac=00:16:3e:4c:00:04"} {
+		if !strings.Contains(g2, want) {
+			t.Errorf("guest2 config lacks %q:\n%s", want, g2)
+		}
+	}
+	if strings.Contains(g2, "\ndisk =") {
+		t.Error("guest2 has a disk")
+	}
+	dd := s.DrvdomConfig().Render()
+	for _, want := range []string{"vcpus = 2", "drvdom.scratch=/run/drvdom/scratch/file.img:128M,/run/drvdom/scratch/ro.img:16M", "drvdom.backend=kernel"} {
+		if !strings.Contains(dd, want) {
+			t.Errorf("e2e driver domain config lacks %q:\n%s", want, dd)
+		}
+	}
+	// Runs that are not e2e (bench, faults) keep their configs.
+	plain := Scenario{Backend: BackendKernel}
+	if r := plain.GuestConfig().Render(); strings.Contains(r, "xvdc") || !strings.Contains(r, "vcpus = 1") || !strings.Contains(r, `on_reboot = "destroy"`) {
+		t.Errorf("plain guest config changed:\n%s", r)
+	}
+	if r := plain.DrvdomConfig().Render(); strings.Contains(r, "scratch") || !strings.Contains(r, "vcpus = 1") {
+		t.Errorf("plain driver domain config changed:\n%s", r)
+	}
+	// Prepare writes guest2's config and script only for e2e.
+	a := &Artifacts{Vmlinux: writeTemp(t, "vmlinux"), Initrd: writeTemp(t, "initrd")}
+	for _, e2e := range []bool{true, false} {
+		out := t.TempDir()
+		sc := Scenario{Backend: BackendKernel, E2E: e2e, GuestScript: "true\n"}
+		if err := sc.Prepare(a, out); err != nil {
+			t.Fatal(err)
+		}
+		_, err := os.Stat(filepath.Join(out, "guest2.cfg"))
+		b, _ := os.ReadFile(filepath.Join(out, "guest.img"))
+		if (err == nil) != e2e || bytes.Contains(b, []byte("lab/guest2.sh")) != e2e {
+			t.Errorf("e2e=%v: guest2.cfg %v, guest2.sh in the ramdisk %v", e2e, err, bytes.Contains(b, []byte("lab/guest2.sh")))
+		}
+	}
+}
+
+func writeTemp(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(name), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestFiguresAndComparison(t *testing.T) {
+	mk := func(iops, to, from float64) *Report {
+		return &Report{Files: map[string][]byte{
+			"fio-guest.json":      []byte(fmt.Sprintf(`{"jobs":[{"jobname":"r","read":{"iops":%g,"bw_bytes":1}}]}`, iops)),
+			"iperf3-guest.json":   []byte(fmt.Sprintf(`{"end":{"sum_sent":{"bits_per_second":1},"sum_received":{"bits_per_second":%g}}}`, to)),
+			"iperf3-reverse.json": []byte(fmt.Sprintf(`{"end":{"sum_sent":{"bits_per_second":1},"sum_received":{"bits_per_second":%g}}}`, from)),
+		}}
+	}
+	k, d := mk(800, 2e8, 3e8).Figures(), mk(1000, 1e8, 3e8).Figures()
+	if k.RandReadIOPS != 800 || k.ToDom0Gbps != 0.2 || k.FromDom0Gbps != 0.3 {
+		t.Fatalf("figures %+v", k)
+	}
+	var b strings.Builder
+	PrintFigures(&b, []string{BackendKernel, BackendDrvdom}, map[string]Figures{BackendKernel: k, BackendDrvdom: d})
+	for _, want := range []string{"drvdom/kernel", "800", "1000", "1.25", "0.200", "0.100", "0.50", "1.00"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("comparison lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	PrintFigures(&b, []string{BackendDrvdom}, map[string]Figures{BackendDrvdom: {}})
+	if strings.Contains(b.String(), "drvdom/kernel") || !strings.Contains(b.String(), " -") {
+		t.Errorf("one backend without figures:\n%s", b.String())
+	}
+}
+
+func TestSourceHashFollowsSources(t *testing.T) {
+	dir := t.TempDir()
+	w := func(p, s string) {
+		os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, p), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w("go.mod", "module x\n")
+	w("a/a.go", "package a\n")
+	h1, err := SourceHash(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"a/a_test.go", "a/testdata/x.go", ".git/x.go", "out/y.go", "README.md"} {
+		w(p, "ignored")
+	}
+	if h, _ := SourceHash(dir); h != h1 {
+		t.Error("tests, testdata, .git, out or docs changed the hash")
+	}
+	w("a/a.go", "package a // changed\n")
+	if h, _ := SourceHash(dir); h == h1 {
+		t.Error("a source change kept the hash")
 	}
 }
 
@@ -454,4 +613,29 @@ func TestImagePassthroughChecksOnlyForImages(t *testing.T) {
 	require.Less(t, strings.Index(img, "lab_t drvdom-ready"), strings.Index(img, "ck drvdom-nvme-passthrough"))
 	shell := Scenario{Backend: BackendDrvdom, E2E: true}.Dom0Script()
 	require.NotContains(t, shell, "drvdom-nvme-passthrough")
+}
+
+// The e2e scripts parse: the guests' with bash, dom0's and the driver
+// domain's with sh (dash in the rootfs).
+func TestE2EScriptsParse(t *testing.T) {
+	for _, sh := range []string{"bash", "sh"} {
+		if _, err := exec.LookPath(sh); err != nil {
+			t.Fatalf("%s: %v", sh, err)
+		}
+	}
+	check := func(shell, name, text string) {
+		cmd := exec.Command(shell, "-n")
+		cmd.Stdin = strings.NewReader(text)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s -n %s: %v\n%s", shell, name, err, out)
+		}
+	}
+	check("bash", "guest.sh", LibSh+GuestE2EScript)
+	check("bash", "guest2.sh", LibSh+Guest2E2EScript)
+	for _, be := range []string{BackendKernel, BackendDrvdom} {
+		check("sh", "dom0.sh "+be, Scenario{Backend: be, DrvdomImage: "/x.cpio.gz", E2E: true}.Dom0Script())
+		check("sh", "dom0.sh shell "+be, Scenario{Backend: be, E2E: true}.Dom0Script())
+	}
+	check("sh", "init-drvdom.sh", InitDrvdom)
+	check("sh", "init-guest.sh", InitGuest)
 }

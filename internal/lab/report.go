@@ -28,6 +28,7 @@ func domainLogs(out string) map[string]string {
 		"dom0":     filepath.Join(out, "dom0.log"),
 		DrvdomName: filepath.Join(out, "console", "guest-"+DrvdomName+".log"),
 		GuestName:  filepath.Join(out, "console", "guest-"+GuestName+".log"),
+		Guest2Name: filepath.Join(out, "console", "guest-"+Guest2Name+".log"),
 	}
 }
 
@@ -35,7 +36,7 @@ func domainLogs(out string) map[string]string {
 func Collect(out string, res *Result) *Report {
 	r := &Report{Out: out, Result: res, Files: map[string][]byte{}, Timeline: map[string]float64{}}
 	logs := domainLogs(out)
-	for _, dom := range []string{"dom0", DrvdomName, GuestName} {
+	for _, dom := range []string{"dom0", DrvdomName, GuestName, Guest2Name} {
 		b, err := os.ReadFile(logs[dom])
 		if err != nil {
 			continue
@@ -182,5 +183,76 @@ func (r *Report) PrintBench(w io.Writer) {
 		}
 	} else {
 		fmt.Fprintf(w, "%-52s %10s\n", "iperf3 guest -> dom0", "(no result)")
+	}
+}
+
+// Figures are the performance numbers an e2e boot reports (0: not measured).
+type Figures struct {
+	RandReadIOPS float64 // fio 4k randread QD16 10 s on the passed-through NVMe, in the guest
+	ToDom0Gbps   float64 // iperf3 TCP guest -> dom0, received
+	FromDom0Gbps float64 // iperf3 -R: dom0 -> guest, received
+}
+
+// Figures reads the e2e guest's fio-guest.json, iperf3-guest.json and
+// iperf3-reverse.json.
+func (r *Report) Figures() Figures {
+	var f Figures
+	if b, ok := r.Files["fio-guest.json"]; ok {
+		if fr, err := ParseFio(b); err == nil {
+			f.RandReadIOPS = fr.ReadIOPS
+		}
+	}
+	for name, dst := range map[string]*float64{"iperf3-guest.json": &f.ToDom0Gbps, "iperf3-reverse.json": &f.FromDom0Gbps} {
+		if b, ok := r.Files[name]; ok {
+			if ip, err := ParseIperf3(b); err == nil {
+				*dst = ip.ReceivedBps / 1e9
+			}
+		}
+	}
+	return f
+}
+
+// PrintFigures writes one column per backend (in order) and, with both
+// kernel and drvdom, the ratio drvdom/kernel: figures from boots of the
+// same `xenlab e2e` run.
+func PrintFigures(w io.Writer, backends []string, figs map[string]Figures) {
+	fmt.Fprintf(w, "%-46s", "figure (same lab run, TCG: compare ratios)")
+	for _, be := range backends {
+		fmt.Fprintf(w, " %12s", be)
+	}
+	_, hasK := figs[BackendKernel]
+	_, hasD := figs[BackendDrvdom]
+	ratio := hasK && hasD
+	if ratio {
+		fmt.Fprintf(w, " %14s", "drvdom/kernel")
+	}
+	fmt.Fprintln(w)
+	rows := []struct {
+		name, format string
+		get          func(Figures) float64
+	}{
+		{"fio 4k randread QD16 IOPS (NVMe, guest xvdb)", "%12.0f", func(f Figures) float64 { return f.RandReadIOPS }},
+		{"iperf3 TCP guest -> dom0 Gbit/s", "%12.3f", func(f Figures) float64 { return f.ToDom0Gbps }},
+		{"iperf3 TCP dom0 -> guest Gbit/s", "%12.3f", func(f Figures) float64 { return f.FromDom0Gbps }},
+	}
+	for _, row := range rows {
+		fmt.Fprintf(w, "%-46s", row.name)
+		for _, be := range backends {
+			v := row.get(figs[be])
+			if v == 0 {
+				fmt.Fprintf(w, " %12s", "-")
+			} else {
+				fmt.Fprintf(w, " "+row.format, v)
+			}
+		}
+		if ratio {
+			k, d := row.get(figs[BackendKernel]), row.get(figs[BackendDrvdom])
+			if k > 0 && d > 0 {
+				fmt.Fprintf(w, " %14.2f", d/k)
+			} else {
+				fmt.Fprintf(w, " %14s", "-")
+			}
+		}
+		fmt.Fprintln(w)
 	}
 }

@@ -35,6 +35,34 @@ const (
 	defaultWait = 300 // s, dom0's wait for a domain's marker
 )
 
+// The e2e scenario's extra wiring (Scenario.E2E): a second guest with only
+// a vif on the same bridge, and three more disks for the first guest.
+const (
+	Guest2Name = "guest2"
+	Guest2IP   = "169.254.0.4"
+	Guest2MAC  = "00:16:3e:4c:00:04"
+	// E2EVCPUs is the driver domain's and the first guest's vCPU count:
+	// 2, so that blkfront and netfront ask for 2 queues and the backends
+	// (which offer as many as the driver domain has CPUs) grant them.
+	E2EVCPUs = 2
+	// NVMe4KTarget is the NVMe's namespace 2 (4096-byte sectors).
+	NVMe4KTarget = "/dev/nvme0n2"
+	// ScratchDir holds the file backings, in the driver domain's tmpfs;
+	// drvdomd (scratch=) or the shell init creates them sparse at boot.
+	ScratchDir = "/run/drvdom/scratch"
+	FileTarget = ScratchDir + "/file.img" // rw file backing: fio, discard
+	ROTarget   = ScratchDir + "/ro.img"   // served read-only
+	// FileScratchKey is where dom0 reads file.img's allocated bytes:
+	// /local/domain/<dd>/data/scratch/<key> (drvdomd's scratchKeyName).
+	FileScratchKey = "file_img"
+	FileVdev       = "xvdc"
+	NVMe4KVdev     = "xvdd"
+	ROVdev         = "xvde"
+)
+
+// E2EScratch is the driver domain's scratch= value in the e2e scenario.
+var E2EScratch = FileTarget + ":128M," + ROTarget + ":16M"
+
 // Scenario is what one boot does. The zero value (plus Backend) boots the
 // shell driver domain and a guest that runs nothing.
 type Scenario struct {
@@ -114,10 +142,14 @@ func (s Scenario) DrvdomConfig() DomainConfig {
 	if s.DrvdomImage != "" {
 		mem = ImageDDMem
 	}
+	vcpus, scratch := 1, ""
+	if s.E2E {
+		vcpus, scratch = E2EVCPUs, "drvdom.scratch="+E2EScratch
+	}
 	return DomainConfig{
 		Name: DrvdomName, Kernel: "/tmp/img/vmlinux", Ramdisk: "/tmp/img/drvdom.img",
-		Extra:    strings.Join(strings.Fields("console=hvc0 lab.role=drvdom drvdom.backend="+s.Backend+" "+s.hotplugArg()+" "+s.DrvdomArgs), " "),
-		MemoryMB: mem, VCPUs: 1, DriverDomain: true, PCI: []string{NVMeBDF, DDNicBDF},
+		Extra:    strings.Join(strings.Fields("console=hvc0 lab.role=drvdom drvdom.backend="+s.Backend+" "+s.hotplugArg()+" "+scratch+" "+s.DrvdomArgs), " "),
+		MemoryMB: mem, VCPUs: vcpus, DriverDomain: true, PCI: []string{NVMeBDF, DDNicBDF},
 	}
 }
 
@@ -129,13 +161,33 @@ func (s Scenario) hotplugArg() string {
 }
 
 // GuestConfig is the guest's xl config: disk and NIC served by the driver domain.
+// In the e2e scenario it has 2 vCPUs, three more disks (the driver domain's
+// tmpfs file, the NVMe's 4 KiB-sector namespace, a read-only file) and is
+// rebuilt by xl when it reboots.
 func (s Scenario) GuestConfig() DomainConfig {
-	return DomainConfig{
+	c := DomainConfig{
 		Name: GuestName, Kernel: "/tmp/img/vmlinux", Ramdisk: "/tmp/img/guest.img",
 		Extra:    "console=hvc0 lab.role=guest lab.ip=" + GuestIP,
 		MemoryMB: GuestMemMB, VCPUs: 1,
 		Disks: []string{DiskSpec(GuestVdev, DrvdomName, s.target())},
 		VIFs:  []string{VIFSpec(DrvdomName, Bridge, GuestMAC)},
+	}
+	if s.E2E {
+		c.VCPUs, c.OnReboot = E2EVCPUs, "restart"
+		c.Disks = append(c.Disks, DiskSpec(FileVdev, DrvdomName, FileTarget), DiskSpec(NVMe4KVdev, DrvdomName, NVMe4KTarget),
+			DiskSpecAccess(ROVdev, DrvdomName, ROTarget, "ro"))
+	}
+	return c
+}
+
+// Guest2Config is the e2e scenario's second guest: a vif on the same
+// bridge and no disk; it runs /lab/guest2.sh.
+func (s Scenario) Guest2Config() DomainConfig {
+	return DomainConfig{
+		Name: Guest2Name, Kernel: "/tmp/img/vmlinux", Ramdisk: "/tmp/img/guest.img",
+		Extra:    "console=hvc0 lab.role=guest lab.ip=" + Guest2IP + " lab.disk=none lab.script=guest2.sh",
+		MemoryMB: GuestMemMB, VCPUs: 1,
+		VIFs: []string{VIFSpec(DrvdomName, Bridge, Guest2MAC)},
 	}
 }
 
@@ -188,6 +240,7 @@ lab_wait_log "$GLOG" "@@LAB READY guest" %[2]d || fail_domain %[1]s "no READY ma
 lab_t guest-ready
 `, GuestName, defaultWait)
 		if s.E2E {
+			b.WriteString(s.e2eDom0Before(gwait))
 			fmt.Fprintf(&b, `lab_wait_log "$GLOG" "@@LAB PHASE block-detach" %[2]d || fail_domain %[1]s "no block-detach cue"
 timeout 120 xl -vvv block-detach %[1]s %[3]s 2>/lab/xl-block-detach.log
 ck dom0-block-detach $? "xl block-detach %[1]s %[3]s"
@@ -211,6 +264,7 @@ ck dom0-network-attach $? "xl network-attach %[1]s %[5]s"
 				// xl network-attach takes one key=value per argument, unlike
 				// block-attach's single disk spec.
 				strings.ReplaceAll(VIFSpec(DrvdomName, Bridge, GuestMAC), ",", " "))
+			b.WriteString(e2eDom0Reboot)
 		}
 		b.WriteString(s.Dom0Phase)
 		fmt.Fprintf(&b, `lab_wait_log "$GLOG" "@@LAB END guest.sh" %[2]d || fail_domain %[1]s "guest script did not finish in %[2]ds"
@@ -219,6 +273,9 @@ ck guest-shutdown $? "domain %[1]s gone after poweroff"
 lab_wait 30 sh -c "! { xenstore-list /local/domain/$DD/backend/vbd 2>/dev/null; xenstore-list /local/domain/$DD/backend/vif 2>/dev/null; } | grep -qx $GID"
 ck drvdom-no-stale-backends $? "no backend/*/$GID left in the driver domain"
 `, GuestName, gwait)
+		if s.E2E {
+			b.WriteString(e2eDom0After)
+		}
 	}
 	b.WriteString(`xl list
 [ "$fails" = 0 ] || dump
@@ -227,6 +284,82 @@ exit "$fails"
 `)
 	return b.String()
 }
+
+// e2eDom0Before is dom0's part of the e2e scenario between the guest's
+// READY and its block-detach cue: the second guest, the sampler of the file
+// backing's allocation, the discard check, and the checks only drvdom's
+// backends can pass (they read drvdomd's log and statistics).
+func (s Scenario) e2eDom0Before(gwait int) string {
+	r := strings.NewReplacer("@G2@", Guest2Name, "@KEY@", FileScratchKey, "@GWAIT@", fmt.Sprint(gwait), "@GUEST@", GuestName)
+	out := r.Replace(`GID0=$GID
+G2LOG=/lab/console/guest-@G2@.log
+timeout 300 xl -vvv create /lab/@G2@.cfg 2>/lab/xl-create-@G2@.log
+ck dom0-create-guest2 $? "xl create @G2@ (a vif on the same bridge, no disk)"
+G2ID=$(xl domid @G2@ 2>/dev/null)
+# run_until SECONDS CMD...: like lab_wait, for shell functions.
+run_until() {
+	t=$(( $1 * 2 )); shift
+	while [ "$t" -gt 0 ]; do "$@" && return 0; sleep 0.5; t=$((t - 1)); done
+	return 1
+}
+# The file backing's allocated bytes, as the driver domain publishes them
+# (drvdomd scratch=), sampled every second while the guest writes.
+SCR=/local/domain/$DD/data/scratch/@KEY@
+( while :; do timeout 10 xenstore-read "$SCR" 2>/dev/null; sleep 1; done > /tmp/alloc.log ) &
+SAMPLER=$!
+lab_wait_log "$GLOG" "@@LAB PHASE discarded" @GWAIT@ || fail_domain @GUEST@ "no discarded cue"
+max=$(sort -n /tmp/alloc.log | tail -1)
+holes() { v=$(timeout 10 xenstore-read "$SCR") && [ "$v" -lt 4194304 ]; }
+run_until 30 holes
+r=$?
+[ "${max:-0}" -ge 16777216 ] || r=1
+ck dom0-file-discard-holes $r "file.img allocated ${max:-?} B at most while the guest wrote, $(timeout 10 xenstore-read "$SCR") B after its blkdiscard"
+`)
+	if s.Backend == BackendDrvdom {
+		out += `# drvdom only: netback's own statistics and drvdomd's log.
+vifstat() { timeout 10 xenstore-read /local/domain/$DD/backend/vif/$GID/0/drvdom-stats 2>/dev/null; }
+gso_seen() {
+	st=$(vifstat) || return 1
+	p=$(echo "$st" | sed -n 's/.*"tx_packets":\([0-9]*\).*/\1/p'); by=$(echo "$st" | sed -n 's/.*"tx_bytes":\([0-9]*\).*/\1/p')
+	[ -n "$p" ] && [ "$p" -gt 0 ] && [ $((by / p)) -gt 1514 ]
+}
+run_until 20 gso_seen
+ck drvdom-vif-gso-stats $? "netback stats: $(vifstat)"
+grep -q 'msg="vif connected".* dev="vif '"$GID"'/0" queues=2 ' "$DDLOG"
+ck drvdom-vif-2-queues $? "drvdomd: vif $GID/0 connected with 2 queues"
+grep -q 'msg="blkback: connected".* dev="vbd '"$GID"'/51728" queues=2 ' "$DDLOG"
+ck drvdom-vbd-2-queues $? "drvdomd: vbd $GID/51728 connected with 2 queues"
+`
+	}
+	return out
+}
+
+// e2eDom0Reboot follows the guest's reboot: xl builds it again under a new
+// id (on_reboot="restart"); the old id's backends must go.
+const e2eDom0Reboot = `lab_wait_log "$GLOG" "@@LAB PHASE reboot" 300 || fail_domain guest "no reboot cue"
+lab_t guest-reboot
+# The second boot's READY follows the last reboot cue (or the first boot
+# ended its script instead of rebooting).
+rebooted() { awk '/@@LAB PHASE reboot@@/{f=0} /@@LAB READY guest@@/{f=1} END{exit !f}' "$GLOG"; }
+rebooted_or_ended() { rebooted || grep -q "@@LAB END guest.sh" "$GLOG"; }
+run_until 300 rebooted_or_ended
+GID=$(xl domid guest 2>/dev/null)
+rebooted && [ -n "$GID" ] && [ "$GID" != "$GID0" ]
+ck dom0-guest-rebooted $? "guest READY again as domain ${GID:-none} (was $GID0)"
+lab_t guest-ready-again
+lab_wait 60 sh -c "! { xenstore-list /local/domain/$DD/backend/vbd 2>/dev/null; xenstore-list /local/domain/$DD/backend/vif 2>/dev/null; } | grep -qx $GID0"
+ck drvdom-reboot-old-backends-removed $? "no backend/*/$GID0 left after the reboot"
+`
+
+// e2eDom0After: the second guest's end, and nothing left of any guest.
+const e2eDom0After = `lab_wait_log "$G2LOG" "@@LAB END guest2.sh" 300
+lab_wait 60 sh -c "! xl domid guest2"
+ck guest2-shutdown $? "domain guest2 gone after poweroff"
+lab_wait 30 sh -c "! { xenstore-list /local/domain/$DD/backend/vbd 2>/dev/null; xenstore-list /local/domain/$DD/backend/vif 2>/dev/null; } | grep -qxE '$GID0|${G2ID:-none}'"
+ck drvdom-no-stale-backends-all $? "no backend of guest ($GID0 before its reboot) or guest2 (${G2ID:-none}) left"
+kill $SAMPLER 2>/dev/null
+cp /var/log/xen/xl-guest*.log /lab/ 2>/dev/null
+`
 
 // imagePassthroughChecks: the shell driver domain checks its passed-through
 // devices itself; an image has no lab scripts, so dom0 reads drvdomd's boot
@@ -239,6 +372,8 @@ func (s Scenario) imagePassthroughChecks() string {
 ck drvdom-nvme-passthrough $? "drvdomd lists nvme0n1"
 grep -q 'msg="NIC in bridge" nic=eth0 ' "$DDLOG"
 ck drvdom-nic-passthrough $? "drvdomd put eth0 in the bridge"
+grep -q 'msg="block device" name=nvme0n2 .*logical_block=4096 ' "$DDLOG"
+ck drvdom-nvme-4k-namespace $? "drvdomd lists nvme0n2 with 4096-byte blocks"
 `
 }
 
@@ -256,6 +391,9 @@ func (s Scenario) Prepare(a *Artifacts, out string) error {
 		"dom0.sh":      s.Dom0Script(),
 		"drvdom.cfg":   s.DrvdomConfig().Render(),
 		"guest.cfg":    s.GuestConfig().Render(),
+	}
+	if s.E2E {
+		files[Guest2Name+".cfg"] = s.Guest2Config().Render()
 	}
 	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(out, name), []byte(text), 0o755); err != nil {
@@ -287,11 +425,14 @@ func (s Scenario) Prepare(a *Artifacts, out string) error {
 	if s.GuestScript != "" {
 		gFiles["guest.sh"] = s.GuestScript
 	}
+	if s.E2E {
+		gFiles["guest2.sh"] = Guest2E2EScript
+	}
 	return writeRamdisk(filepath.Join(out, "guest.img"), a.Initrd, gFiles, "")
 }
 
 // RunDirFiles are the large per-run files Cleanup removes unless kept.
-var RunDirFiles = []string{"vmlinux", "drvdom.img", "guest.img", "nvme.img"}
+var RunDirFiles = []string{"vmlinux", "drvdom.img", "guest.img", "nvme.img", NVMe4KImageName}
 
 // Cleanup removes the run directory's large files.
 func Cleanup(out string) {
