@@ -47,6 +47,9 @@ type Backoff struct {
 	cur                  time.Duration
 }
 
+// Reset makes the next delay Min again.
+func (b *Backoff) Reset() { b.cur = 0 }
+
 // Next returns the delay before the next start of a worker that ran for
 // ran before it exited.
 func (b *Backoff) Next(ran time.Duration) time.Duration {
@@ -145,6 +148,13 @@ type Supervisor struct {
 	// QuitAfter: a worker whose health has failed this long gets SIGQUIT
 	// (goroutine dump on the console, exit, restart); 0: never.
 	QuitAfter time.Duration
+	// HealthyReset: a worker that sent heartbeats (it passed its own
+	// health check: it was serving) and ran at least this long before it
+	// died is restarted after Backoff.Min, not after a longer delay: it
+	// was killed or crashed while serving, which is no start-up crash
+	// loop, and every moment it is down stalls the guests. 0: only
+	// Backoff.ResetAfter resets the backoff.
+	HealthyReset time.Duration
 
 	starts int
 	mu     sync.Mutex
@@ -177,6 +187,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.Health.Arm()
 	for {
 		started := time.Now()
+		beats := s.Health.Beats()
 		code, err := s.runOnce(ctx, tick)
 		ran := time.Since(started)
 		if ctx.Err() != nil {
@@ -186,6 +197,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			s.Log.Error("worker did not start", "err", err)
 		} else if code == exitFatal {
 			return errFatal
+		}
+		if err == nil && s.HealthyReset > 0 && ran >= s.HealthyReset && s.Health.Beats() > beats {
+			s.Backoff.Reset()
 		}
 		delay := s.Backoff.Next(ran)
 		s.Log.Warn("worker exited; restarting", "code", code, "ran", ran.Round(time.Millisecond), "after", delay)

@@ -385,3 +385,43 @@ func TestFaultHook(t *testing.T) {
 	}
 	waitFor(t, "healthy after cont-worker", func() bool { return s.Health.Check() == nil })
 }
+
+// A worker killed while serving (it beat, and ran HealthyReset) comes back
+// after Backoff.Min every time; one that dies at once still backs off.
+func TestSupervisorKilledHealthyWorkerRestartsAtOnce(t *testing.T) {
+	var last atomic.Pointer[exec.Cmd]
+	s := newSup(fakeCommand("beat", &last))
+	s.Backoff = Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second, ResetAfter: time.Hour}
+	s.HealthyReset = 100 * time.Millisecond
+	cancel, done := runSup(t, s)
+	for i := 1; i <= 5; i++ {
+		waitFor(t, "worker started", func() bool { return s.Starts() == i && last.Load() != nil && last.Load().Process != nil })
+		time.Sleep(150 * time.Millisecond) // serving, with heartbeats, past HealthyReset
+		killed := time.Now()
+		if err := s.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "restart", func() bool { return s.Starts() == i+1 })
+		// Without the reset the fifth delay would be 50ms<<4 = 800 ms.
+		if d := time.Since(killed); d > 600*time.Millisecond {
+			t.Errorf("kill %d: restarted after %v, want about Backoff.Min", i, d)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	quick := newSup(fakeCommand("exit:1", nil))
+	quick.Backoff = Backoff{Min: 20 * time.Millisecond, Max: 5 * time.Second, ResetAfter: time.Hour}
+	quick.HealthyReset = 100 * time.Millisecond
+	start := time.Now()
+	cancel, done = runSup(t, quick)
+	waitFor(t, "5 starts", func() bool { return quick.Starts() >= 5 })
+	cancel()
+	<-done
+	// 20+40+80+160 ms before the fifth start: a start-up crash loop backs off.
+	if el := time.Since(start); el < 300*time.Millisecond {
+		t.Errorf("5 starts of a worker that dies at once in %v: backoff not applied", el)
+	}
+}
