@@ -222,6 +222,7 @@ func daemon(ctx context.Context, console io.Writer) int {
 			QuitAfter: 2 * healthStale,
 			Log:       log.With("role", "supervisor"),
 		}
+		sup.HealthyReset = time.Second // killed while serving: back at once
 		fctx, fcancel := context.WithCancel(ctx)
 		var fwg sync.WaitGroup
 		fwg.Add(1)
