@@ -137,13 +137,7 @@ func TestBlkGrantCopyPoolFull(t *testing.T) {
 				rb.push(t, q)
 			}
 			for _, x := range ids {
-				rsp, err := rb.wait(ctxFor(t), x.q, x.id)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if rsp.Status != 0 {
-					t.Fatalf("status %d", rsp.Status)
-				}
+				rb.waitOK(t, x.q, x.id)
 			}
 			if got := disk.at(t, 8*9, 4096); !bytes.Equal(got, pattern(4096, 1)) {
 				t.Fatal("data did not land")
@@ -174,13 +168,7 @@ func TestBlkBarrierAfterWrite(t *testing.T) {
 			}
 			rb.push(t, 0)
 			for _, id := range ids {
-				rsp, err := rb.wait(ctxFor(t), 0, id)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if rsp.Status != 0 {
-					t.Fatalf("status %d", rsp.Status)
-				}
+				rb.waitOK(t, 0, id)
 			}
 			if !bytes.Equal(disk.at(t, 24, 4096), pattern(4096, 63)) {
 				t.Fatal("the barrier's data did not land")

@@ -68,13 +68,7 @@ func TestBlkRingIndex(t *testing.T) {
 					}
 					rb.push(t, 0)
 					for _, id := range ids {
-						rsp, err := rb.wait(ctxFor(t), 0, id)
-						if err != nil {
-							t.Fatal(err)
-						}
-						if rsp.Status != 0 {
-							t.Fatalf("batch %d: status %d", batch, rsp.Status)
-						}
+						rb.waitOK(t, 0, id)
 					}
 				}
 				if q.prodPvt >= 0xfffffff0 || q.rspCons != q.prodPvt {

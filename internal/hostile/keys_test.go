@@ -14,7 +14,6 @@ import (
 	"drvdom/grant"
 	"drvdom/internal/xensim/netfront"
 	"drvdom/netback"
-	"drvdom/xenstore"
 )
 
 // Placeholders in key tables, resolved against the device being attached.
@@ -263,24 +262,7 @@ func (r *rig) attachVif(t testing.TB, kv []string) *rawVif {
 		keys[kv[i]] = k.resolve(t, kv[i+1])
 	}
 	rv.shares = append(rv.shares, k.shares...)
-	fp := rv.nic.FrontPath()
-	err = r.hstore.Transaction(ctx, func(tx *xenstore.Tx) error {
-		for k, v := range keys {
-			if v == rmKey {
-				continue
-			}
-			if err := tx.Write(ctx, fp+"/"+k, v); err != nil {
-				return err
-			}
-		}
-		return tx.Write(ctx, fp+"/state", "4")
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rv.state = r.await(t, rv.nic.BackPath()+"/state", "Connected or Closing", func(v string, err error) bool {
-		return v == "4" || v == "5" || v == "6"
-	})
+	rv.state = r.publish(t, rv.nic.FrontPath(), rv.nic.BackPath(), keys, "4")
 	return rv
 }
 

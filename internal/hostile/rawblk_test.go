@@ -77,6 +77,32 @@ const (
 // attachBlk adds a disk for the hostile guest and runs the handshake with
 // cfg; it returns once the backend is Connected or refused (Closing or
 // Closed): rb.state says which.
+// publish writes a raw frontend's keys (leaving out those whose value is
+// rmKey) and then its state in one transaction, as a frontend publishes its
+// rings, and waits for the backend at back to connect or give up: it
+// returns the backend's state, Connected, Closing or Closed.
+func (r *rig) publish(t testing.TB, front, back string, keys map[string]string, state string) string {
+	t.Helper()
+	ctx := ctxFor(t)
+	err := r.hstore.Transaction(ctx, func(tx *xenstore.Tx) error {
+		for k, v := range keys {
+			if v == rmKey {
+				continue
+			}
+			if err := tx.Write(ctx, front+"/"+k, v); err != nil {
+				return err
+			}
+		}
+		return tx.Write(ctx, front+"/state", state)
+	})
+	if err != nil {
+		t.Fatalf("publish %s: %v", front, err)
+	}
+	return r.await(t, back+"/state", "Connected or Closing", func(v string, err error) bool {
+		return v == "4" || v == "5" || v == "6"
+	})
+}
+
 func (r *rig) attachBlk(t testing.TB, backDom uint16, params string, cfg blkCfg) *rawBlk {
 	t.Helper()
 	ctx := ctxFor(t)
@@ -148,23 +174,7 @@ func (r *rig) attachBlk(t testing.TB, backDom uint16, params string, cfg blkCfg)
 		cfg.Edit(rb, keys)
 	}
 	fp := rb.disk.FrontPath()
-	err = r.hstore.Transaction(ctx, func(tx *xenstore.Tx) error {
-		for k, v := range keys {
-			if v == rmKey {
-				continue
-			}
-			if err := tx.Write(ctx, fp+"/"+k, v); err != nil {
-				return err
-			}
-		}
-		return tx.Write(ctx, fp+"/state", "3")
-	})
-	if err != nil {
-		t.Fatalf("publish: %v", err)
-	}
-	rb.state = r.await(t, bp+"/state", "Connected or Closing", func(v string, err error) bool {
-		return v == "4" || v == "5" || v == "6"
-	})
+	rb.state = r.publish(t, fp, bp, keys, "3")
 	if rb.state == "4" {
 		if err := r.hstore.Write(ctx, fp+"/state", "4"); err != nil {
 			t.Fatal(err)
@@ -311,6 +321,19 @@ func (rb *rawBlk) wait(ctx context.Context, qi int, id uint64) (blkback.Response
 		for _, p := range ports[:n] {
 			rb.evh.Unmask(p)
 		}
+	}
+}
+
+// waitOK waits for the response to id on ring qi and fails the test
+// unless it is a success.
+func (rb *rawBlk) waitOK(t testing.TB, qi int, id uint64) {
+	t.Helper()
+	rsp, err := rb.wait(ctxFor(t), qi, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rsp.Status != 0 {
+		t.Fatalf("%s: response to %#x on ring %d: status %d", rb.name(), id, qi, rsp.Status)
 	}
 }
 
