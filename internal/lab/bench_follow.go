@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -16,16 +17,16 @@ func followBenchChecks(ctx context.Context, paths []string, every time.Duration,
 	offs := make([]int, len(paths))
 	scan := func() {
 		for i, p := range paths {
-			b, err := os.ReadFile(p)
-			if err != nil || len(b) <= offs[i] {
+			b, err := readFrom(p, offs[i])
+			if err != nil || len(b) == 0 {
 				continue
 			}
 			// Only complete lines: a marker may be half written.
-			end := bytes.LastIndexByte(b[offs[i]:], '\n')
+			end := bytes.LastIndexByte(b, '\n')
 			if end < 0 {
 				continue
 			}
-			chunk := b[offs[i] : offs[i]+end+1]
+			chunk := b[:end+1]
 			offs[i] += end + 1
 			for _, c := range Checks(ParseMarkers(chunk), p) {
 				if strings.HasPrefix(c.Name, "bench-") || strings.HasPrefix(c.Name, "guest-sees") {
@@ -45,6 +46,21 @@ func followBenchChecks(ctx context.Context, paths []string, every time.Duration,
 			scan()
 		}
 	}
+}
+
+// readFrom returns the bytes of the file at p from off on (the consoles
+// grow to megabytes of fio JSON: reading them whole every 2 s took host
+// CPU from the TCG boot being measured).
+func readFrom(p string, off int) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.Seek(int64(off), io.SeekStart); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(f)
 }
 
 // watchStall calls onStall once, and returns, when none of the files at
