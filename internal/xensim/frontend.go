@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 
+	"drvdom/evtchn"
 	"drvdom/xenstore"
 )
 
@@ -72,23 +73,34 @@ func WaitBackend(ctx context.Context, store *xenstore.Client, back, token string
 	}
 }
 
-// Receiver owns the goroutine of a simulated frontend that serves its
-// event channels. The zero value is ready; it runs at most one goroutine.
+// Receiver owns the goroutine that serves a simulated frontend's event
+// channels. The zero value is ready; it runs at most one goroutine.
 type Receiver struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
-// Start runs fn in a goroutine until Stop. fn's context carries ctx's
-// values but not its cancellation: the frontend outlives the call that
-// attached it.
-func (r *Receiver) Start(ctx context.Context, fn func(ctx context.Context)) {
+// Start serves evh until Stop: it waits for events, unmasks each port that
+// fired and calls serve with it, one port at a time. serve's context
+// carries ctx's values but not its cancellation (the frontend outlives the
+// call that attached it) and ends at Stop.
+func (r *Receiver) Start(ctx context.Context, evh evtchn.Handle, serve func(ctx context.Context, port evtchn.Port)) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	r.cancel = cancel
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		fn(rctx)
+		ports := make([]evtchn.Port, 16)
+		for {
+			n, err := evh.Wait(rctx, ports)
+			if err != nil {
+				return
+			}
+			for _, p := range ports[:n] {
+				evh.Unmask(p)
+				serve(rctx, p)
+			}
+		}
 	}()
 }
 

@@ -8,14 +8,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"drvdom/evtchn"
 	"drvdom/xenstore"
 )
 
 func TestBackendInt(t *testing.T) {
-	h := New()
-	defer h.Close()
-	dom0 := h.NewDomain(0).Xenstore()
-	defer dom0.Close()
+	dom0 := newDom0(t)
 	ctx := context.Background()
 	const back = "/local/domain/1/backend/vbd/2/51712"
 	require.NoError(t, dom0.Write(ctx, back+"/sectors", " 2048\n"))
@@ -26,40 +24,74 @@ func TestBackendInt(t *testing.T) {
 	require.Equal(t, 7, BackendInt(ctx, dom0, back, "missing", 7))
 }
 
+// newDom0 returns a xenstore connection of dom0 on a new host.
+func newDom0(t *testing.T) *xenstore.Client {
+	h := New()
+	t.Cleanup(h.Close)
+	dom0 := h.NewDomain(0).Xenstore()
+	t.Cleanup(func() { dom0.Close() })
+	return dom0
+}
+
 type ctxKey struct{}
 
-func TestReceiverStop(t *testing.T) {
+func TestReceiver(t *testing.T) {
 	var idle Receiver
 	idle.Stop() // never started: returns at once
 
+	events := evtchn.NewSim()
+	front, back := events.Open(guestDom), events.Open(driverDom)
+	fp, err := front.BindUnbound(driverDom)
+	require.NoError(t, err)
+	bp, err := back.BindInterdomain(guestDom, fp)
+	require.NoError(t, err)
+
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), ctxKey{}, "v"))
 	var r Receiver
-	started, stopped := make(chan string), make(chan struct{})
-	r.Start(ctx, func(ctx context.Context) {
-		started <- ctx.Value(ctxKey{}).(string)
-		<-ctx.Done()
-		close(stopped)
+	type call struct {
+		port  evtchn.Port
+		value any
+	}
+	calls, stopped := make(chan call, 4), make(chan struct{})
+	served := 0 // by the receiver's goroutine only
+	r.Start(ctx, front, func(ctx context.Context, p evtchn.Port) {
+		calls <- call{p, ctx.Value(ctxKey{})}
+		if served++; served == 2 { // stay in serve until Stop
+			<-ctx.Done()
+			close(stopped)
+		}
 	})
-	require.Equal(t, "v", <-started, "the goroutine sees the caller's values")
+	next := func() call {
+		t.Helper()
+		select {
+		case c := <-calls:
+			return c
+		case <-time.After(5 * time.Second):
+			t.Fatal("no event served")
+			return call{}
+		}
+	}
+	require.NoError(t, back.Notify(bp))
+	require.Equal(t, call{fp, "v"}, next(), "serve gets the port that fired and the caller's values")
+	require.NoError(t, back.Notify(bp))
+	require.Equal(t, call{fp, "v"}, next(), "the port was unmasked for the next event")
+
 	cancel()
 	select {
 	case <-stopped:
-		t.Fatal("the goroutine stopped with the context that started it")
+		t.Fatal("the receiver stopped with the context that started it")
 	case <-time.After(20 * time.Millisecond):
 	}
 	r.Stop()
 	select {
 	case <-stopped:
 	default:
-		t.Fatal("Stop returned before the goroutine did")
+		t.Fatal("Stop returned before the receiver did")
 	}
 }
 
 func TestCloseFrontend(t *testing.T) {
-	h := New()
-	defer h.Close()
-	dom0 := h.NewDomain(0).Xenstore()
-	defer dom0.Close()
+	dom0 := newDom0(t)
 	ctx := context.Background()
 	const (
 		back  = "/local/domain/1/backend/vif/2/0"
@@ -114,10 +146,7 @@ func TestCloseFrontend(t *testing.T) {
 }
 
 func TestBackendOf(t *testing.T) {
-	h := New()
-	defer h.Close()
-	dom0 := h.NewDomain(0).Xenstore()
-	defer dom0.Close()
+	dom0 := newDom0(t)
 	ctx := context.Background()
 	const front = "/local/domain/2/device/vbd/51712"
 
@@ -139,10 +168,7 @@ func TestBackendOf(t *testing.T) {
 }
 
 func TestWaitBackend(t *testing.T) {
-	h := New()
-	defer h.Close()
-	dom0 := h.NewDomain(0).Xenstore()
-	defer dom0.Close()
+	dom0 := newDom0(t)
 	ctx := context.Background()
 	const back = "/local/domain/1/backend/vbd/2/51712"
 	require.NoError(t, dom0.Write(ctx, back+"/state", "1"))

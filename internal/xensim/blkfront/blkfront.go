@@ -197,7 +197,7 @@ func Attach(ctx context.Context, store *xenstore.Client, sharer grant.Sharer, ev
 	if cfg.Manual {
 		return f, nil
 	}
-	f.recv.Start(ctx, f.receive)
+	f.recv.Start(ctx, f.evh, f.event)
 	return f, nil
 }
 
@@ -246,20 +246,11 @@ func (f *Front) waitBackend(ctx context.Context, want int) error {
 	return err
 }
 
-// receive dispatches responses to their waiters.
-func (f *Front) receive(ctx context.Context) {
-	ports := make([]evtchn.Port, 16)
-	for {
-		n, err := f.evh.Wait(ctx, ports)
-		if err != nil {
-			return
-		}
-		for _, p := range ports[:n] {
-			f.evh.Unmask(p)
-			if q := f.byPort[p]; q != nil {
-				q.drain()
-			}
-		}
+// event dispatches the responses of the ring whose port fired to their
+// waiters.
+func (f *Front) event(_ context.Context, p evtchn.Port) {
+	if q := f.byPort[p]; q != nil {
+		q.drain()
 	}
 }
 

@@ -203,7 +203,7 @@ func Attach(ctx context.Context, store *xenstore.Client, sharer grant.Sharer, ev
 	if err := f.waitBackend(ctx, stateConnected); err != nil {
 		return nil, err
 	}
-	f.recv.Start(ctx, f.receive)
+	f.recv.Start(ctx, f.evh, f.event)
 	// Kick the backend once for buffers posted before it bound.
 	for _, q := range f.queues {
 		f.evh.Notify(q.rxPort)
@@ -321,27 +321,17 @@ func (f *Front) Counters(q int) Counters {
 	return fq.cnt
 }
 
-// receive services both rings of whichever queue an event names.
-func (f *Front) receive(ctx context.Context) {
-	ports := make([]evtchn.Port, 16)
-	for {
-		n, err := f.evh.Wait(ctx, ports)
-		if err != nil {
-			return
-		}
-		for _, p := range ports[:n] {
-			f.evh.Unmask(p)
-			q := f.byPort[p]
-			if q == nil {
-				continue
-			}
-			if p == q.txPort {
-				q.gcTx()
-			}
-			if p == q.rxPort {
-				q.drainRx(ctx)
-			}
-		}
+// event services both rings of whichever queue the port that fired names.
+func (f *Front) event(ctx context.Context, p evtchn.Port) {
+	q := f.byPort[p]
+	if q == nil {
+		return
+	}
+	if p == q.txPort {
+		q.gcTx()
+	}
+	if p == q.rxPort {
+		q.drainRx(ctx)
 	}
 }
 
