@@ -63,6 +63,16 @@ func next(t *testing.T, w *xenstore.Watch) xenstore.WatchEvent {
 	}
 }
 
+// watched registers a watch and takes the event that always follows the
+// registration.
+func watched(t *testing.T, ctx context.Context, c *xenstore.Client, path, token string) *xenstore.Watch {
+	t.Helper()
+	w, err := c.Watch(ctx, path, token)
+	require.NoError(t, err)
+	require.Equal(t, xenstore.WatchEvent{Path: path, Token: token}, next(t, w), "registration event")
+	return w
+}
+
 // quiet asserts no event arrives for a short while.
 func quiet(t *testing.T, w *xenstore.Watch) {
 	t.Helper()
@@ -130,9 +140,7 @@ func TestClientRoundTripEveryOp(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "/local/domain/7", p)
 
-	w, err := c.Watch(ctx, "/a", "reset-me")
-	require.NoError(t, err)
-	next(t, w)
+	w := watched(t, ctx, c, "/a", "reset-me")
 	require.Equal(t, 1, s.srv.WatchCount())
 	require.NoError(t, c.ResetWatches(ctx))
 	assert.Equal(t, 0, s.srv.WatchCount())
@@ -217,9 +225,7 @@ func TestWatchEvents(t *testing.T) {
 	quiet(t, w) // a sibling with a common prefix is not a child
 
 	// A second watch on a descendant, removed via an ancestor.
-	w2, err := c.Watch(ctx, "/w/sub/x", "tok2")
-	require.NoError(t, err)
-	next(t, w2)
+	w2 := watched(t, ctx, c, "/w/sub/x", "tok2")
 	require.NoError(t, c.Rm(ctx, "/w"))
 	assert.Equal(t, xenstore.WatchEvent{Path: "/w", Token: "tok"}, next(t, w))
 	assert.Equal(t, xenstore.WatchEvent{Path: "/w/sub/x", Token: "tok2"}, next(t, w2),
@@ -254,14 +260,12 @@ func TestWatchClosedWithClient(t *testing.T) {
 	s := newStore(t)
 	c := s.client(0)
 	ctx := ctxT(t)
-	w, err := c.Watch(ctx, "/x", "t")
-	require.NoError(t, err)
-	next(t, w)
+	w := watched(t, ctx, c, "/x", "t")
 	require.NoError(t, c.Close())
 	_, ok := <-w.Events()
 	assert.False(t, ok)
 	require.NoError(t, w.Close())
-	_, err = c.Read(ctx, "/")
+	_, err := c.Read(ctx, "/")
 	assert.ErrorIs(t, err, xenstore.ErrClosed)
 	require.Eventually(t, func() bool { return s.srv.WatchCount() == 0 }, 5*time.Second, 5*time.Millisecond)
 }
@@ -422,9 +426,7 @@ func TestTransactionWatchFiresAtCommit(t *testing.T) {
 	s := newStore(t)
 	c := s.client(0)
 	ctx := ctxT(t)
-	w, err := c.Watch(ctx, "/tw", "t")
-	require.NoError(t, err)
-	next(t, w)
+	w := watched(t, ctx, c, "/tw", "t")
 	require.NoError(t, c.Transaction(ctx, func(tx *xenstore.Tx) error {
 		if err := tx.Write(ctx, "/tw/a", "1"); err != nil {
 			return err
@@ -521,9 +523,7 @@ func TestPermissionsGuest(t *testing.T) {
 	assert.ErrorIs(t, err, xenstore.ErrPermission)
 
 	// Watches do not leak unreadable nodes.
-	w, err := g.Watch(ctx, "/secret", "s")
-	require.NoError(t, err)
-	next(t, w) // the registration event always comes
+	w := watched(t, ctx, g, "/secret", "s") // the registration event always comes
 	require.NoError(t, dom0.Write(ctx, "/secret/other", "x"))
 	quiet(t, w)
 	require.NoError(t, dom0.Write(ctx, "/secret/key", "y"))
@@ -553,9 +553,7 @@ func TestIntroduceAndReleaseDomain(t *testing.T) {
 	assert.Equal(t, []xenstore.Perm{{Domid: 9, Access: xenstore.PermNone}}, perms)
 
 	g := s.client(9)
-	gw, err := g.Watch(ctx, "control", "c")
-	require.NoError(t, err)
-	next(t, gw)
+	watched(t, ctx, g, "control", "c")
 	_, err = g.Watch(ctx, "@releaseDomain", "gr")
 	require.NoError(t, err)
 	assert.Equal(t, 4, s.srv.WatchCount())
