@@ -254,7 +254,7 @@ func BenchScenario(boot BenchBoot, runtime time.Duration, drvdomd string) Scenar
 	return Scenario{
 		Backend: boot.Backend, DiskTarget: NVMeTarget,
 		DrvdomScript: BenchDrvdomScript(runtime), GuestScript: BenchGuestScript(runtime),
-		GuestTimeout: gwait, Drvdomd: drvdomd,
+		GuestTimeout: gwait, Drvdomd: drvdomd, Dom0Phase: BenchDom0Phase,
 	}
 }
 

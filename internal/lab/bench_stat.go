@@ -220,3 +220,19 @@ func WriteBenchMemory(w io.Writer, boots []BenchBootLog) {
 			float64(b.DrvdomdRSSMaxKB)/1024, b.DrvdomdProcs, float64(b.DrvdomdHWMKB)/1024)
 	}
 }
+
+// BenchDom0Phase is dom0's part of a bench boot while the guest runs its
+// rows (Scenario.Dom0Phase): a background sampler of dom0's NIC counters
+// and TCP statistics every BenchStatInterval seconds into
+// BenchDom0StatFile in the run directory (dom0 writes /lab directly), the
+// other end of the lab's wire for the network rows (drops at dom0's e1000,
+// retransmissions of the iperf3 server), in ParseDDStat's format plus
+// the Tcp: lines of /proc/net/snmp.
+var BenchDom0Phase = fmt.Sprintf(`( while :; do
+	{ read -r up _ < /proc/uptime; read -r cpu < /proc/stat; echo "T $up $cpu"; grep -E '^ *(eth|xenbr)' /proc/net/dev | sed 's/^ */D /'; grep '^Tcp:' /proc/net/snmp | tail -1; } >> /lab/%[1]s
+	sleep %[2]d
+done ) </dev/null >/dev/null 2>&1 &
+`, BenchDom0StatFile, BenchStatInterval)
+
+// BenchDom0StatFile is the file BenchDom0Phase writes in the run directory.
+const BenchDom0StatFile = "bench-dom0-netstat.txt"

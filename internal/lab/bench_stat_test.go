@@ -124,3 +124,28 @@ func TestDrvdomdMemoryAndMarkdown(t *testing.T) {
 		t.Errorf("markdown:\n%s", b.String())
 	}
 }
+
+func TestBenchDom0PhaseSamplesInTheBackground(t *testing.T) {
+	b := BenchScenario(BenchBoot{Index: 1, Rep: 1, Backend: BackendKernel}, 5*time.Second, "")
+	if b.Dom0Phase != BenchDom0Phase || !strings.Contains(b.Dom0Script(), BenchDom0Phase) {
+		t.Fatal("bench scenario does not run the dom0 sampler")
+	}
+	// In the background (dom0's script goes on to wait for the guest),
+	// writing into the run directory, parseable by ParseDDStat's D lines.
+	if !strings.Contains(BenchDom0Phase, "done ) </dev/null >/dev/null 2>&1 &") || !strings.Contains(BenchDom0Phase, "/lab/"+BenchDom0StatFile) {
+		t.Errorf("dom0 sampler:\n%s", BenchDom0Phase)
+	}
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash on this host:", err)
+	}
+	cmd := exec.Command(bash, "-n")
+	cmd.Stdin = strings.NewReader(b.Dom0Script())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("bash -n: %v\n%s", err, out)
+	}
+	snaps := ParseDDStat([]byte("T 10.5 cpu 1 0 1 1 0 0 0 0\nD eth0: 1 2 0 3 0 0 0 0 4 5 0 6 0 0 0 0\n"))
+	if len(snaps) != 1 || snaps[0].Devs["eth0"].RxDrop != 3 {
+		t.Errorf("parse: %+v", snaps)
+	}
+}
