@@ -110,6 +110,7 @@ func faultsCmd(ctx context.Context, p *lab.Progress, args []string) (int, error)
 		crashTimes = lab.ParseBootTimes(rep.Timeline)
 		f := lab.ParseFaultFigures(rep)
 		figs = &f
+		all = append(all, prefixed("crash/", f.Checks())...)
 	}
 	if boots["devd"] {
 		s := lab.Scenario{Backend: lab.BackendKernel, KernelHotplug: lab.HotplugDevd,

@@ -71,9 +71,13 @@ func secs(d time.Duration) int {
 // never start because write phase uses all of runtime").
 func FioKillJob(runtime time.Duration, out string) string {
 	return fmt.Sprintf("fio --name=kill --filename=/dev/xvdb --offset=128M --size=64M --rw=randwrite --bs=4k --iodepth=16 "+
-		"--ioengine=libaio --direct=1 --verify=crc32c --verify_backlog=256 --verify_fatal=1 --time_based --runtime=%d "+
-		"--output-format=json --eta=never --output=%s", secs(runtime), out)
+		"--ioengine=libaio --direct=1 --verify=crc32c --verify_backlog=%d --verify_fatal=1 --time_based --runtime=%d "+
+		"--output-format=json --eta=never --output=%s", VerifyBacklog, secs(runtime), out)
 }
+
+// VerifyBacklog is fio's verify_backlog under kills: every this many
+// writes, fio reads them back and checks them.
+const VerifyBacklog = 16
 
 // firstRead is the guest's probe of "serving": the first 4 KiB O_DIRECT
 // read of its disk that succeeds (the disk may still be connecting when a
@@ -97,7 +101,10 @@ func FaultGuestScript(p FaultPlan) string {
 	b.WriteString(". /lab/lib.sh\nrc=0\n")
 	b.WriteString(firstRead)
 	if p.Kill {
-		fmt.Fprintf(&b, `# Backend killed mid-I/O: iperf3 to dom0 across the whole fio run.
+		fmt.Fprintf(&b, `# The same fio for 10 s without faults: the baseline of the figures.
+%[7]s
+lab_put fio-nokill.json /tmp/fio-nokill.json
+# Backend killed mid-I/O: iperf3 to dom0 across the whole fio run.
 dmesg | grep -E '%[4]s' | wc -l > /tmp/ioerr-before
 lab_mark "PHASE kill-start"
 iperf3 -c %[1]s -t %[2]d -i 1 -J > /tmp/iperf3-kill.json 2>/tmp/iperf3-kill.err &
@@ -118,7 +125,8 @@ n=$(( $(wc -l < /tmp/ioerr.txt) - $(cat /tmp/ioerr-before) ))
 [ "$n" -le 0 ]
 lab_check guest-no-io-errors $? "$n new kernel log lines match I/O errors"
 rc=$((rc | r | r2))
-`, Dom0IP, secs(p.Runtime)+15, FioKillJob(p.Runtime, "/tmp/fio-kill.json"), ioErrorRE, secs(p.Runtime), secs(p.KillEvery))
+`, Dom0IP, secs(p.Runtime)+15, FioKillJob(p.Runtime, "/tmp/fio-kill.json"), ioErrorRE, secs(p.Runtime), secs(p.KillEvery),
+			FioKillJob(10*time.Second, "/tmp/fio-nokill.json"))
 	}
 	if p.Hang {
 		fmt.Fprintf(&b, `# Hung driver domain: data written before, re-verified after the restart.
@@ -126,13 +134,14 @@ rc=$((rc | r | r2))
 lab_check guest-fio-before-hang $? "crc32c randwrite+verify 32 MiB before the hang"
 sync
 nb=$(dmesg | grep -c 'blkfront: xvdb:')
+up0=$(cut -d. -f1 /proc/uptime)
 lab_mark "PHASE hang"
 # blkfront prints "blkfront: xvdb: ..." on every connect: a new one is the
 # disk re-attached to the restarted driver domain.
 t=0
 while [ "$(dmesg | grep -c 'blkfront: xvdb:')" -le "$nb" ] && [ "$t" -lt %[2]d ]; do sleep 0.5; t=$((t + 1)); done
 [ "$(dmesg | grep -c 'blkfront: xvdb:')" -gt "$nb" ]
-lab_check guest-disk-back $? "blkfront connected xvdb again after $((t / 2)) s"
+lab_check guest-disk-back $? "blkfront connected xvdb again $(( $(cut -d. -f1 /proc/uptime) - up0 )) s after the hang"
 lab_wait 60 test -b /dev/xvdb
 %[1]s --verify_only --output=/tmp/fio-posthang.json
 r=$?
@@ -220,8 +229,9 @@ lab_t vif-reattached
 lab_wait_log "$GLOG" "@@LAB CHECK guest-ping-after-restart" %[3]d
 lab_t guest-restored
 cp /var/log/xen/xl-%[1]s.log /lab/xl-%[1]s-daemon.log 2>/dev/null
-grep -qi watchdog /var/log/xen/xl-%[1]s.log
-ck dom0-restart-by-watchdog $? "xl's log names the watchdog"
+# SHUTDOWN_watchdog is reason 4 (xen/include/public/sched.h).
+xl dmesg | grep -q "Watchdog timer fired for domain $OLDDD" && grep -q "reason code 4" /var/log/xen/xl-%[1]s.log
+ck dom0-restart-by-watchdog $? "Xen: watchdog fired for domain $OLDDD; xl: shutdown reason 4 (watchdog), restarted"
 kill "$SUPPID" 2>/dev/null
 `, DrvdomName, 2*secs(p.RestoreWait), secs(p.RestoreWait))
 	}
@@ -295,6 +305,8 @@ type FaultFigures struct {
 	Restarts       int // "worker exited; restarting" lines
 	Fio            *FioResult
 	FioErr         string
+	NoKill         *FioResult // the same job for 10 s before the kills
+	Reads, Writes  int64      // fio's I/Os under kills: verify reads, writes
 	Iperf          *IperfResult
 	IperfErr       string
 	LongestStall   int // consecutive 1 s iperf3 intervals below 10% of the median
@@ -325,6 +337,12 @@ func ParseFaultFigures(r *Report) FaultFigures {
 		} else {
 			f.Fio = &fr
 		}
+		f.Reads, f.Writes = fioIOs(b)
+	}
+	if b, ok := r.Files["fio-nokill.json"]; ok {
+		if fr, err := ParseFio(b); err == nil {
+			f.NoKill = &fr
+		}
 	}
 	if b, ok := r.Files["iperf3-kill.json"]; ok {
 		if ir, err := ParseIperf3(b); err != nil {
@@ -345,6 +363,54 @@ func ParseFaultFigures(r *Report) FaultFigures {
 		f.HangToRestart, f.HangToVBD, f.HangToVIF, f.HangToGuest = at("drvdom-restarted"), at("vbd-reattached"), at("vif-reattached"), at("guest-restored")
 	}
 	return f
+}
+
+// MaxIperfStall is the longest iperf3 stall (seconds at under a tenth of
+// the median rate) the kill check allows: "a short stall".
+const MaxIperfStall = 10
+
+// Checks are the host's checks of the figures (Source "host"): fio read
+// back and verified what it wrote under the kills (verify_backlog leaves at
+// most VerifyBacklog plus the queue depth unchecked at the end), and
+// iperf3's longest stall was short.
+func (f FaultFigures) Checks() []Check {
+	var out []Check
+	if f.Fio != nil {
+		ok := f.Writes > 0 && f.Reads >= f.Writes-VerifyBacklog-16 && f.Fio.Errors == 0
+		out = append(out, Check{Name: "kill-fio-verified", Pass: ok, Source: "host",
+			Detail: fmt.Sprintf("%d writes, %d read back and verified, %d job errors", f.Writes, f.Reads, f.Fio.Errors)})
+	}
+	if f.Iperf != nil || f.IperfErr != "" {
+		out = append(out, Check{Name: "kill-iperf3-stall", Pass: f.Iperf != nil && f.LongestStall <= MaxIperfStall, Source: "host",
+			Detail: fmt.Sprintf("longest stall %d s (allowed %d), %d s stalled in all", f.LongestStall, MaxIperfStall, f.StalledSeconds)})
+	}
+	return out
+}
+
+// fioIOs returns the read and write I/O counts of fio's JSON output.
+func fioIOs(b []byte) (reads, writes int64) {
+	i := bytes.IndexByte(b, '{')
+	if i < 0 {
+		return 0, 0
+	}
+	var doc struct {
+		Jobs []struct {
+			Read struct {
+				N int64 `json:"total_ios"`
+			} `json:"read"`
+			Write struct {
+				N int64 `json:"total_ios"`
+			} `json:"write"`
+		} `json:"jobs"`
+	}
+	if json.NewDecoder(bytes.NewReader(b[i:])).Decode(&doc) != nil {
+		return 0, 0
+	}
+	for _, j := range doc.Jobs {
+		reads += j.Read.N
+		writes += j.Write.N
+	}
+	return reads, writes
 }
 
 // countWorkerEvents counts drvdomd's fault and restart lines in its console log.
@@ -416,7 +482,10 @@ func (f FaultFigures) Print(w io.Writer) {
 	fmt.Fprintf(w, "  worker restarts (DD log)      %d\n", f.Restarts)
 	switch {
 	case f.Fio != nil:
-		fmt.Fprintf(w, "  fio randwrite+verify          %.0f write IOPS, %.0f verify-read IOPS, %d job errors\n", f.Fio.WriteIOPS, f.Fio.ReadIOPS, f.Fio.Errors)
+		fmt.Fprintf(w, "  fio randwrite+verify          %.0f write IOPS, %.0f verify-read IOPS, %d job errors (%d writes, %d verified)\n", f.Fio.WriteIOPS, f.Fio.ReadIOPS, f.Fio.Errors, f.Writes, f.Reads)
+		if f.NoKill != nil {
+			fmt.Fprintf(w, "  same fio, 10 s, no kills      %.0f write IOPS, %.0f verify-read IOPS\n", f.NoKill.WriteIOPS, f.NoKill.ReadIOPS)
+		}
 	case f.FioErr != "":
 		fmt.Fprintf(w, "  fio                           %s\n", f.FioErr)
 	default:

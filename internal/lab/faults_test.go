@@ -48,6 +48,9 @@ func TestFaultScriptsFollowThePlan(t *testing.T) {
 			t.Errorf("guest script lacks %q", want)
 		}
 	}
+	if !strings.Contains(g, "--verify_backlog=16 ") || !strings.Contains(g, "--runtime=10 ") || !strings.Contains(g, "fio-nokill.json") {
+		t.Error("guest script lacks the fio baseline or a verify_backlog that verifies")
+	}
 	for _, want := range []string{"sleep 2\n", "kill-worker", "stop-worker", "drvdomctl supervise --name " + DrvdomName, "xenstore-chmod \"$FK\" n0 b$DD",
 		"lab_t hang", "lab_t drvdom-restarted", "lab_t vbd-reattached", "lab_t guest-restored", `DD=$(xl domid`} {
 		if !strings.Contains(d, want) {
@@ -103,7 +106,7 @@ time=5 level=WARN msg="worker exited; restarting" role=supervisor code=-1 ran=1s
 	iperf := `{"intervals":[{"sum":{"bits_per_second":1e8}},{"sum":{"bits_per_second":0}},{"sum":{"bits_per_second":1e5}},{"sum":{"bits_per_second":9e7}},{"sum":{"bits_per_second":0}},{"sum":{"bits_per_second":1.1e8}}],
 "end":{"sum_sent":{"bits_per_second":8e7},"sum_received":{"bits_per_second":7.9e7}}}`
 	r := &Report{Out: dir, Files: map[string][]byte{"iperf3-kill.json": []byte(iperf),
-		"fio-kill.json": []byte(`{"jobs":[{"jobname":"kill","error":0,"read":{"iops":100},"write":{"iops":120}}]}`)},
+		"fio-kill.json": []byte(`{"jobs":[{"jobname":"kill","error":0,"read":{"iops":100,"total_ios":6000},"write":{"iops":120,"total_ios":6016}}]}`)},
 		Timeline: map[string]float64{"dom0/hang": 100, "dom0/drvdom-restarted": 170, "dom0/vbd-reattached": 190.5, "dom0/guest-restored": 200}}
 	f := ParseFaultFigures(r)
 	if f.Kills != 3 || f.Injected != 3 || f.NoWorker != 1 || f.Restarts != 2 {
@@ -117,6 +120,18 @@ time=5 level=WARN msg="worker exited; restarting" role=supervisor code=-1 ran=1s
 	}
 	if f.HangToRestart != 70 || f.HangToVBD != 90.5 || f.HangToVIF != -1 || f.HangToGuest != 100 {
 		t.Errorf("hang figures %+v", f)
+	}
+	cs := f.Checks()
+	if len(cs) != 2 || !cs[0].Pass || cs[0].Name != "kill-fio-verified" || !cs[1].Pass || cs[1].Name != "kill-iperf3-stall" {
+		t.Errorf("checks %+v", cs)
+	}
+	// fio that wrote little and verified nothing, and a 12 s stall, fail.
+	bad := f
+	bad.Reads, bad.Writes, bad.LongestStall = 0, 177, MaxIperfStall+2
+	for _, c := range bad.Checks() {
+		if c.Pass {
+			t.Errorf("%s passes: %s", c.Name, c.Detail)
+		}
 	}
 	var b strings.Builder
 	f.Print(&b)
