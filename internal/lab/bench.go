@@ -205,6 +205,7 @@ loop=$(losetup -f --show %[1]s 2>/tmp/losetup.err) || loop=/dev/no-loop-device
 	b.WriteString("[ -b \"$loop\" ] && losetup -d \"$loop\"\n")
 	b.WriteString(benchDDStatSh)
 	b.WriteString(benchDDStatStart(BenchStatInterval, BenchStatPutEvery))
+	b.WriteString(benchAfterSh())
 	b.WriteString("exit 0\n")
 	return b.String()
 }
@@ -283,7 +284,12 @@ func BenchDom0Script(s Scenario, runtime time.Duration) (string, error) {
 	}
 	w := BenchDrvdomWait(runtime)
 	script = strings.Replace(script, old, fmt.Sprintf("'%s' %d ||", s.readyPattern(), w), 1)
-	return strings.Replace(script, fmt.Sprintf("not ready after %ds", defaultWait), fmt.Sprintf("not ready after %ds", w), 1), nil
+	script = strings.Replace(script, fmt.Sprintf("not ready after %ds", defaultWait), fmt.Sprintf("not ready after %ds", w), 1)
+	end := "xl list\n[ \"$fails\" = 0 ] || dump\nlab_t dom0-done\n"
+	if strings.Count(script, end) != 1 {
+		return "", fmt.Errorf("bench: dom0 script: its end (%q) not found once", end)
+	}
+	return strings.Replace(script, end, benchDom0AfterWait(runtime)+end, 1), nil
 }
 
 // BenchGuestConfig is the guest's xl config for a bench boot: the NVMe as
@@ -424,6 +430,12 @@ func BenchSamples(boot BenchBoot, rep *Report) []BenchSample {
 			for _, w := range BlockWorkloads {
 				add(BenchSample{Path: path, Backing: bk, Workload: w.Name}, BenchFileName(path, bk, w.Name), parseBenchFio)
 			}
+		}
+	}
+	for _, w := range BenchAfterWorkloads {
+		f := BenchFileName(PathDeviceAfter, BackingNVMe, w)
+		if _, ok := rep.Files[f]; ok {
+			add(BenchSample{Path: PathDeviceAfter, Backing: BackingNVMe, Workload: w}, f, parseBenchFio)
 		}
 	}
 	for _, w := range NetWorkloads {

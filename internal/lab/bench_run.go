@@ -128,6 +128,7 @@ func WriteBenchOutputs(out string, o BenchOptions, res *BenchResult) error {
 	}
 	var md, svg strings.Builder
 	WriteBenchMarkdown(&md, res.Rows, o.Backends)
+	WriteBenchAfter(&md, res.Samples)
 	WriteBenchMemory(&md, res.Boots)
 	if err := WriteBenchSVG(&svg, res.Rows, o.Backends); err != nil {
 		return fmt.Errorf("bench: svg: %w", err)

@@ -149,3 +149,57 @@ func TestBenchDom0PhaseSamplesInTheBackground(t *testing.T) {
 		t.Errorf("parse: %+v", snaps)
 	}
 }
+
+// TestBenchAfterRows: the driver domain measures the NVMe again once the
+// guest's vif has come and gone, and marks the end; the samples are kept.
+func TestBenchAfterRows(t *testing.T) {
+	dd := BenchDrvdomScript(5 * time.Second)
+	i := strings.Index(dd, "bench_after() {")
+	if i < 0 || !strings.Contains(dd, "bench_after </dev/null 2>/dev/null &\n") {
+		t.Fatal("driver domain script lacks the after-guest rows")
+	}
+	after := dd[i:]
+	for _, w := range BenchAfterWorkloads {
+		key := benchCheckName(BenchFileName(PathDeviceAfter, BackingNVMe, w))
+		if !strings.Contains(after, "bench_fio "+key+" "+NVMeTarget+" randread 4k ") {
+			t.Errorf("no after-guest row %s", key)
+		}
+	}
+	if strings.Index(after, "set -- /sys/class/net/vif*") > strings.Index(after, "bench_fio ") ||
+		strings.Index(after, "bench_fio ") > strings.Index(after, `lab_mark "`+BenchAfterMark+`"`) {
+		t.Error("after-guest rows not between the guest's departure and the mark")
+	}
+	// The rows run after the baseline's loop device is released.
+	if strings.Index(dd, `losetup -d "$loop"`) > i {
+		t.Error("after-guest function defined before the baseline ends")
+	}
+	fio := []byte(`{"jobs":[{"error":0,"read":{"iops":500,"bw_bytes":2048000,"total_ios":2500,"lat_ns":{"mean":64000}}}]}`)
+	rep := &Report{Files: map[string][]byte{BenchFileName(PathDeviceAfter, BackingNVMe, "4k-randread-qd32"): fio}, Result: &Result{}}
+	var got []BenchSample
+	for _, s := range BenchSamples(BenchBoot{Index: 1, Rep: 1, Backend: BackendDrvdom}, rep) {
+		if s.Path == PathDeviceAfter {
+			got = append(got, s)
+		}
+	}
+	if len(got) != 1 || !got[0].OK || got[0].IOPS != 500 || got[0].Workload != "4k-randread-qd32" {
+		t.Errorf("after-guest samples %+v", got)
+	}
+}
+
+func TestWriteBenchAfter(t *testing.T) {
+	var b strings.Builder
+	WriteBenchAfter(&b, []BenchSample{
+		{Path: PathDevice, Backing: BackingNVMe, Workload: "4k-randread-qd32", OK: true, IOPS: 100},
+		{Path: PathDeviceAfter, Backing: BackingNVMe, Workload: "4k-randread-qd32", OK: true, IOPS: 600, LatUs: 50},
+		{Path: PathDeviceAfter, Backing: BackingNVMe, Workload: "4k-randread-qd32", OK: true, IOPS: 800, LatUs: 40},
+		{Path: PathDeviceAfter, Backing: BackingNVMe, Workload: "4k-randread-qd1", Error: "x"},
+	})
+	if !strings.Contains(b.String(), "- nvme 4k-randread-qd32: 700 IOPS after (n=2, 45 µs) vs 100 at boot (n=1)") || strings.Contains(b.String(), "qd1:") {
+		t.Errorf("got:\n%s", b.String())
+	}
+	b.Reset()
+	WriteBenchAfter(&b, nil)
+	if b.Len() != 0 {
+		t.Errorf("no samples wrote %q", b.String())
+	}
+}

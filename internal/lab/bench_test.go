@@ -87,7 +87,8 @@ func TestBenchScriptsRunEveryRowWithItsFile(t *testing.T) {
 		t.Error("driver domain script does not make, loop and release the tmpfs backing")
 	}
 	// The loop device is released before the guest's backend may take the file.
-	if strings.Index(dd, `losetup -d "$loop"`) < strings.LastIndex(dd, "bench_fio ") {
+	baseline := dd[:strings.Index(dd, "bench_after() {")] // the after-guest rows come later
+	if strings.Index(dd, `losetup -d "$loop"`) < strings.LastIndex(baseline, "bench_fio ") {
 		t.Error("loop released before the last baseline row")
 	}
 	for _, w := range NetWorkloads {
@@ -648,9 +649,14 @@ func TestBenchDom0ScriptWaitsLongerForTheBaseline(t *testing.T) {
 	if !strings.Contains(got, want) {
 		t.Errorf("dom0 script lacks %q", want)
 	}
-	// Nothing else changed.
-	if strings.Replace(got, itoa(w), "300", 2) != s.Dom0Script() {
-		t.Error("dom0 script changed beyond the ready wait")
+	// It waits for the driver domain's after-guest rows just before it
+	// ends; nothing else changed.
+	after := benchDom0AfterWait(10 * time.Second)
+	if !strings.Contains(after, "'@@LAB "+BenchAfterMark+"'") || !strings.Contains(got, after+"xl list\n[ \"$fails\" = 0 ] || dump\nlab_t dom0-done\n") {
+		t.Errorf("dom0 script does not wait for the after-guest rows at its end:\n%s", got)
+	}
+	if strings.Replace(strings.Replace(got, after, "", 1), itoa(w), "300", 2) != s.Dom0Script() {
+		t.Error("dom0 script changed beyond the ready wait and the after-guest wait")
 	}
 	s.DrvdomReady = "something else"
 	if _, err := BenchDom0Script(s, 10*time.Second); err != nil {
