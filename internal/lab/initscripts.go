@@ -185,6 +185,10 @@ kernel)
 		drvdomd &
 	elif [ "$hotplug" = devd ]; then
 		mkdir -p /var/run/xen /var/log/xen /var/lib/xen
+		# Xen's locking.sh stats /dev/stdin: without udev's links it
+		# loops forever and libxl kills "block add" after 10 s.
+		[ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
+		[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
 		xl devd -F &
 	else
 		sh /lab/hotplug.sh &
