@@ -7,7 +7,30 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
+
+// The watchdog ioctl numbers are uapi/linux/watchdog.h's.
+func TestWatchdogIoctlNumbers(t *testing.T) {
+	if wdiocSetTimeout != unix.WDIOC_SETTIMEOUT || wdiocGetTimeout != unix.WDIOC_GETTIMEOUT {
+		t.Errorf("WDIOC_SETTIMEOUT %#x (want %#x), WDIOC_GETTIMEOUT %#x (want %#x)",
+			wdiocSetTimeout, unix.WDIOC_SETTIMEOUT, wdiocGetTimeout, unix.WDIOC_GETTIMEOUT)
+	}
+	// Not a watchdog: the ioctl fails (ENOTTY) and the caller keeps the
+	// driver's timeout.
+	f, err := os.CreateTemp(t.TempDir(), "wd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := setWatchdogTimeout(f, 30*time.Second); err == nil {
+		t.Error("setting a timeout on a regular file succeeded")
+	}
+	if watchdogTimeout < 4*watchdogEvery || watchdogTimeout > 60*time.Second {
+		t.Errorf("watchdogTimeout %v: want at least 4 feed periods (%v) and no more than xen_wdt's default", watchdogTimeout, watchdogEvery)
+	}
+}
 
 func TestFeedWatchdog(t *testing.T) {
 	for _, clean := range []bool{true, false} {
