@@ -143,10 +143,6 @@ while [ "$(dmesg | grep -c 'blkfront: xvdb:')" -le "$nb" ] && [ "$t" -lt %[2]d ]
 [ "$(dmesg | grep -c 'blkfront: xvdb:')" -gt "$nb" ]
 lab_check guest-disk-back $? "blkfront connected xvdb again $(( $(cut -d. -f1 /proc/uptime) - up0 )) s after the hang"
 lab_wait 60 test -b /dev/xvdb
-%[1]s --verify_only --output=/tmp/fio-posthang.json
-r=$?
-lab_put fio-posthang.json /tmp/fio-posthang.json
-lab_check guest-data-after-restart $r "crc32c verify_only of the 32 MiB written before the hang"
 # The NIC comes back as a new netdev (eth0 again, or the next name).
 t=0; ok=1
 while [ "$t" -lt %[2]d ]; do
@@ -158,6 +154,10 @@ while [ "$t" -lt %[2]d ]; do
 	t=$((t + 1))
 done
 lab_check guest-ping-after-restart $ok "$(ls /sys/class/net | grep '^eth' | tr '\n' ' ')pings %[4]s"
+%[1]s --verify_only --output=/tmp/fio-posthang.json
+r=$?
+lab_put fio-posthang.json /tmp/fio-posthang.json
+lab_check guest-data-after-restart $r "crc32c verify_only of the 32 MiB written before the hang"
 rc=$((rc | r | ok))
 `, verifyJob, 2*secs(p.RestoreWait), GuestIP, Dom0IP)
 	}
