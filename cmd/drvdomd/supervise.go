@@ -150,10 +150,10 @@ type Supervisor struct {
 	QuitAfter time.Duration
 	// HealthyReset: a worker that sent heartbeats (it passed its own
 	// health check: it was serving) and ran at least this long before it
-	// died is restarted after Backoff.Min, not after a longer delay: it
+	// died is restarted at once and the backoff starts again from Min: it
 	// was killed or crashed while serving, which is no start-up crash
-	// loop, and every moment it is down stalls the guests. 0: only
-	// Backoff.ResetAfter resets the backoff.
+	// loop (at most one start per HealthyReset), and every moment it is
+	// down stalls the guests. 0: only Backoff.ResetAfter resets the backoff.
 	HealthyReset time.Duration
 
 	starts int
@@ -198,10 +198,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		} else if code == exitFatal {
 			return errFatal
 		}
+		var delay time.Duration // a worker that died serving: at once
 		if err == nil && s.HealthyReset > 0 && ran >= s.HealthyReset && s.Health.Beats() > beats {
 			s.Backoff.Reset()
+		} else {
+			delay = s.Backoff.Next(ran)
 		}
-		delay := s.Backoff.Next(ran)
 		s.Log.Warn("worker exited; restarting", "code", code, "ran", ran.Round(time.Millisecond), "after", delay)
 		t := time.NewTimer(delay)
 	wait:
