@@ -29,7 +29,7 @@ type Soak struct {
 }
 
 // DefaultSoak is issue 8's soak: 3 guests for 10 minutes.
-var DefaultSoak = Soak{Guests: 3, Duration: 10 * time.Minute, FileMB: 64, FioMB: 16}
+var DefaultSoak = Soak{Guests: 3, Duration: 10 * time.Minute, FileMB: 32, FioMB: 8}
 
 // SoakChecks are the checks a soak boot must report.
 var SoakChecks = []string{
