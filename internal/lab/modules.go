@@ -18,7 +18,7 @@ var (
 		"xen-blkback", "xen-netback", "loop", "bridge", "tun", "veth", "e1000", "virtio_pci", "9pnet_virtio", "9p"}
 	DriverDomainModules = []string{"xen-pcifront", "nvme", "e1000", "xen-blkback", "xen-netback", "xen-evtchn",
 		"xen-gntdev", "xen-gntalloc", "xenfs", "xen-privcmd", "loop", "bridge", "tun", "xen_wdt"}
-	GuestModules = []string{"xen-blkfront", "xen-netfront", "xen-evtchn", "xen-gntdev", "xenfs", "loop"}
+	GuestModules = []string{"xen-blkfront", "xen-netfront", "xen-evtchn", "xen-gntdev", "xenfs", "loop", "ext4"}
 )
 
 // ParseShowDepends returns the module files (in load order) named by the
