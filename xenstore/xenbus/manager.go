@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"path"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,6 +70,9 @@ const DefaultResync = 10 * time.Second
 // is Closing, Closed or gone, or when the frontend directory vanished (guest
 // destroyed). A backend directory removed by the toolstack is Disconnect
 // and Close only.
+//
+// Run itself runs on its caller's goroutine (see Run): a Manager with no
+// device adds no goroutine.
 type Manager struct {
 	store   *xenstore.Client
 	self    uint16
@@ -146,6 +150,13 @@ func (m *Manager) Devices() int {
 // goroutine has stopped and every Instance is closed; xenstore is left as it
 // was (a restarted daemon resumes Connected devices without disturbing the
 // frontends). Run returns nil when ctx ended.
+//
+// Run serves every driver's backend watch and the resync on the caller's
+// goroutine: the only goroutines it starts are the devices', each gone once
+// its device is. A process counting its goroutines (drvdomd publishes
+// runtime.NumGoroutine for dom0's soak) thus sees the same number before
+// the first device and after the last one, whenever it took the first
+// sample: before Run, or once Run's watches were set.
 func (m *Manager) Run(ctx context.Context) error {
 	if !m.running.CompareAndSwap(false, true) {
 		return errors.New("xenbus: Manager.Run called twice")
@@ -157,44 +168,44 @@ func (m *Manager) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	var wg sync.WaitGroup
-	errc := make(chan error, len(m.drivers))
-	var startErr error
+	var watches []typeWatch
+	var err error
 	seen := map[string]bool{}
 	for _, drv := range m.drivers {
 		typ := drv.Type()
 		if typ == "" || strings.Contains(typ, "/") || seen[typ] {
-			startErr = fmt.Errorf("xenbus: bad or duplicate driver type %q", typ)
+			err = fmt.Errorf("xenbus: bad or duplicate driver type %q", typ)
 			break
 		}
 		seen[typ] = true
 		base := BackendBase(m.self, typ)
-		w, err := m.store.Watch(ctx, base, "xenbus/backend/"+typ)
-		if err != nil {
-			startErr = fmt.Errorf("xenbus: watch %s: %w", base, err)
+		w, werr := m.store.Watch(ctx, base, "xenbus/backend/"+typ)
+		if werr != nil {
+			err = fmt.Errorf("xenbus: watch %s: %w", base, werr)
 			break
 		}
 		m.log.Info("xenbus: watching", "type", typ, "path", base)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errc <- m.watchType(ctx, drv, base, w)
-		}()
+		watches = append(watches, typeWatch{drv: drv, base: base, w: w})
 	}
-	err := startErr
 	if err == nil {
-		select {
-		case <-ctx.Done():
-		case err = <-errc:
-		}
+		err = m.serve(ctx, watches)
 	}
 	cancel()
-	wg.Wait()
+	for _, tw := range watches {
+		tw.w.Close()
+	}
 	m.devWG.Wait()
 	if parent.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		return nil
 	}
 	return err
+}
+
+// typeWatch is one driver's watch on its backend/<type> directory.
+type typeWatch struct {
+	drv  Driver
+	base string
+	w    *xenstore.Watch
 }
 
 func (m *Manager) resync() time.Duration {
@@ -204,22 +215,39 @@ func (m *Manager) resync() time.Duration {
 	return DefaultResync
 }
 
-func (m *Manager) watchType(ctx context.Context, drv Driver, base string, w *xenstore.Watch) error {
-	defer w.Close()
-	m.rescan(ctx, drv, base)
+// serve handles the backend watches' events and the periodic rescans of
+// every driver's tree until ctx ends or a watch ends.
+func (m *Manager) serve(ctx context.Context, watches []typeWatch) error {
+	for _, tw := range watches {
+		m.rescan(ctx, tw.drv, tw.base)
+	}
 	tick := time.NewTicker(m.resync())
 	defer tick.Stop()
+	// One select over a set of watches known only at run time: rare
+	// events, so reflect.Select's cost does not matter.
+	const firstWatch = 2
+	cases := make([]reflect.SelectCase, firstWatch, firstWatch+len(watches))
+	cases[0] = reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}
+	cases[1] = reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(tick.C)}
+	for _, tw := range watches {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(tw.w.Events())})
+	}
 	for {
-		select {
-		case <-ctx.Done():
+		i, v, ok := reflect.Select(cases)
+		switch i {
+		case 0:
 			return ctx.Err()
-		case ev, ok := <-w.Events():
-			if !ok {
-				return fmt.Errorf("xenbus: watch on %s ended", base)
+		case 1:
+			for _, tw := range watches {
+				m.rescan(ctx, tw.drv, tw.base)
 			}
-			m.handleEvent(ctx, drv, base, ev.Path)
-		case <-tick.C:
-			m.rescan(ctx, drv, base)
+		default:
+			tw := watches[i-firstWatch]
+			if !ok {
+				return fmt.Errorf("xenbus: watch on %s ended", tw.base)
+			}
+			ev, _ := v.Interface().(xenstore.WatchEvent)
+			m.handleEvent(ctx, tw.drv, tw.base, ev.Path)
 		}
 	}
 }
