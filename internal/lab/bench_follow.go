@@ -68,9 +68,14 @@ func readFrom(p string, off int) ([]byte, error) {
 // empty); it returns without calling it when ctx ends. Under TCG a boot
 // sometimes hangs with both vCPUs idle; dom0's own timeouts cannot fire
 // then, and the boot would sit until its whole-boot timeout.
+//
+// The clock starts with the first output: before it the boot may still be
+// waiting for the lab's lock behind other helpers' boots (the run
+// directory's files exist, empty, meanwhile), which is not a hang; a boot
+// that never prints is left to its own timeout.
 func watchStall(ctx context.Context, paths []string, every, stall time.Duration, onStall func()) {
 	sizes := make([]int64, len(paths))
-	last := time.Now()
+	var last time.Time
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -82,6 +87,9 @@ func watchStall(ctx context.Context, paths []string, every, stall time.Duration,
 				if fi, err := os.Stat(p); err == nil && fi.Size() != sizes[i] {
 					sizes[i], last = fi.Size(), now
 				}
+			}
+			if last.IsZero() {
+				continue // no output yet: still queued for the lab, or starting
 			}
 			if now.Sub(last) >= stall {
 				onStall()

@@ -625,6 +625,44 @@ func TestWatchStall(t *testing.T) {
 	}
 }
 
+// TestWatchStallWaitsForTheFirstOutput: a boot queued behind other boots
+// for the lab's lock has empty logs; that is not a hang (bench boot 1 of
+// /tmp/h4/real was stopped after 7 minutes in the queue). The clock starts
+// with the first output.
+func TestWatchStallWaitsForTheFirstOutput(t *testing.T) {
+	dir := t.TempDir()
+	serial := filepath.Join(dir, "serial.log")
+	if err := os.WriteFile(serial, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fired := make(chan time.Time, 1)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watchStall(ctx, []string{serial, filepath.Join(dir, "absent.log")}, 5*time.Millisecond, 40*time.Millisecond, func() { fired <- time.Now() })
+	}()
+	select {
+	case <-fired:
+		t.Fatal("fired while the logs were still empty (queued for the lab)")
+	case <-time.After(200 * time.Millisecond):
+	}
+	wrote := time.Now()
+	if err := os.WriteFile(serial, []byte("Xen 4.17\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-fired:
+		if at.Sub(wrote) < 40*time.Millisecond {
+			t.Errorf("fired %v after the first output, before the 40ms stall", at.Sub(wrote))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a boot silent after its first output was not stopped")
+	}
+	<-done
+}
+
 func TestLastStampInFailureReasons(t *testing.T) {
 	if lastStamp(nil) != "" || lastStamp(&Result{}) != "" {
 		t.Error("stamp from nothing")
