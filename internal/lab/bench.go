@@ -218,8 +218,15 @@ func BenchGuestScript(runtime time.Duration) string {
 	b.WriteString(". /lab/lib.sh\n")
 	b.WriteString(benchFioSh(rt))
 	fmt.Fprintf(&b, "lab_wait 60 test -b /dev/%[1]s\nlab_check guest-sees-tmpfs-disk $? /dev/%[1]s\n", BenchTmpfsVdev)
-	benchBlockRuns(&b, PathGuest, BackingNVMe, "/dev/"+GuestVdev)
-	benchBlockRuns(&b, PathGuest, BackingTmpfs, "/dev/"+BenchTmpfsVdev)
+	b.WriteString(benchVbdStatSh)
+	b.WriteString("bench_vbdstat start\n")
+	for _, bk := range []struct{ backing, dev string }{{BackingNVMe, "/dev/" + GuestVdev}, {BackingTmpfs, "/dev/" + BenchTmpfsVdev}} {
+		for _, w := range BlockWorkloads {
+			key := benchCheckName(BenchFileName(PathGuest, bk.backing, w.Name))
+			fmt.Fprintf(&b, "bench_fio %s %s %s %s %d\nbench_vbdstat %s\n", key, bk.dev, w.RW, w.BS, w.QD, key)
+		}
+	}
+	fmt.Fprintf(&b, "lab_put %s /tmp/vbdstats.txt\n", BenchVbdStatFile)
 	fmt.Fprintf(&b, "lab_wait 30 ping -c1 -W1 %s\nlab_check guest-ping-dom0 $? %s\n", Dom0IP, Dom0IP)
 	b.WriteString(benchNetSnapSh)
 	for _, w := range NetWorkloads {

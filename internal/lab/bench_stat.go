@@ -316,3 +316,30 @@ func WriteBenchAfter(w io.Writer, samples []BenchSample) {
 		fmt.Fprintf(w, "- nvme %s: %.0f IOPS after (n=%d, %.0f µs) vs %.0f at boot (n=%d)\n", name, a.Median, a.N, a.LatUs, b.Median, b.N)
 	}
 }
+
+// benchVbdStatSh defines bench_vbdstat LABEL for the guest: one line per
+// disk with its backend's drvdom-stats (drvdom's blkback: requests,
+// persistent grant hits, misses and purges; nothing with the kernel's),
+// taken after each block row and sent at the end as BenchVbdStatFile.
+// The backend rewrites the key every 5 s, so a row's counts are
+// approximate at its edges.
+var benchVbdStatSh = fmt.Sprintf(`bench_vbdstat() {
+	for d in %[1]d %[2]d; do
+		be=$(xenstore-read device/vbd/$d/backend 2>/dev/null) || continue
+		echo "$1 $d $(xenstore-read "$be/drvdom-stats" 2>/dev/null)"
+	done >> /tmp/vbdstats.txt
+	return 0
+}
+`, VdevNumber(GuestVdev), VdevNumber(BenchTmpfsVdev))
+
+// BenchVbdStatFile is the file the guest's vbd statistics are sent as.
+const BenchVbdStatFile = "bench-vbd-stats.txt"
+
+// VdevNumber is the xenstore device number of a xvd<letter> disk (Linux's
+// xvd major 202: 51712 + 16 * index).
+func VdevNumber(vdev string) int {
+	if len(vdev) != 4 || !strings.HasPrefix(vdev, "xvd") || vdev[3] < 'a' || vdev[3] > 'z' {
+		return -1
+	}
+	return 51712 + 16*int(vdev[3]-'a')
+}

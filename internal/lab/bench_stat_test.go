@@ -203,3 +203,21 @@ func TestWriteBenchAfter(t *testing.T) {
 		t.Errorf("no samples wrote %q", b.String())
 	}
 }
+
+func TestBenchVbdStats(t *testing.T) {
+	if VdevNumber("xvdb") != 51728 || VdevNumber("xvdc") != 51744 || VdevNumber("sda") != -1 {
+		t.Errorf("vdev numbers %d %d %d", VdevNumber("xvdb"), VdevNumber("xvdc"), VdevNumber("sda"))
+	}
+	g := BenchGuestScript(5 * time.Second)
+	if !strings.Contains(g, "for d in 51728 51744; do") || !strings.Contains(g, "lab_put "+BenchVbdStatFile+" /tmp/vbdstats.txt") {
+		t.Error("guest script does not collect the vbd statistics")
+	}
+	for _, bk := range Backings {
+		for _, w := range BlockWorkloads {
+			key := benchCheckName(BenchFileName(PathGuest, bk, w.Name))
+			if !strings.Contains(g, "bench_fio "+key+" ") || !strings.Contains(g, "\nbench_vbdstat "+key+"\n") {
+				t.Errorf("row %s without its statistics", key)
+			}
+		}
+	}
+}
