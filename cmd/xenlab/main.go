@@ -421,6 +421,13 @@ func e2eCmd(ctx context.Context, p *lab.Progress, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	// One image for every boot of the run (the tree may change meanwhile).
+	if c.drvdomImage, err = resolveImage(ctx, p, a, c.drvdomImage); err != nil {
+		return 1, err
+	}
+	if c.drvdomImage == "" {
+		c.drvdomImage = ImageShell
+	}
 	var all []lab.Check
 	var na []string
 	figs := map[string]lab.Figures{}

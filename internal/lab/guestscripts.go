@@ -67,6 +67,7 @@ const fioVerifyFn = `fv() {
 var GuestE2EScript = `. /lab/lib.sh
 ` + fioVerifyFn + `all_disks='for d in xvdb xvdc xvdd xvde; do test -b /dev/$d || exit 1; done'
 mkdir -p /mnt/d
+modprobe ext4
 boot=1
 if mount -o ro /dev/xvdd /mnt/d 2>/dev/null; then
 	[ -f /mnt/d/lab-marker ] && boot=2
@@ -153,7 +154,7 @@ ro=$(blockdev --getro /dev/xvde)
 [ "$ro" = 1 ]
 lab_check guest-ro-getro $? "blockdev --getro xvde: $ro"
 if dd if=/dev/zero of=/dev/xvde bs=4096 count=1 oflag=direct 2>/tmp/dd.err; then r=1; else r=0; fi
-lab_check guest-ro-refuses-write $r "direct write: $(tail -1 /tmp/dd.err)"
+lab_check guest-ro-refuses-write $r "direct write: $(head -1 /tmp/dd.err)"
 
 lab_mark "PHASE block-detach"
 lab_wait 120 sh -c '! test -b /dev/xvdb'

@@ -195,7 +195,7 @@ func TestDom0Script(t *testing.T) {
 	if strings.Contains(plain, "block-detach") {
 		t.Error("plain run detaches devices")
 	}
-	for _, want := range []string{"block-detach guest xvdb", "network-detach guest 0", "PHASE block-detach", "PHASE network-detach",
+	for _, want := range []string{"block-detach guest xvdb", "network-detach guest 0", "cue block-detach ", "cue network-detach ",
 		"network-attach guest backend=drvdom bridge=xenbr0 mac=00:16:3e:4c:00:02 ", `"@@LAB END guest.sh" 90`} {
 		if !strings.Contains(e2e, want) {
 			t.Errorf("e2e dom0 script lacks %q", want)
@@ -240,7 +240,7 @@ func TestE2ECueOrder(t *testing.T) {
 	dom0 := s.Dom0Script()
 	last, lastG := -1, -1
 	for _, cue := range []string{"PHASE discarded", "PHASE block-detach", "PHASE network-detach", "PHASE reboot"} {
-		i := strings.Index(dom0, "@@LAB "+cue)
+		i := strings.Index(dom0, "\ncue "+strings.TrimPrefix(cue, "PHASE ")+" ")
 		g := strings.Index(GuestE2EScript, `lab_mark "`+cue+`"`)
 		if i < 0 || g < 0 || i < last || g < lastG {
 			t.Fatalf("cue %q: dom0 at %d (after %d), guest at %d (after %d)", cue, i, last, g, lastG)

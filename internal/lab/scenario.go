@@ -241,7 +241,7 @@ lab_t guest-ready
 `, GuestName, defaultWait)
 		if s.E2E {
 			b.WriteString(s.e2eDom0Before(gwait))
-			fmt.Fprintf(&b, `lab_wait_log "$GLOG" "@@LAB PHASE block-detach" %[2]d || fail_domain %[1]s "no block-detach cue"
+			fmt.Fprintf(&b, `cue block-detach %[2]d || fail_domain %[1]s "no block-detach cue"
 timeout 120 xl -vvv block-detach %[1]s %[3]s 2>/lab/xl-block-detach.log
 ck dom0-block-detach $? "xl block-detach %[1]s %[3]s"
 pidof xenstored >/dev/null || lab_mark "xenstored died during block-detach"
@@ -252,7 +252,7 @@ ck drvdom-vbd-backend-removed $? "/local/domain/$DD/backend/vbd/$GID/51728"
 lab_wait_log "$GLOG" "@@LAB CHECK guest-block-detached" 90
 timeout 120 xl -vvv block-attach %[1]s '%[4]s' 2>/lab/xl-block-attach.log
 ck dom0-block-attach $? "xl block-attach"
-lab_wait_log "$GLOG" "@@LAB PHASE network-detach" %[2]d || fail_domain %[1]s "no network-detach cue"
+cue network-detach %[2]d || fail_domain %[1]s "no network-detach cue"
 timeout 120 xl -vvv network-detach %[1]s 0 2>/lab/xl-network-detach.log
 ck dom0-network-detach $? "xl network-detach %[1]s 0"
 lab_wait 30 sh -c "! xenstore-read /local/domain/$DD/backend/vif/$GID/0/state"
@@ -302,12 +302,23 @@ run_until() {
 	while [ "$t" -gt 0 ]; do "$@" && return 0; sleep 0.5; t=$((t - 1)); done
 	return 1
 }
+# cue NAME SECONDS: wait for the guest's PHASE NAME; fails at once if the
+# guest's script ended instead (it failed before giving the cue).
+cue() {
+	t=$(( $2 * 2 ))
+	while [ "$t" -gt 0 ]; do
+		grep -q "@@LAB PHASE $1@@" "$GLOG" && return 0
+		grep -q "@@LAB END guest.sh" "$GLOG" && return 1
+		sleep 0.5; t=$((t - 1))
+	done
+	return 1
+}
 # The file backing's allocated bytes, as the driver domain publishes them
 # (drvdomd scratch=), sampled every second while the guest writes.
 SCR=/local/domain/$DD/data/scratch/@KEY@
 ( while :; do timeout 10 xenstore-read "$SCR" 2>/dev/null; sleep 1; done > /tmp/alloc.log ) &
 SAMPLER=$!
-lab_wait_log "$GLOG" "@@LAB PHASE discarded" @GWAIT@ || fail_domain @GUEST@ "no discarded cue"
+cue discarded @GWAIT@ || fail_domain @GUEST@ "no discarded cue"
 max=$(sort -n /tmp/alloc.log | tail -1)
 holes() { v=$(timeout 10 xenstore-read "$SCR") && [ "$v" -lt 4194304 ]; }
 run_until 30 holes
@@ -316,12 +327,13 @@ r=$?
 ck dom0-file-discard-holes $r "file.img allocated ${max:-?} B at most while the guest wrote, $(timeout 10 xenstore-read "$SCR") B after its blkdiscard"
 `)
 	if s.Backend == BackendDrvdom {
-		out += `# drvdom only: netback's own statistics and drvdomd's log.
+		out += `# drvdom only: netback's own statistics (tx_gso: TSO frames the guest sent)
+# and drvdomd's log.
 vifstat() { timeout 10 xenstore-read /local/domain/$DD/backend/vif/$GID/0/drvdom-stats 2>/dev/null; }
 gso_seen() {
 	st=$(vifstat) || return 1
-	p=$(echo "$st" | sed -n 's/.*"tx_packets":\([0-9]*\).*/\1/p'); by=$(echo "$st" | sed -n 's/.*"tx_bytes":\([0-9]*\).*/\1/p')
-	[ -n "$p" ] && [ "$p" -gt 0 ] && [ $((by / p)) -gt 1514 ]
+	g=$(echo "$st" | sed -n 's/.*"tx_gso":\([0-9]*\).*/\1/p')
+	[ -n "$g" ] && [ "$g" -gt 0 ]
 }
 run_until 20 gso_seen
 ck drvdom-vif-gso-stats $? "netback stats: $(vifstat)"
@@ -336,7 +348,7 @@ ck drvdom-vbd-2-queues $? "drvdomd: vbd $GID/51728 connected with 2 queues"
 
 // e2eDom0Reboot follows the guest's reboot: xl builds it again under a new
 // id (on_reboot="restart"); the old id's backends must go.
-const e2eDom0Reboot = `lab_wait_log "$GLOG" "@@LAB PHASE reboot" 300 || fail_domain guest "no reboot cue"
+const e2eDom0Reboot = `cue reboot 300 || fail_domain guest "no reboot cue"
 lab_t guest-reboot
 # The second boot's READY follows the last reboot cue (or the first boot
 # ended its script instead of rebooting).
