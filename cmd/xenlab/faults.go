@@ -33,7 +33,7 @@ func faultsCmd(ctx context.Context, p *lab.Progress, args []string) (int, error)
 	fs := flag.NewFlagSet("faults", flag.ExitOnError)
 	out := fs.String("out", "", "run directory (default $XDG_CACHE_HOME/drvdom/runs/<time>-faults); boots go in crash/ and devd/")
 	image := fs.String("drvdom-image", "", "driver domain image (default: built with `xenlab image` into the run directory)")
-	only := fs.String("only", "crash,devd", "boots to run: crash (image: boot time, kills, hang), devd (kernel-stack driver domain: boot time)")
+	only := fs.String("only", "crash,devd", "boots to run: crash (image: boot time, kills, hang), devd (kernel-stack driver domain with xl devd: boot time), script (kernel backends with the lab's hotplug loop: boot time)")
 	timeout := fs.Duration("timeout", 25*time.Minute, "whole-boot timeout for each boot")
 	killEvery := fs.Duration("kill-every", 2*time.Second, "SIGKILL period")
 	runtime := fs.Duration("runtime", 60*time.Second, "fio runtime under kills")
@@ -46,11 +46,11 @@ func faultsCmd(ctx context.Context, p *lab.Progress, args []string) (int, error)
 	boots := map[string]bool{}
 	for _, b := range strings.Split(*only, ",") {
 		switch b = strings.TrimSpace(b); b {
-		case "crash", "devd":
+		case "crash", "devd", "script":
 			boots[b] = true
 		case "":
 		default:
-			return 2, fmt.Errorf("faults: --only=%s: want crash and/or devd", b)
+			return 2, fmt.Errorf("faults: --only=%s: want crash, devd or script", b)
 		}
 	}
 	c := common{out: *out, timeout: *timeout, keep: *keep, verbose: *verbose}
@@ -89,7 +89,8 @@ func faultsCmd(ctx context.Context, p *lab.Progress, args []string) (int, error)
 	}
 
 	var all []lab.Check
-	var crashTimes, devdTimes lab.BootTimes
+	var crashTimes lab.BootTimes
+	kernelTimes := map[string]lab.BootTimes{}
 	var figs *lab.FaultFigures
 	var dirs []string
 	if boots["crash"] {
@@ -112,18 +113,21 @@ func faultsCmd(ctx context.Context, p *lab.Progress, args []string) (int, error)
 		figs = &f
 		all = append(all, prefixed("crash/", f.Checks())...)
 	}
-	if boots["devd"] {
-		s := lab.Scenario{Backend: lab.BackendKernel, KernelHotplug: lab.HotplugDevd,
+	for _, hp := range []string{lab.HotplugDevd, lab.HotplugScript} {
+		if !boots[hp] {
+			continue
+		}
+		s := lab.Scenario{Backend: lab.BackendKernel, KernelHotplug: hp,
 			GuestScript: lab.BootGuestScript, Dom0Phase: lab.BootDom0Phase, GuestTimeout: 10 * time.Minute}
-		dir := filepath.Join(root, "devd")
+		dir := filepath.Join(root, hp)
 		rep, err := faultBoot(ctx, p, a, &c, s, dir, "")
 		if err != nil {
 			return 1, err
 		}
 		dirs = append(dirs, dir)
 		rep.Print(os.Stdout)
-		all = append(all, prefixed("devd/", rep.AllChecks(lab.BootChecks))...)
-		devdTimes = lab.ParseBootTimes(rep.Timeline)
+		all = append(all, prefixed(hp+"/", rep.AllChecks(lab.BootChecks))...)
+		kernelTimes[hp] = lab.ParseBootTimes(rep.Timeline)
 	}
 
 	fmt.Println(strings.Repeat("-", 72))
@@ -148,7 +152,9 @@ func faultsCmd(ctx context.Context, p *lab.Progress, args []string) (int, error)
 		name string
 		run  bool
 		t    lab.BootTimes
-	}{{"u-root image, drvdomd backends", boots["crash"], crashTimes}, {"shell rootfs, kernel backends, xl devd", boots["devd"], devdTimes}} {
+	}{{"u-root image, drvdomd backends", boots["crash"], crashTimes},
+		{"shell rootfs, kernel backends, xl devd", boots["devd"], kernelTimes[lab.HotplugDevd]},
+		{"shell rootfs, kernel backends, lab script", boots["script"], kernelTimes[lab.HotplugScript]}} {
 		switch {
 		case !bt.run:
 		case !bt.t.OK:
