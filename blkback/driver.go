@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"drvdom/evtchn"
@@ -132,6 +133,10 @@ type StatsSnapshot struct {
 	PersistentOverflow uint64 `json:"persistent_overflow"`
 	Sectors            uint64 `json:"sectors"`
 	Queues             int    `json:"queues"`
+	// AllocatedBytes is what a file backing occupies on its filesystem
+	// (st_blocks*512): discards that punch holes make it shrink. 0 for
+	// block devices.
+	AllocatedBytes int64 `json:"allocated_bytes"`
 }
 
 // Device is one probed vbd: a xenbus.Instance.
@@ -154,6 +159,10 @@ type Device struct {
 	// published is the sectors value in xenstore (monitor goroutine only,
 	// set by Connect before the monitor starts).
 	published uint64
+
+	// file is the backing's path when it is a regular file (for
+	// AllocatedBytes), else "".
+	file string
 
 	pool    *bouncePool // grant-copy mode, per connection
 	stats   Stats
@@ -241,6 +250,9 @@ func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, e
 		return nil, fmt.Errorf("%s: %w", d.Name(), err)
 	}
 	dev.backing = b
+	if st, err := os.Stat(params); err == nil && st.Mode().IsRegular() {
+		dev.file = params
+	}
 	size, err := b.Size()
 	if err != nil {
 		b.Close()
@@ -625,8 +637,24 @@ func (dev *Device) Stats() StatsSnapshot {
 		BytesWritten: s.BytesWritten.Load(), Errors: s.Errors.Load(), NotSupported: s.NotSupported.Load(),
 		InFlight: s.InFlight.Load(), PersistentHits: s.PersistentHits.Load(), PersistentMisses: s.PersistentMisses.Load(),
 		PersistentPurged: s.PersistentPurged.Load(), PersistentOverflow: s.PersistentOverflow.Load(),
-		Sectors: dev.sectors.Load(), Queues: nq,
+		Sectors: dev.sectors.Load(), Queues: nq, AllocatedBytes: allocatedBytes(dev.file),
 	}
+}
+
+// allocatedBytes is st_blocks*512 of path, 0 if path is "" or cannot be
+// stat'ed.
+func allocatedBytes(path string) int64 {
+	if path == "" {
+		return 0
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return int64(st.Blocks) * 512
+	}
+	return 0
 }
 
 // account counts a finished request.
