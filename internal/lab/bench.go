@@ -161,7 +161,7 @@ func CheckBenchRuntime(rt time.Duration) error {
 // to the host as KEY.json, a CHECK named KEY whose detail carries fio's
 // error output when it failed ('@' removed: it would end the marker).
 func benchFioSh(runtime int) string {
-	return fmt.Sprintf(`bench_fio() {
+	return benchPutSh + fmt.Sprintf(`bench_fio() {
 	key=$1; dev=$2; rw=$3; bs=$4; qd=$5
 	rm -f /tmp/bench.json /tmp/bench.err
 	if [ ! -b "$dev" ]; then
@@ -171,7 +171,7 @@ func benchFioSh(runtime int) string {
 	timeout %[2]d fio --name="$key" --filename="$dev" --rw="$rw" --bs="$bs" --iodepth="$qd" --ioengine=libaio --direct=1 \
 		--runtime=%[1]d --time_based --output-format=json --eta=never --output=/tmp/bench.json 2>/tmp/bench.err
 	r=$?
-	[ -s /tmp/bench.json ] && lab_put "$key.json" /tmp/bench.json
+	[ -s /tmp/bench.json ] && bench_put "$key.json" /tmp/bench.json
 	msg="fio $rw bs=$bs qd=$qd on $dev"
 	[ "$r" = 0 ] || msg="$msg: $(tail -c 300 /tmp/bench.err 2>/dev/null | tr '\n@' '  ')"
 	lab_check "$key" $r "$msg"
@@ -239,7 +239,7 @@ func BenchGuestScript(runtime time.Duration) string {
 rm -f /tmp/bench.json
 timeout %[5]d iperf3 -c %[1]s -t %[2]d -P %[3]d%[4]s -J > /tmp/bench.json 2>/tmp/bench.err
 r=$?
-[ -s /tmp/bench.json ] && lab_put %[6]s.json /tmp/bench.json
+[ -s /tmp/bench.json ] && bench_put %[6]s.json /tmp/bench.json
 msg="iperf3 -P %[3]d%[4]s"
 [ "$r" = 0 ] || msg="$msg: $(tail -c 300 /tmp/bench.err 2>/dev/null | tr '\n@' '  ')"
 lab_check %[6]s $r "$msg"
@@ -417,7 +417,7 @@ func BenchSamples(boot BenchBoot, rep *Report) []BenchSample {
 	var out []BenchSample
 	add := func(s BenchSample, file string, parse func([]byte, *BenchSample) error) {
 		s.Boot, s.Rep, s.Backend = boot.Index, boot.Rep, boot.Backend
-		b, ok := rep.Files[file]
+		b, ok := benchFile(rep.Files, file)
 		if !ok {
 			s.Error = why(file, nil)
 			out = append(out, s)
@@ -441,7 +441,7 @@ func BenchSamples(boot BenchBoot, rep *Report) []BenchSample {
 	}
 	for _, w := range BenchAfterWorkloads {
 		f := BenchFileName(PathDeviceAfter, BackingNVMe, w)
-		if _, ok := rep.Files[f]; ok {
+		if _, ok := benchFile(rep.Files, f); ok {
 			add(BenchSample{Path: PathDeviceAfter, Backing: BackingNVMe, Workload: w}, f, parseBenchFio)
 		}
 	}

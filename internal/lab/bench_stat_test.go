@@ -221,3 +221,43 @@ func TestBenchVbdStats(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchPutPacksAndTheHostUnpacks runs bench_put for real (bash, gzip,
+// base64 of this host) and reads its output back as the bench does.
+func TestBenchPutPacksAndTheHostUnpacks(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash on this host:", err)
+	}
+	for _, tool := range []string{"gzip", "base64"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("no %s on this host: %v", tool, err)
+		}
+	}
+	dir := t.TempDir()
+	fio := `{"jobs":[{"error":0,"read":{"iops":321.5,"bw_bytes":1316864,"total_ios":1607,"lat_ns":{"mean":3110000}},"write":{}}]}` + "\n"
+	src := filepath.Join(dir, "bench.json")
+	if err := os.WriteFile(src, []byte(strings.Repeat(" ", 4000)+fio), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lib := strings.ReplaceAll(LibSh, "export PATH=", "export PATH=$PATH:")
+	out, err := exec.Command(bash, "-c", lib+benchPutSh+"bench_put bench-guest-nvme-4k-randread-qd1.json "+src).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := ExtractFiles(out)
+	packed := files["bench-guest-nvme-4k-randread-qd1.json"+BenchPackedSuffix]
+	if packed == nil || bytes.Count(packed, []byte("\n")) != 0 || len(packed) > 400 {
+		t.Fatalf("packed file %q (%d bytes) from\n%s", packed, len(packed), out)
+	}
+	rep := &Report{Files: files, Result: &Result{}}
+	for _, s := range BenchSamples(BenchBoot{Index: 1, Rep: 1, Backend: BackendKernel}, rep) {
+		if s.Path == PathGuest && s.Backing == BackingNVMe && s.Workload == "4k-randread-qd1" {
+			if !s.OK || s.IOPS != 321.5 || s.LatUs != 3110 {
+				t.Errorf("sample from the packed file: %+v", s)
+			}
+			return
+		}
+	}
+	t.Fatal("no sample for the row")
+}

@@ -76,7 +76,7 @@ func TestBenchScriptsRunEveryRowWithItsFile(t *testing.T) {
 		}
 	}
 	for _, s := range []string{dd, g} {
-		for _, want := range []string{"--ioengine=libaio", "--direct=1", "--time_based", "--runtime=7 ", "--output-format=json", `lab_put "$key.json"`} {
+		for _, want := range []string{"--ioengine=libaio", "--direct=1", "--time_based", "--runtime=7 ", "--output-format=json", `bench_put "$key.json"`} {
 			if !strings.Contains(s, want) {
 				t.Errorf("script lacks %q", want)
 			}
@@ -98,7 +98,7 @@ func TestBenchScriptsRunEveryRowWithItsFile(t *testing.T) {
 			cmd += " -R"
 		}
 		cmd += " -J"
-		if !strings.Contains(g, cmd) || !strings.Contains(g, "lab_put "+key+".json") || !strings.Contains(g, "lab_check "+key+" $r") {
+		if !strings.Contains(g, cmd) || !strings.Contains(g, "bench_put "+key+".json") || !strings.Contains(g, "lab_check "+key+" $r") {
 			t.Errorf("guest script lacks %s (%q)", key, cmd)
 		}
 	}
