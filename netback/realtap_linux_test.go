@@ -24,7 +24,7 @@ type nsRunner struct {
 	ch chan func()
 }
 
-func newNsRunner(t *testing.T) *nsRunner {
+func newNsRunner(t testing.TB) *nsRunner {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create a network namespace and TAP devices")
@@ -64,7 +64,7 @@ func newNsRunner(t *testing.T) *nsRunner {
 
 // waitOperUp waits until the link's carrier change went through the
 // kernel's linkwatch (up to a second late), so the bridge forwards to it.
-func (r *nsRunner) waitOperUp(t *testing.T, name string) {
+func (r *nsRunner) waitOperUp(t testing.TB, name string) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		var st netlink.LinkOperState

@@ -1,0 +1,67 @@
+//go:build linux
+
+package netback_test
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"drvdom/internal/xensim/netfront"
+	"drvdom/netback"
+)
+
+// BenchmarkRealTapRxSparse: host datagrams to the guest one at a time
+// (each sent when the guest got the previous one), through a real TAP on
+// a real bridge: the pattern of TCP ACKs on the way back to a sending
+// guest. Run it under `strace -f -c -e trace=read` to count the TAP reads
+// per packet.
+func BenchmarkRealTapRxSparse(b *testing.B) {
+	r := newNsRunner(b)
+	e := newEnv(b, func(d *netback.Driver) { d.Host = nsHost{r} })
+	v := e.attach(b, 2, 0, netfront.Nic{Bridge: "xenbr6"}, netfront.Config{Split: true})
+	r.waitOperUp(b, "vif2.0")
+	guestMAC := netback.TestGuestMAC
+	guestIP := net.IPv4(169, 254, 9, 2).To4()
+	var conn *net.UDPConn
+	var err error
+	r.do(func() {
+		br, e1 := netlink.LinkByName("xenbr6")
+		if e1 != nil {
+			err = e1
+			return
+		}
+		addr, _ := netlink.ParseAddr("169.254.9.1/24")
+		if err = netlink.AddrAdd(br, addr); err != nil {
+			return
+		}
+		if err = netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
+			IP: guestIP, HardwareAddr: net.HardwareAddr(guestMAC[:])}); err != nil {
+			return
+		}
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(169, 254, 9, 1), Port: 5002})
+	})
+	if err != nil {
+		b.Fatalf("netns setup: %v", err)
+	}
+	defer conn.Close()
+	payload := make([]byte, 64)
+	dst := &net.UDPAddr{IP: guestIP, Port: 9}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := conn.WriteToUDP(payload, dst); err != nil {
+			b.Fatal(err)
+		}
+		for got := false; !got; {
+			select {
+			case p := <-v.f.RecvChan(0):
+				got = len(p.Frame) >= 14+20+8+len(payload) && p.Frame[14+9] == protoUDPNum
+			case <-time.After(5 * time.Second):
+				b.Fatal("the guest got nothing")
+			}
+		}
+	}
+}
