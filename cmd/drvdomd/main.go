@@ -176,7 +176,9 @@ func daemon(ctx context.Context, console io.Writer) int {
 	var healthy func() error
 	health := NewHealth(healthStale, workerStartGrace)
 	if cfg.Backend != "kernel" {
-		healthy = health.Check // the watchdog follows the worker's heartbeat
+		// The watchdog follows the worker's heartbeat, once the supervisor
+		// had its chance to restart a hung worker.
+		healthy = watchdogHealth(health.Check, watchdogGrace, time.Now)
 	}
 	if cfg.Watchdog {
 		wg.Add(1)
@@ -264,6 +266,13 @@ const (
 	// checkTimeout bounds the health check's xenstore read: under TCG, with
 	// dom0 busy creating a domain, a read can take over a second.
 	checkTimeout = 4 * time.Second
+	// xenstoreStall: a worker whose xenstore read waited this long is
+	// unhealthy (slower is only a busy dom0; see storeProbe).
+	xenstoreStall = 30 * time.Second
+	// watchdogGrace: the watchdog keepalives stop once the worker has been
+	// unhealthy this long: enough for the supervisor's SIGQUIT (after
+	// healthStale+QuitAfter) and a new worker's resync of every device.
+	watchdogGrace = 40 * time.Second
 	// procStatsEvery is how often each process publishes its ProcStats.
 	procStatsEvery = 5 * time.Second
 )
@@ -313,10 +322,18 @@ func worker(ctx context.Context, console io.Writer) int {
 	defer wg.Wait()
 	defer cancel() // runs before wg.Wait
 	if hb := heartbeatFile(); hb != nil {
+		probe := newStoreProbe(func(ctx context.Context) error {
+			_, err := store.Read(ctx, "domid")
+			if errors.Is(err, xenstore.ErrNotExist) {
+				err = nil
+			}
+			return err
+		}, xenstoreStall)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			heartbeat(ctx, hb, beatEvery, workerCheck(store, drivers), log)
+			heartbeat(ctx, hb, beatEvery, workerCheck(probe.check, drivers), log)
+			probe.wait()
 		}()
 	}
 	wg.Add(1)
@@ -349,16 +366,12 @@ func worker(ctx context.Context, console io.Writer) int {
 // drvdomd's backends run; drvdomctl supervise waits for "running".
 const ReadyKey = "data/drvdomd"
 
-// workerCheck is the worker's health: xenstore answers within a second and
-// no driver reports a stalled ring.
-func workerCheck[D any](store interface {
-	Read(ctx context.Context, path string) (string, error)
-}, drivers []D) func(context.Context) error {
+// workerCheck is the worker's health: xenstore answers (storeCheck, a
+// storeProbe's check) and no driver reports a stalled ring.
+func workerCheck[D any](storeCheck func(context.Context) error, drivers []D) func(context.Context) error {
 	return func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, checkTimeout)
-		defer cancel()
-		if _, err := store.Read(ctx, "domid"); err != nil && !errors.Is(err, xenstore.ErrNotExist) {
-			return fmt.Errorf("xenstore: %w", err)
+		if err := storeCheck(ctx); err != nil {
+			return err
 		}
 		for _, d := range drivers {
 			if sc, ok := any(d).(stallChecker); ok {

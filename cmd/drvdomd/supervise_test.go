@@ -324,23 +324,20 @@ func TestHeartbeatWithheld(t *testing.T) {
 	}
 }
 
-type fakeStore struct{ err error }
-
-func (f fakeStore) Read(context.Context, string) (string, error) { return "1", f.err }
-
 type stalled struct{ err error }
 
 func (s stalled) Stalled(time.Duration) error { return s.err }
 
 func TestWorkerCheck(t *testing.T) {
 	ctx := context.Background()
-	if err := workerCheck(fakeStore{}, []any{stalled{}, 7})(ctx); err != nil {
+	storeOK := func(context.Context) error { return nil }
+	if err := workerCheck(storeOK, []any{stalled{}, 7})(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := workerCheck(fakeStore{err: fmt.Errorf("boom")}, []any{})(ctx); err == nil {
+	if err := workerCheck(func(context.Context) error { return fmt.Errorf("boom") }, []any{})(ctx); err == nil {
 		t.Error("xenstore failure passes")
 	}
-	if err := workerCheck(fakeStore{}, []any{stalled{err: errors.New("vbd 2/51712 queue 0 stalled")}})(ctx); err == nil {
+	if err := workerCheck(storeOK, []any{stalled{err: errors.New("vbd 2/51712 queue 0 stalled")}})(ctx); err == nil {
 		t.Error("stalled ring passes")
 	}
 }
