@@ -28,13 +28,17 @@ type Soak struct {
 	FileMB, FioMB int
 }
 
+// soakStall (s): a guest without a finished cycle for this long at the
+// end of the soak is stuck (a cycle takes 60-120 s under TCG).
+const soakStall = 300
+
 // DefaultSoak is issue 8's soak: 3 guests for 10 minutes.
 var DefaultSoak = Soak{Guests: 3, Duration: 10 * time.Minute, FileMB: 32, FioMB: 8}
 
 // SoakChecks are the checks a soak boot must report.
 var SoakChecks = []string{
 	"dom0-assign-nvme", "dom0-assign-nic", "drvdom-nvme-passthrough", "drvdom-nic-passthrough",
-	"soak-guests-created", "soak-ran", "soak-fio-verify", "soak-reattach-reverify", "soak-iperf3",
+	"soak-guests-created", "soak-ran", "soak-guests-progressing", "soak-drvdom-not-restarted", "soak-fio-verify", "soak-reattach-reverify", "soak-iperf3",
 	"soak-no-stale-backends", "soak-no-grants-mapped", "soak-fds-baseline", "soak-goroutines-baseline",
 	"soak-worker-not-restarted",
 }
@@ -125,7 +129,7 @@ func (k Soak) Dom0Script(base string) (string, error) {
 
 func (k Soak) dom0Phase() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "SOAK_GUESTS=%q\nSOAK_SECONDS=%d\n", k.guestList(), int(k.Duration/time.Second))
+	fmt.Fprintf(&b, "SOAK_GUESTS=%q\nSOAK_SECONDS=%d\nSOAK_STALL=%d\n", k.guestList(), int(k.Duration/time.Second), soakStall)
 	for i := 1; i <= k.Guests; i++ {
 		fmt.Fprintf(&b, "iperf3 -s -D -B %s -p %d --logfile /tmp/iperf3-%d.log\n", Dom0IP, k.iperfPort(i), i)
 		fmt.Fprintf(&b, "SPEC_%s='%s'\n", k.guestName(i), DiskSpec(GuestVdev, DrvdomName, k.file(i)))
@@ -141,6 +145,7 @@ b_gor=$(echo "$base" | num goroutines)
 created=0
 for g in $SOAK_GUESTS; do
 	timeout 300 xl create /lab/$g.cfg 2>/lab/xl-create-$g.log && created=$((created + 1))
+	eval "prog_$g=$(date +%s)"
 done
 [ "$created" = $(echo $SOAK_GUESTS | wc -w) ]
 ck soak-guests-created $? "$created guests"
@@ -155,6 +160,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
 		idle=$(xenstore-read $H/soak-idle 2>/dev/null) || continue
 		[ "$idle" = "$(cat /tmp/soak/$g.$id 2>/dev/null)" ] && continue
 		echo "$idle" > /tmp/soak/$g.$id
+		eval "prog_$g=$(date +%s)"
 		r=$(shuf -i 0-9 -n 1)
 		if [ "$r" -lt 3 ]; then
 			detaches=$((detaches + 1))
@@ -169,6 +175,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
 			lab_mark "SOAK act $g cycle $idle restart"
 			xl destroy $g
 			timeout 300 xl create /lab/$g.cfg 2>>/lab/xl-create-$g.log || lab_mark "SOAK xl create $g failed"
+			eval "prog_$g=$(date +%s)"
 		else
 			nones=$((nones + 1))
 			xenstore-write $H/soak-act none
@@ -185,6 +192,19 @@ while [ "$(date +%s)" -lt "$end" ]; do
 done
 lab_t soak-end
 elapsed=$(( $(date +%s) - start ))
+# Every guest must still be cycling at the end: a guest whose disk or
+# network stopped answering stops reporting cycles.
+stuck=""
+for g in $SOAK_GUESTS; do
+	eval "p=\$prog_$g"
+	age=$(( $(date +%s) - p ))
+	lab_mark "SOAK progress $g last cycle ${age}s before the end"
+	[ "$age" -le "$SOAK_STALL" ] || stuck="$stuck $g"
+done
+[ -z "$stuck" ]
+ck soak-guests-progressing $? "guests without a cycle in the last ${SOAK_STALL}s:${stuck:- none}"
+[ "$(xl domid ` + DrvdomName + ` 2>/dev/null)" = "$DD" ]
+ck soak-drvdom-not-restarted $? "driver domain still domain $DD"
 for g in $SOAK_GUESTS; do xl destroy $g 2>/dev/null; done
 lab_mark "SOAK actions detach=$detaches restart=$restarts none=$nones drvdomd_max_rss_kb=$maxrss"
 cycles=0; bad=0; ipbad=0; reatt=0; reatt_bad=0
