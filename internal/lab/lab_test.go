@@ -639,3 +639,43 @@ func TestE2EScriptsParse(t *testing.T) {
 	check("sh", "init-drvdom.sh", InitDrvdom)
 	check("sh", "init-guest.sh", InitGuest)
 }
+
+// Waiters get the lab in the order they came, and a dead waiter's ticket
+// does not block the queue.
+func TestLockLabIsFirstComeFirstServed(t *testing.T) {
+	old := LockPath
+	LockPath = filepath.Join(t.TempDir(), "lab.lock")
+	defer func() { LockPath = old }()
+	p := NewProgress(io.Discard)
+	// A ticket of a process that no longer exists (pid 0x7ffffff0 is
+	// above pid_max) is skipped and removed.
+	os.MkdirAll(LockPath+".q", 0o777)
+	stale := filepath.Join(LockPath+".q", fmt.Sprintf("%020d.%d", 1, 0x7ffffff0))
+	os.WriteFile(stale, nil, 0o666)
+	hold, err := lockLab(context.Background(), p)
+	require.NoError(t, err)
+	order := make(chan string, 2)
+	start := func(name string) {
+		go func() {
+			unlock, err := lockLab(context.Background(), p)
+			if err != nil {
+				order <- "error: " + err.Error()
+				return
+			}
+			order <- name
+			time.Sleep(300 * time.Millisecond)
+			unlock()
+		}()
+	}
+	start("first")
+	time.Sleep(100 * time.Millisecond)
+	start("second")
+	time.Sleep(500 * time.Millisecond)
+	hold()
+	require.Equal(t, "first", <-order)
+	require.Equal(t, "second", <-order)
+	_, err = os.Stat(stale)
+	require.True(t, os.IsNotExist(err), "stale ticket left: %v", err)
+	ents, _ := os.ReadDir(LockPath + ".q")
+	require.Empty(t, ents, "tickets left after every waiter got the lab")
+}
