@@ -209,6 +209,10 @@ lab_t hang
 xenstore-write "$FK" stop-worker
 ck dom0-hang $? "worker SIGSTOPped in domain $OLDDD"
 newdd() { n=$(xl domid %[1]s 2>/dev/null) && [ -n "$n" ] && [ "$n" != "$OLDDD" ]; }
+# Running: xl list shows no s(hutdown) or d(ying) flag for it.
+oldrunning() { xl list "$OLDDD" 2>/dev/null | awk 'NR == 2 && $5 !~ /[sd]/ { f = 1 } END { exit !f }'; }
+t=0; while oldrunning && [ "$t" -lt %[2]d ]; do sleep 0.5; t=$((t + 1)); done
+lab_t drvdom-shutdown
 t=0; while ! newdd && [ "$t" -lt %[2]d ]; do sleep 0.5; t=$((t + 1)); done
 newdd
 ck dom0-drvdom-restarted $? "domain %[1]s back as $(xl domid %[1]s 2>/dev/null) (was $OLDDD)"
@@ -311,16 +315,17 @@ type FaultFigures struct {
 	IperfErr       string
 	LongestStall   int // consecutive 1 s iperf3 intervals below 10% of the median
 	StalledSeconds int // all such intervals
-	// From dom0's clock: hang -> domain restarted by Xen, -> disk and NIC
-	// Connected again on the new domain, -> the guest pinging dom0 again.
-	HangToRestart, HangToVBD, HangToVIF, HangToGuest float64
+	// From dom0's clock: hang -> the domain shut down (Xen's watchdog
+	// fired), -> restarted under a new id, -> disk and NIC Connected again
+	// on the new domain, -> the guest pinging dom0 again.
+	HangToShutdown, HangToRestart, HangToVBD, HangToVIF, HangToGuest float64
 }
 
 var figureRE = regexp.MustCompile(`@@LAB FIGURE (\S+) (\d+)@@`)
 
 // ParseFaultFigures reads the figures from a crash boot's report and run directory.
 func ParseFaultFigures(r *Report) FaultFigures {
-	f := FaultFigures{HangToRestart: -1, HangToVBD: -1, HangToVIF: -1, HangToGuest: -1}
+	f := FaultFigures{HangToShutdown: -1, HangToRestart: -1, HangToVBD: -1, HangToVIF: -1, HangToGuest: -1}
 	if b, err := os.ReadFile(filepath.Join(r.Out, "dom0.log")); err == nil {
 		for _, m := range figureRE.FindAllSubmatch(b, -1) {
 			if string(m[1]) == "kills" {
@@ -360,7 +365,8 @@ func ParseFaultFigures(r *Report) FaultFigures {
 			}
 			return -1
 		}
-		f.HangToRestart, f.HangToVBD, f.HangToVIF, f.HangToGuest = at("drvdom-restarted"), at("vbd-reattached"), at("vif-reattached"), at("guest-restored")
+		f.HangToShutdown, f.HangToRestart = at("drvdom-shutdown"), at("drvdom-restarted")
+		f.HangToVBD, f.HangToVIF, f.HangToGuest = at("vbd-reattached"), at("vif-reattached"), at("guest-restored")
 	}
 	return f
 }
@@ -500,6 +506,7 @@ func (f FaultFigures) Print(w io.Writer) {
 		fmt.Fprintf(w, "  iperf3                        (no result)\n")
 	}
 	fmt.Fprintf(w, "hung driver domain (dom0 clock, from the SIGSTOP; -1: not reached):\n")
+	fmt.Fprintf(w, "  hang -> watchdog shut it down %.1f s\n", f.HangToShutdown)
 	fmt.Fprintf(w, "  hang -> Xen restarted it      %.1f s\n", f.HangToRestart)
 	fmt.Fprintf(w, "  hang -> vbd Connected again   %.1f s\n", f.HangToVBD)
 	fmt.Fprintf(w, "  hang -> vif Connected again   %.1f s\n", f.HangToVIF)

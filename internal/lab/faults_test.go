@@ -52,7 +52,7 @@ func TestFaultScriptsFollowThePlan(t *testing.T) {
 		t.Error("guest script lacks the fio baseline or a verify_backlog that verifies")
 	}
 	for _, want := range []string{"sleep 2\n", "kill-worker", "stop-worker", "drvdomctl supervise --name " + DrvdomName, "xenstore-chmod \"$FK\" n0 b$DD",
-		"lab_t hang", "lab_t drvdom-restarted", "lab_t vbd-reattached", "lab_t guest-restored", `DD=$(xl domid`} {
+		"lab_t hang", "lab_t drvdom-shutdown", "lab_t drvdom-restarted", "lab_t vbd-reattached", "lab_t guest-restored", `DD=$(xl domid`} {
 		if !strings.Contains(d, want) {
 			t.Errorf("dom0 phase lacks %q", want)
 		}
@@ -118,7 +118,7 @@ time=5 level=WARN msg="worker exited; restarting" role=supervisor code=-1 ran=1s
 	if f.LongestStall != 2 || f.StalledSeconds != 3 {
 		t.Errorf("stalls: longest %d total %d, want 2 and 3", f.LongestStall, f.StalledSeconds)
 	}
-	if f.HangToRestart != 70 || f.HangToVBD != 90.5 || f.HangToVIF != -1 || f.HangToGuest != 100 {
+	if f.HangToShutdown != -1 || f.HangToRestart != 70 || f.HangToVBD != 90.5 || f.HangToVIF != -1 || f.HangToGuest != 100 {
 		t.Errorf("hang figures %+v", f)
 	}
 	cs := f.Checks()
