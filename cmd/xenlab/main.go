@@ -125,6 +125,7 @@ type common struct {
 	timeout       time.Duration
 	keep          bool
 	verbose       bool
+	labHeld       bool // the command holds the lab lock across its boots
 }
 
 func (c *common) register(fs *flag.FlagSet, defTimeout time.Duration) {
@@ -178,7 +179,7 @@ func boot(ctx context.Context, p *lab.Progress, a *lab.Artifacts, c *common, s l
 	if err != nil {
 		return nil, err
 	}
-	opts := lab.RunOptions{Out: out, Timeout: c.timeout}
+	opts := lab.RunOptions{Out: out, Timeout: c.timeout, LabHeld: c.labHeld}
 	if c.verbose {
 		opts.Echo = os.Stderr
 	}
@@ -427,6 +428,15 @@ func e2eCmd(ctx context.Context, p *lab.Progress, args []string) (int, error) {
 	}
 	if c.drvdomImage == "" {
 		c.drvdomImage = ImageShell
+	}
+	if len(backends) > 1 {
+		// The boots run back to back: their figures are compared.
+		release, err := lab.HoldLab(ctx, p)
+		if err != nil {
+			return 1, err
+		}
+		defer release()
+		c.labHeld = true
 	}
 	var all []lab.Check
 	var na []string

@@ -26,6 +26,19 @@ type RunOptions struct {
 	Timeout  time.Duration // whole boot; QEMU is killed after it
 	Echo     io.Writer     // if set, the serial console is copied here too
 	DiskSize int64         // NVMe image size (default 1 GiB)
+	// LabHeld says the caller holds the lab lock (HoldLab) across several
+	// boots; Run then does not take it.
+	LabHeld bool
+}
+
+// HoldLab takes the machine-wide lab lock for several boots in a row (e.g.
+// `xenlab e2e --backend=both`: the figures it compares come from boots
+// back to back); the returned function releases it.
+func HoldLab(ctx context.Context, p *Progress) (func(), error) {
+	if p == nil {
+		p = NewProgress(nil)
+	}
+	return lockLab(ctx, p)
 }
 
 // Stamp is a host-side time of a dom0 "T" marker, since QEMU started.
@@ -90,11 +103,13 @@ func Run(ctx context.Context, a *Artifacts, opts RunOptions, p *Progress) (*Resu
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Minute
 	}
-	unlock, err := lockLab(ctx, p)
-	if err != nil {
-		return nil, err
+	if !opts.LabHeld {
+		unlock, err := lockLab(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
 	}
-	defer unlock()
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
