@@ -133,6 +133,13 @@ time=5 level=WARN msg="worker exited; restarting" role=supervisor code=-1 ran=1s
 			t.Errorf("%s passes: %s", c.Name, c.Detail)
 		}
 	}
+	// Stalled most of the time (run 4 in the lab: the median interval was
+	// 0): the stalls still count.
+	mostly := `{"intervals":[{"sum":{"bits_per_second":6.6e7}},{"sum":{"bits_per_second":0}},{"sum":{"bits_per_second":0}},{"sum":{"bits_per_second":1.05e7}},` +
+		`{"sum":{"bits_per_second":0}},{"sum":{"bits_per_second":0}},{"sum":{"bits_per_second":0}},{"sum":{"bits_per_second":0}},{"sum":{"bits_per_second":4.2e7}},{"sum":{"bits_per_second":5.2e7}}]}`
+	if l, tot := iperfStalls([]byte(mostly)); l != 4 || tot != 6 {
+		t.Errorf("mostly stalled: longest %d total %d, want 4 and 6", l, tot)
+	}
 	var b strings.Builder
 	f.Print(&b)
 	for _, want := range []string{"worker restarts (DD log)      2", "longest stall 2 s", "hang -> guest pings dom0      100.0 s"} {
