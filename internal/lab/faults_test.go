@@ -42,7 +42,7 @@ func TestFaultScriptsParseAsShell(t *testing.T) {
 func TestFaultScriptsFollowThePlan(t *testing.T) {
 	p := DefaultFaultPlan()
 	g, d := FaultGuestScript(p), FaultDom0Phase(p)
-	for _, want := range []string{"--verify=crc32c", "--verify_backlog=", "--iodepth=16", "--runtime=60", "iperf3 -c " + Dom0IP + " -t 75",
+	for _, want := range []string{"--verify=crc32c", "--verify_backlog=", "--iodepth=16", "--runtime=60", "timeout -k 10 -s INT 135 iperf3 -c " + Dom0IP + " -t 75",
 		"PHASE kill-start", "PHASE kill-stop", "PHASE hang", "--verify_only", "guest-no-io-errors", "guest-ping-after-restart"} {
 		if !strings.Contains(g, want) {
 			t.Errorf("guest script lacks %q", want)
