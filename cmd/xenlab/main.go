@@ -358,7 +358,7 @@ func runCmd(ctx context.Context, p *lab.Progress, args []string) (int, error) {
 	if *guestScript == "" && !custom {
 		s.GuestScript = lab.GuestBenchScript
 	}
-	if *ddScript == "" && !custom && !*noBaseline && s.DrvdomImage == "" {
+	if *ddScript == "" && !custom && !*noBaseline && (s.DrvdomImage == "" || s.DrvdomImage == ImageShell) {
 		s.DrvdomScript = lab.DrvdomBaselineScript(s.DiskTarget)
 	}
 	s.NoGuest = *noGuest
