@@ -11,7 +11,7 @@ XENLAB    ?= $(GO) run ./cmd/xenlab
 # under TCG, and the figures side by side).
 E2E_BACKEND ?= both
 
-.PHONY: all build vet test unit e2e run bench lab-bench fuzz initramfs clean
+.PHONY: all build vet test unit e2e run bench lab-bench fuzz initramfs faults soak clean
 
 all: build
 
@@ -37,12 +37,20 @@ e2e:
 	$(XENLAB) e2e --backend=$(E2E_BACKEND)
 
 # The main job: a driver domain from our image serving a guest that runs fio
-# and iperf3; prints the results. drvdomd runs as the script-free hotplug
-# daemon for the kernel's backends until its own backends pass in the lab
-# (RUN_BACKEND=drvdom tries them).
-RUN_BACKEND ?= kernel
+# and iperf3 through drvdom's own backends; prints the results.
+# RUN_BACKEND=kernel runs the kernel's backends with drvdomd as their
+# script-free hotplug daemon instead.
+RUN_BACKEND ?= drvdom
 run: initramfs
 	$(XENLAB) run --backend=$(RUN_BACKEND) --drvdom-image $(IMAGE)
+
+# Lab scenarios beyond the e2e suite: worker kills and watchdog restarts
+# (issue 6), and the 10-minute three-guest soak (issue 8).
+faults:
+	$(XENLAB) faults
+
+soak:
+	$(XENLAB) soak
 
 # Every fuzz target for FUZZTIME each (go test -fuzz takes one target at a time).
 fuzz:
