@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -131,17 +130,7 @@ func faultsCmd(ctx context.Context, p *lab.Progress, args []string) (int, error)
 	}
 
 	fmt.Println(strings.Repeat("-", 72))
-	pass, fail := 0, 0
-	for _, ch := range all {
-		st := "PASS"
-		if ch.Pass {
-			pass++
-		} else {
-			fail++
-			st = "FAIL"
-		}
-		fmt.Printf("%s %-40s %s\n", st, ch.Name, ch.Detail)
-	}
+	pass, fail := printChecks(all, 40)
 	fmt.Printf("%d passed, %d failed (run directories: %s)\n", pass, fail, strings.Join(dirs, " "))
 	fmt.Println(strings.Repeat("-", 72))
 	if figs != nil {
@@ -203,20 +192,7 @@ func faultBoot(ctx context.Context, p *lab.Progress, a *lab.Artifacts, c *common
 	if err != nil {
 		return nil, err
 	}
-	opts := lab.RunOptions{Out: dir, Timeout: c.timeout}
-	if c.verbose {
-		opts.Echo = os.Stderr
-	}
-	res, runErr := lab.Run(ctx, a, opts, p)
-	if !c.keep {
-		lab.Cleanup(dir)
-	}
-	rep := lab.Collect(dir, res)
-	rep.Backend = s.Backend
-	if runErr != nil && !errors.Is(runErr, lab.ErrDomainFailed) {
-		return rep, runErr
-	}
-	return rep, nil
+	return c.runPrepared(ctx, p, a, s, dir)
 }
 
 func copyExe(src, dst string) error {

@@ -179,20 +179,43 @@ func boot(ctx context.Context, p *lab.Progress, a *lab.Artifacts, c *common, s l
 	if err != nil {
 		return nil, err
 	}
-	opts := lab.RunOptions{Out: out, Timeout: c.timeout, LabHeld: c.labHeld}
+	return c.runPrepared(ctx, p, a, s, out)
+}
+
+// runPrepared boots the run directory dir, already Prepared for s, and
+// collects its report. A failed domain is in the report; any other error
+// (QEMU, the lab lock) is returned.
+func (c *common) runPrepared(ctx context.Context, p *lab.Progress, a *lab.Artifacts, s lab.Scenario, dir string) (*lab.Report, error) {
+	opts := lab.RunOptions{Out: dir, Timeout: c.timeout, LabHeld: c.labHeld}
 	if c.verbose {
 		opts.Echo = os.Stderr
 	}
 	res, runErr := lab.Run(ctx, a, opts, p)
 	if !c.keep {
-		lab.Cleanup(out)
+		lab.Cleanup(dir)
 	}
-	rep := lab.Collect(out, res)
+	rep := lab.Collect(dir, res)
 	rep.Backend = s.Backend
 	if runErr != nil && !errors.Is(runErr, lab.ErrDomainFailed) {
 		return rep, runErr
 	}
 	return rep, nil
+}
+
+// printChecks prints one PASS/FAIL line per check, names padded to width,
+// and counts them.
+func printChecks(checks []lab.Check, width int) (pass, fail int) {
+	for _, ch := range checks {
+		st := "PASS"
+		if ch.Pass {
+			pass++
+		} else {
+			fail++
+			st = "FAIL"
+		}
+		fmt.Printf("%s %-*s %s\n", st, width, ch.Name, ch.Detail)
+	}
+	return pass, fail
 }
 
 func (c *common) scenario() (lab.Scenario, error) {
@@ -467,18 +490,8 @@ func e2eCmd(ctx context.Context, p *lab.Progress, args []string) (int, error) {
 		}
 		figs[be] = rep.Figures()
 	}
-	pass, fail := 0, 0
 	fmt.Println(strings.Repeat("-", 60))
-	for _, ch := range all {
-		st := "PASS"
-		if ch.Pass {
-			pass++
-		} else {
-			fail++
-			st = "FAIL"
-		}
-		fmt.Printf("%s %-34s %s\n", st, ch.Name, ch.Detail)
-	}
+	pass, fail := printChecks(all, 34)
 	for _, n := range na {
 		fmt.Printf("N/A  %-34s only drvdom's backends report it (drvdomd's log and statistics)\n", n)
 	}

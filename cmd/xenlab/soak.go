@@ -63,31 +63,14 @@ func soakCmd(ctx context.Context, p *lab.Progress, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	opts := lab.RunOptions{Out: dir, Timeout: c.timeout}
-	if c.verbose {
-		opts.Echo = os.Stderr
+	rep, err := c.runPrepared(ctx, p, a, s, dir)
+	if err != nil {
+		return 1, err
 	}
-	res, runErr := lab.Run(ctx, a, opts, p)
-	if !c.keep {
-		lab.Cleanup(dir)
-	}
-	rep := lab.Collect(dir, res)
-	rep.Backend = s.Backend
 	rep.Print(os.Stdout)
 	printSoakSummary(dir)
-	fail := 0
 	fmt.Println(strings.Repeat("-", 60))
-	for _, ch := range rep.AllChecks(lab.SoakChecks) {
-		st := "PASS"
-		if !ch.Pass {
-			st, fail = "FAIL", fail+1
-		}
-		fmt.Printf("%s %-34s %s\n", st, ch.Name, ch.Detail)
-	}
-	if runErr != nil {
-		return 1, runErr
-	}
-	if fail > 0 {
+	if _, fail := printChecks(rep.AllChecks(lab.SoakChecks), 34); fail > 0 {
 		return 1, nil
 	}
 	return 0, nil
