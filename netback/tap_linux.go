@@ -26,6 +26,7 @@ const (
 	tunSetVnetHdrSz = 0x400454d8 // TUNSETVNETHDRSZ _IOW('T', 216, int)
 	tunSetVnetLE    = 0x400454dc // TUNSETVNETLE    _IOW('T', 220, int)
 	tunSetCarrier   = 0x400454e2 // TUNSETCARRIER   _IOW('T', 226, int)
+	tunGetIff       = 0x800454d2 // TUNGETIFF       _IOR('T', 210, unsigned int)
 	iffTap          = 0x0002
 	iffNoPI         = 0x1000
 	iffVnetHdr      = 0x4000
@@ -42,7 +43,26 @@ const (
 
 // LinuxHost creates real TAP devices and bridges them through netlink.
 // Needs CAP_NET_ADMIN.
-type LinuxHost struct{}
+type LinuxHost struct {
+	// Store, if set, keeps a copy of every TAP queue's file descriptor
+	// outside this process (drvdomd's supervisor), so a TAP outlives a
+	// crashed worker: it stays in the bridge and queues the frames that
+	// arrive until the next worker takes the queues back (CreateTap).
+	Store TapStore
+}
+
+// TapStore keeps TAP queue files across the restarts of the process that
+// serves them. A TAP is not persistent: it goes with the last open queue,
+// so a store that holds the queues keeps it, and Release lets it go.
+type TapStore interface {
+	// Take returns the queue files of the TAP name that an earlier process
+	// left in the store, queue 0 first, or nil. The store keeps its copies.
+	Take(name string) []*os.File
+	// Keep stores a copy of f as queue q of the TAP name.
+	Keep(name string, q int, f *os.File)
+	// Release drops the store's copies of name's queues q >= from.
+	Release(name string, from int)
+}
 
 var _ Host = LinuxHost{}
 
@@ -86,13 +106,19 @@ func openTapQueue(name string, first bool) (*os.File, error) {
 	return os.NewFile(uintptr(fd), tunDevice), nil // non-blocking: served by the netpoller
 }
 
-// CreateTap implements Host.
-func (LinuxHost) CreateTap(name, bridge string) (Tap, error) {
+// CreateTap implements Host. A TAP whose queues the Store kept is taken
+// back as it is: in its bridge, carrier and queued frames untouched.
+func (h LinuxHost) CreateTap(name, bridge string) (Tap, error) {
+	if h.Store != nil {
+		if t, err := h.adoptTap(name, bridge); t != nil || err != nil {
+			return t, err
+		}
+	}
 	f, err := openTapQueue(name, true)
 	if err != nil {
 		return nil, fmt.Errorf("netback: create tap: %w", err)
 	}
-	t := &linuxTap{name: name, files: []*os.File{f}}
+	t := &linuxTap{name: name, store: h.Store}
 	t.queues = []*linuxTapQueue{{f: f}}
 	if err := t.setOffloadLocked(0); err != nil {
 		t.Close()
@@ -106,7 +132,63 @@ func (LinuxHost) CreateTap(name, bridge string) (Tap, error) {
 		t.Close()
 		return nil, err
 	}
+	if h.Store != nil {
+		h.Store.Keep(name, 0, f)
+	}
 	return t, nil
+}
+
+// adoptTap takes the TAP name back from the Store: nil, nil if the store
+// has none. Every file must be a queue of a TAP of that name (TUNGETIFF);
+// otherwise the store's entry is dropped and a new TAP created.
+func (h LinuxHost) adoptTap(name, bridge string) (Tap, error) {
+	files := h.Store.Take(name)
+	if len(files) == 0 {
+		return nil, nil
+	}
+	t := &linuxTap{name: name, store: h.Store}
+	for i, f := range files {
+		got, flags, err := tapIdentity(f)
+		if err != nil || got != name || flags&iffTap == 0 {
+			for _, f := range files {
+				f.Close()
+			}
+			// Not (or no longer) a queue of this TAP (queue i): the old
+			// TAP, if any, goes with the store's copies and a new one is
+			// made under the same name.
+			_ = i
+			h.Store.Release(name, 0)
+			return nil, nil
+		}
+		t.queues = append(t.queues, &linuxTapQueue{f: f})
+	}
+	if err := wireTap(name, bridge); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// tapIdentity asks a TUN/TAP file which device it is a queue of.
+func tapIdentity(f *os.File) (string, uint16, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return "", 0, err
+	}
+	var ifr [ifreqSize]byte
+	var ioErr error
+	if err := rc.Control(func(fd uintptr) { ioErr = ioctlPtr(fd, tunGetIff, unsafe.Pointer(&ifr[0])) }); err != nil {
+		return "", 0, err
+	}
+	if ioErr != nil {
+		return "", 0, fmt.Errorf("TUNGETIFF: %w", ioErr)
+	}
+	n := ifr[offIfreqName : offIfreqName+ifNameSize]
+	end := 0
+	for end < len(n) && n[end] != 0 {
+		end++
+	}
+	return string(n[:end]), binary.NativeEndian.Uint16(ifr[offIfreqFlags:]), nil
 }
 
 func wireTap(name, bridge string) error {
@@ -180,8 +262,8 @@ func EnsureBridge(name, uplink string) error {
 
 type linuxTap struct {
 	name   string
+	store  TapStore // nil: none
 	mu     sync.Mutex
-	files  []*os.File
 	queues []*linuxTapQueue
 	closed bool
 	// noCarrier: the kernel has no TUNSETCARRIER; SetCarrier is a no-op.
@@ -204,11 +286,17 @@ func (t *linuxTap) SetQueues(n int) error {
 		if err != nil {
 			return fmt.Errorf("netback: tap %s queue %d: %w", t.name, len(t.queues), err)
 		}
+		if t.store != nil {
+			t.store.Keep(t.name, len(t.queues), f)
+		}
 		t.queues = append(t.queues, &linuxTapQueue{f: f})
+	}
+	if len(t.queues) > n && t.store != nil {
+		t.store.Release(t.name, n)
 	}
 	for len(t.queues) > n {
 		q := t.queues[len(t.queues)-1]
-		q.f.Close() // closing a queue's fd detaches it
+		q.f.Close() // closing a queue's last fd detaches it
 		t.queues = t.queues[:len(t.queues)-1]
 	}
 	return nil
@@ -287,8 +375,8 @@ func (t *linuxTap) setCarrierLocked(on bool) error {
 	return nil
 }
 
-// Close closes every queue: a TAP that is not persistent disappears with
-// its last file descriptor.
+// Close closes every queue and drops the store's copies: a TAP that is not
+// persistent disappears with its last file descriptor.
 func (t *linuxTap) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -296,6 +384,9 @@ func (t *linuxTap) Close() error {
 		return nil
 	}
 	t.closed = true
+	if t.store != nil {
+		t.store.Release(t.name, 0)
+	}
 	var errs []error
 	for _, q := range t.queues {
 		errs = append(errs, q.f.Close())

@@ -5,8 +5,10 @@ package netback
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +29,7 @@ func TestTunABI(t *testing.T) {
 		{"TUNSETVNETHDRSZ", tunSetVnetHdrSz, unix.TUNSETVNETHDRSZ},
 		{"TUNSETVNETLE", tunSetVnetLE, unix.TUNSETVNETLE},
 		{"TUNSETCARRIER", tunSetCarrier, unix.TUNSETCARRIER},
+		{"TUNGETIFF", tunGetIff, unix.TUNGETIFF},
 		{"IFF_TAP", iffTap, unix.IFF_TAP},
 		{"IFF_NO_PI", iffNoPI, unix.IFF_NO_PI},
 		{"IFF_VNET_HDR", iffVnetHdr, unix.IFF_VNET_HDR},
@@ -247,6 +250,191 @@ func TestEnsureBridge(t *testing.T) {
 		}
 		if err := EnsureBridge("xenbr1", "nope0"); err == nil {
 			t.Error("a missing uplink accepted")
+		}
+	})
+}
+
+// memTapStore is a TapStore in this process: it keeps its own duplicate of
+// every queue, as drvdomd's supervisor does in its own process.
+type memTapStore struct {
+	mu    sync.Mutex
+	files map[string][]*os.File
+}
+
+func dupFile(f *os.File) *os.File {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		panic(err)
+	}
+	var nfd int
+	var derr error
+	rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+	if derr != nil {
+		panic(derr)
+	}
+	return os.NewFile(uintptr(nfd), f.Name())
+}
+
+func (s *memTapStore) Take(name string) []*os.File {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*os.File
+	for _, f := range s.files[name] {
+		out = append(out, dupFile(f))
+	}
+	return out
+}
+
+func (s *memTapStore) Keep(name string, q int, f *os.File) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.files == nil {
+		s.files = map[string][]*os.File{}
+	}
+	if q != len(s.files[name]) {
+		panic(fmt.Sprintf("keep %s queue %d after %d queues", name, q, len(s.files[name])))
+	}
+	s.files[name] = append(s.files[name], dupFile(f))
+}
+
+func (s *memTapStore) Release(name string, from int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fs := s.files[name]
+	for from < len(fs) {
+		fs[len(fs)-1].Close()
+		fs = fs[:len(fs)-1]
+	}
+	s.files[name] = fs
+	if len(fs) == 0 {
+		delete(s.files, name)
+	}
+}
+
+func (s *memTapStore) queues(name string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.files[name])
+}
+
+// TestTapStoreSurvivesCrash: a worker that dies (its queue files closed,
+// nothing released) leaves its TAP in the bridge with its carrier, the
+// frames sent to it meanwhile queued; the next CreateTap of the name takes
+// the stored queues back and reads those frames. Close then removes it.
+func TestTapStoreSurvivesCrash(t *testing.T) {
+	inNetns(t, func() {
+		store := &memTapStore{}
+		h := LinuxHost{Store: store}
+		tap, err := h.CreateTap("vif9.0", "xenbr9")
+		if err != nil {
+			t.Errorf("create tap: %v", err)
+			return
+		}
+		if err := tap.SetQueues(2); err != nil {
+			t.Errorf("2 queues: %v", err)
+			return
+		}
+		if err := tap.SetCarrier(true); err != nil {
+			t.Errorf("carrier: %v", err)
+			return
+		}
+		if n := store.queues("vif9.0"); n != 2 {
+			t.Errorf("store holds %d queues, want 2", n)
+		}
+		br, _ := netlink.LinkByName("xenbr9")
+		addr, _ := netlink.ParseAddr("169.254.9.1/24")
+		netlink.AddrAdd(br, addr)
+		netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
+			IP: net.IP(testIP4Src[:]), HardwareAddr: net.HardwareAddr(TestGuestMAC[:])})
+
+		// The crash: the process's queues close, the store's stay.
+		for _, q := range tap.(*linuxTap).queues {
+			q.f.Close()
+		}
+		link, err := netlink.LinkByName("vif9.0")
+		if err != nil {
+			t.Errorf("TAP gone with the worker: %v", err)
+			return
+		}
+		if link.Attrs().MasterIndex != br.Attrs().Index || link.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 {
+			t.Errorf("TAP after the crash: master %d (bridge %d), flags %#x", link.Attrs().MasterIndex, br.Attrs().Index, link.Attrs().RawFlags)
+		}
+		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IP(testIP4Dst[:])})
+		if err != nil {
+			t.Errorf("listen: %v", err)
+			return
+		}
+		defer conn.Close()
+		for i := 0; i < 3; i++ { // while no worker runs
+			if _, err := conn.WriteToUDP(make([]byte, 100+i), &net.UDPAddr{IP: net.IP(testIP4Src[:]), Port: 7}); err != nil {
+				t.Errorf("send: %v", err)
+				return
+			}
+		}
+
+		tap2, err := h.CreateTap("vif9.0", "xenbr9")
+		if err != nil {
+			t.Errorf("take the TAP back: %v", err)
+			return
+		}
+		if err := tap2.SetQueues(2); err != nil {
+			t.Errorf("2 queues again: %v", err)
+		}
+		if n := store.queues("vif9.0"); n != 2 {
+			t.Errorf("store holds %d queues after the restart, want 2", n)
+		}
+		got := map[int]bool{}
+		rb := make([]byte, 70000)
+		for q := 0; q < 2; q++ {
+			for {
+				n, ok, err := tap2.Queue(q).(*linuxTapQueue).TryRead(rb)
+				if err != nil || !ok {
+					break
+				}
+				fr := rb[VnetHdrSize:n]
+				if binary.BigEndian.Uint16(fr[12:]) == etherTypeIPv4 && fr[14+9] == protoUDP {
+					got[len(fr)-14-20-8] = true
+				}
+			}
+		}
+		if len(got) != 3 || !got[100] || !got[101] || !got[102] {
+			t.Errorf("datagrams sent while no worker ran, read after: %v, want 100, 101, 102 bytes", got)
+		}
+		if err := tap2.SetQueues(1); err != nil {
+			t.Errorf("1 queue: %v", err)
+		}
+		if n := store.queues("vif9.0"); n != 1 {
+			t.Errorf("store holds %d queues after SetQueues(1), want 1", n)
+		}
+		if err := tap2.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if _, err := netlink.LinkByName("vif9.0"); err == nil {
+			t.Error("TAP still exists after Close")
+		}
+		if n := store.queues("vif9.0"); n != 0 {
+			t.Errorf("store holds %d queues after Close", n)
+		}
+
+		// A stored file that is no queue of that name is dropped and a
+		// new TAP made.
+		other, err := h.CreateTap("vif9.1", "xenbr9")
+		if err != nil {
+			t.Errorf("create vif9.1: %v", err)
+			return
+		}
+		defer other.Close()
+		store.mu.Lock()
+		store.files["vif9.0"] = []*os.File{dupFile(other.(*linuxTap).queues[0].f)}
+		store.mu.Unlock()
+		tap3, err := h.CreateTap("vif9.0", "xenbr9")
+		if err != nil {
+			t.Errorf("create after a bad stored entry: %v", err)
+			return
+		}
+		defer tap3.Close()
+		if got, _, err := tapIdentity(tap3.(*linuxTap).queues[0].f); err != nil || got != "vif9.0" {
+			t.Errorf("new TAP is %q (%v), want vif9.0", got, err)
 		}
 	})
 }
