@@ -22,6 +22,8 @@ import (
 type driverEnv struct {
 	Cfg Config
 	Log *slog.Logger
+	// TapStore, if set, keeps the TAPs across worker restarts.
+	TapStore netback.TapStore
 }
 
 // buildDrivers returns the drvdom-mode drivers and a cleanup for what they
@@ -63,7 +65,7 @@ func buildDrivers(env driverEnv) ([]xenbus.Driver, func(), error) {
 		// Crash-only: each ring's journal lives in the domain's tmpfs, so a
 		// restarted worker replays what the dead one left unanswered.
 		&blkback.Driver{Grants: blkMapper, Events: events, Log: env.Log.With("drv", "vbd"), JournalDir: journal.DefaultDir},
-		&netback.Driver{Host: netback.LinuxHost{}, Mapper: netMapper, Events: events, Log: env.Log.With("drv", "vif")},
+		&netback.Driver{Host: netback.LinuxHost{Store: env.TapStore}, Mapper: netMapper, Events: events, Log: env.Log.With("drv", "vif")},
 	}
 	return drivers, cleanup, nil
 }

@@ -223,7 +223,9 @@ func daemon(ctx context.Context, console io.Writer) int {
 			StopGrace: 10 * time.Second,
 			QuitAfter: 2 * healthStale,
 			Log:       log.With("role", "supervisor"),
+			Files:     newFileStore(log.With("role", "supervisor")),
 		}
+		defer sup.Files.Close()
 		sup.HealthyReset = time.Second // killed while serving: back at once
 		fctx, fcancel := context.WithCancel(ctx)
 		var fwg sync.WaitGroup
@@ -310,7 +312,16 @@ func worker(ctx context.Context, console io.Writer) int {
 	}
 	cfg.ApplyXenstore(ctx, store, uint16(self), log)
 	level.Set(cfg.LogLevel)
-	drivers, cleanup, err := buildDrivers(driverEnv{Cfg: cfg, Log: log})
+	denv := driverEnv{Cfg: cfg, Log: log}
+	files := openStoreClient(log)
+	if files != nil {
+		defer files.Close()
+		denv.TapStore = files
+		if n := files.Inherited(); n > 0 {
+			log.Info("file store: TAP queues kept across the restart", "files", n)
+		}
+	}
+	drivers, cleanup, err := buildDrivers(denv)
 	if err != nil {
 		log.Error("drvdom mode unavailable", "err", err)
 		return exitFatal
@@ -341,6 +352,13 @@ func worker(ctx context.Context, console io.Writer) int {
 		defer wg.Done()
 		publishProcStats(ctx, store, fmt.Sprintf("/local/domain/%d/%sworker", self, StatsKeyPrefix), procStatsEvery, log)
 	}()
+	if files != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			files.releaseUnclaimed(ctx, keptGrace)
+		}()
+	}
 	log.Debug("worker: drivers ready")
 	m := xenbus.NewManager(store, uint16(self), log, drivers...)
 	m.RemoveNodes = true // the driver domain cleans its backend side, as xl devd does

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -155,6 +156,9 @@ type Supervisor struct {
 	// loop (at most one start per HealthyReset), and every moment it is
 	// down stalls the guests. 0: only Backoff.ResetAfter resets the backoff.
 	HealthyReset time.Duration
+	// Files, if set, keeps the worker's TAP queue files across its
+	// restarts (filestore.go).
+	Files *fileStore
 
 	starts int
 	mu     sync.Mutex
@@ -229,11 +233,32 @@ func (s *Supervisor) runOnce(ctx context.Context, tick *time.Ticker) (int, error
 	}
 	cmd := s.Command()
 	cmd.ExtraFiles = append([]*os.File{w}, cmd.ExtraFiles...)
+	var store *net.UnixConn
+	passed := func() {}
+	if s.Files != nil {
+		var aerr error
+		if store, passed, aerr = s.Files.attach(cmd); aerr != nil {
+			s.Log.Warn("worker starts without the file store", "err", aerr)
+		}
+	}
 	err = cmd.Start()
 	w.Close() // the worker holds the write end; EOF when it dies
+	passed()  // the same for the store's socket and the kept files
 	if err != nil {
 		r.Close()
+		if store != nil {
+			store.Close()
+		}
 		return -1, fmt.Errorf("start %s: %w", cmd.Path, err)
+	}
+	storeDone := make(chan struct{})
+	if store != nil {
+		go func() { // owned: ends at EOF, when the worker is gone
+			defer close(storeDone)
+			s.Files.serve(store)
+		}()
+	} else {
+		close(storeDone)
 	}
 	s.mu.Lock()
 	s.starts++
@@ -298,6 +323,7 @@ loop:
 	}
 	r.Close()
 	<-beatsDone
+	<-storeDone // every file the worker sent before it died is kept
 	code := -1
 	if cmd.ProcessState != nil {
 		code = cmd.ProcessState.ExitCode()

@@ -53,6 +53,8 @@ func fakeWorker(mode string) int {
 		return n
 	case mode == "silent":
 		time.Sleep(time.Hour)
+	case strings.HasPrefix(mode, "store:"):
+		return fakeStoreWorker(strings.TrimPrefix(mode, "store:"))
 	}
 	return 99
 }
