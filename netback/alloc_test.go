@@ -120,25 +120,13 @@ func (r *rig) postRx() {
 func (r *rig) rxBatch(tb testing.TB) int {
 	ctx := context.Background()
 	q := r.q
-	n, err := q.tap.Read(ctx, q.rxArena[:rxBufSize])
+	n, err := q.tap.Read(ctx, q.rxArena[rxFirstAt:rxFirstAt+rxBufSize])
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := q.rxAdd(ctx, q.rxArena[:n]); err != nil {
+	if err := q.rxBatch(ctx, r.tap, n); err != nil {
 		tb.Fatal(err)
 	}
-	used := n
-	for len(q.rxArena)-used >= rxBufSize {
-		m, ok, err := r.tap.TryRead(q.rxArena[used : used+rxBufSize])
-		if err != nil || !ok {
-			break
-		}
-		if err := q.rxAdd(ctx, q.rxArena[used:used+m]); err != nil {
-			tb.Fatal(err)
-		}
-		used += m
-	}
-	q.rxFlush()
 	return r.reapRx()
 }
 
