@@ -16,8 +16,9 @@ import (
 const (
 	// txArenaSize holds a batch of copied packets, each with room for its
 	// virtio-net header in front: two maximal GSO packets, or ~85 of 1500
-	// bytes (about 130 KiB per queue).
-	txArenaSize = 2 * (VnetHdrSize + MaxTxSize + 1)
+	// bytes (about 130 KiB per queue), plus the page a packet may be moved
+	// by txPlace.
+	txArenaSize = 2*(VnetHdrSize+MaxTxSize+1) + PageSize
 	// txMaxSegs bounds the grant copy segments of one batch (one per slot).
 	txMaxSegs = 256
 )
@@ -175,19 +176,20 @@ func (q *queue) addRsps(c *txChain, status int16) {
 
 func (q *queue) queuePacket(c *txChain) {
 	n := c.packetLen()
-	if q.used+VnetHdrSize+n > len(q.arena) || len(q.segs)+c.nreq > cap(q.segs) ||
+	if q.used+VnetHdrSize+PageSize-1+n > len(q.arena) || len(q.segs)+c.nreq > cap(q.segs) ||
 		len(q.pkts) == cap(q.pkts) || len(q.rsps)+c.nids > cap(q.rsps) {
 		q.flushTx()
 	}
+	start := txPlace(q.used+VnetHdrSize, c.reqs[:c.nreq])
 	p := txPkt{
 		rspStart: len(q.rsps),
 		segStart: len(q.segs),
-		off:      q.used,
+		off:      start - VnetHdrSize,
 		n:        n,
 		flags:    c.reqs[0].Flags,
 	}
 	p.gso, p.hasGSO = c.gso()
-	pos := q.used + VnetHdrSize
+	pos := start
 	for _, r := range c.reqs[:c.nreq] {
 		if r.Size == 0 {
 			continue
@@ -204,6 +206,52 @@ func (q *queue) queuePacket(c *txChain) {
 	p.rspEnd = len(q.rsps)
 	p.segEnd = len(q.segs)
 	q.pkts = append(q.pkts, p)
+}
+
+// txPlace returns where in the arena (at least lo, less than lo+PageSize)
+// a packet made of reqs' slots starts, so that as few of its slots as
+// possible cross a page of the arena (page aligned, as rxFirstAt says). The
+// kernel's grant copy (gntdev) splits every segment at the pages of its
+// local side and hands Xen 16 ops per hypercall: a guest page copied to a
+// spot straddling two local pages costs two copy ops and two page pins.
+// The guest's slots of one buffer run on from each other's page offsets
+// (offset o to the page's end, then whole pages), so putting one slot at
+// its own page offset lines up the whole run. The candidates are the
+// packed position and, per slot, the position that gives that slot its
+// guest offset; the fewest crossings win, then the least padding.
+func txPlace(lo int, reqs []TxRequest) int {
+	best, bestX := lo, txCrossings(lo, reqs)
+	if bestX == 0 {
+		return lo
+	}
+	cum := 0
+	for _, r := range reqs {
+		if r.Size == 0 {
+			continue
+		}
+		s := lo + (int(r.Offset)-(lo+cum)%PageSize+PageSize)%PageSize
+		if x := txCrossings(s, reqs); x < bestX || x == bestX && s < best {
+			best, bestX = s, x
+			if x == 0 {
+				break
+			}
+		}
+		cum += int(r.Size)
+	}
+	return best
+}
+
+// txCrossings counts the slots of a packet starting at arena offset start
+// that straddle a page.
+func txCrossings(start int, reqs []TxRequest) int {
+	x := 0
+	for _, r := range reqs {
+		if r.Size != 0 && start%PageSize+int(r.Size) > PageSize {
+			x++
+		}
+		start += int(r.Size)
+	}
+	return x
 }
 
 // flushTx copies the batch's packets out of the guest, sends them to the
