@@ -887,13 +887,21 @@ func (drv *Driver) register(qs []*queue, add bool) {
 // nor completed one for longer than after (a hung disk or a stuck
 // goroutine). drvdomd's worker withholds its heartbeat then, so that the
 // watchdog restarts the driver domain. An idle ring is never stalled.
+// Progress is seen by comparing counts between calls: call it regularly.
 func (drv *Driver) Stalled(after time.Duration) error {
 	drv.qmu.Lock()
 	defer drv.qmu.Unlock()
 	now := time.Now().UnixNano()
 	for q := range drv.queues {
+		// The ring's progress count is compared with the last look's:
+		// idle time is measured from the first look that saw the
+		// current count, so a stall shows after `after` plus at most
+		// one interval between calls.
+		if p := q.progress.Load(); p != q.stallSeen || q.stallSince == 0 {
+			q.stallSeen, q.stallSince = p, now
+		}
 		if n := q.busy.Load(); n > 0 {
-			if idle := time.Duration(now - q.progress.Load()); idle > after {
+			if idle := time.Duration(now - q.stallSince); idle > after {
 				return fmt.Errorf("%s queue %d: %d requests in flight, no progress for %v",
 					q.dev.dev.Name(), q.idx, n, idle.Round(time.Millisecond))
 			}

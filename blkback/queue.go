@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"drvdom/evtchn"
 	"drvdom/grant"
@@ -86,10 +85,16 @@ type queue struct {
 	jrnPath  string
 	replay   []*slot // journaled requests a crashed process left unanswered
 
-	// For Driver.Stalled: when the ring last made progress (unix ns) and
-	// how many requests it has in flight (mirrors inflight).
-	progress atomic.Int64
+	// For Driver.Stalled: a count of the ring's progress (batches taken,
+	// requests answered) and how many requests it has in flight (mirrors
+	// inflight). A count, not a time: reading the clock per request is a
+	// system call in a PV driver domain whose vDSO has no stable TSC.
+	progress atomic.Uint64
 	busy     atomic.Int32
+	// Driver.Stalled's last look (under Driver.qmu): the count it saw
+	// and since when (unix ns, 0: never looked).
+	stallSeen  uint64
+	stallSince int64
 
 	// dead (under mu) models the process dying at this instant: nothing
 	// more is written to the shared ring or the journal (tests of the
@@ -118,7 +123,6 @@ func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Hand
 	}
 	id.size, id.entry = r.Size(), uint32(abi.RequestSize())
 	q.resume(id)
-	q.progress.Store(time.Now().UnixNano())
 	if persistent {
 		q.pg = newPgrantTable(dev.frontDom, dev.drv.Grants, dev.drv.maxPgrants(), &dev.stats)
 	}
@@ -216,7 +220,7 @@ func (q *queue) service(ctx context.Context) error {
 			notify = false
 			q.notify()
 		}
-		q.progress.Store(time.Now().UnixNano())
+		q.progress.Add(1)
 		for _, s := range q.batch {
 			q.take(s)
 		}
@@ -462,7 +466,7 @@ func (q *queue) complete(s *slot, push bool) {
 	}
 	q.inflight--
 	q.busy.Store(int32(q.inflight))
-	q.progress.Store(time.Now().UnixNano())
+	q.progress.Add(1)
 	q.drained.Broadcast()
 	notify := false
 	if push {
