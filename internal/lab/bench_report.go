@@ -11,6 +11,8 @@ type BenchStat struct {
 	N      int     // samples that measured something
 	Failed int     // samples that failed
 	Median float64 // of the row's metric, over the N samples
+	Min    float64 // smallest and largest of the N samples: the spread
+	Max    float64
 	LatUs  float64 // median mean latency (block rows)
 	Reason string  // the first failure's reason
 }
@@ -110,6 +112,10 @@ func benchStat(samples []BenchSample, metric string) BenchStat {
 	}
 	st.N = len(vals)
 	st.Median = Median(vals)
+	if len(vals) > 0 {
+		c := sortedCopy(vals)
+		st.Min, st.Max = c[0], c[len(c)-1]
+	}
 	st.LatUs = Median(lats)
 	return st
 }
@@ -186,6 +192,9 @@ func mdCell(st BenchStat, metric string, applicable bool) string {
 		return "FAILED: " + mdEscape(st.Reason, 90)
 	}
 	extra := fmt.Sprintf("n=%d", st.N)
+	if st.N > 1 {
+		extra += fmt.Sprintf(", %s–%s", fmtBenchValue(st.Min, metric), fmtBenchValue(st.Max, metric))
+	}
 	if st.LatUs > 0 {
 		extra += fmt.Sprintf(", %.0f µs", st.LatUs)
 	}
@@ -241,7 +250,8 @@ func WriteBenchMarkdown(w io.Writer, rows []BenchRow, backends []string) {
 		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Medians over the repetitions (n = samples that measured; µs = mean completion latency). "+
+	fmt.Fprintln(w, "Medians over the repetitions (n = samples that measured, then min–max over them; µs = median of the mean completion latencies; "+
+		"\"k failed\" = samples not counted, with their reason in bench.json). Every ratio divides medians measured in this run. "+
 		"Device limit: fio inside the driver domain on the backing itself (tmpfs: a loop device over the file). "+
 		"backend/limit divides by the limit measured in that backend mode's boots. Net: iperf3 TCP, Gbit/s received.")
 }

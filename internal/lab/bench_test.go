@@ -373,9 +373,9 @@ func TestWriteBenchMarkdown(t *testing.T) {
 		t.Errorf("%d table lines, want %d", table, want)
 	}
 	for _, want := range []string{
-		"| nvme 4k-randread-qd1 | IOPS | 1050 (n=6, 955 µs) | 800 (n=3, 1250 µs) | 500 (n=3, 2000 µs, 1 failed) | 0.62x | 0.73x | 0.50x |",
+		"| nvme 4k-randread-qd1 | IOPS | 1050 (n=6, 900–5000, 955 µs) | 800 (n=3, 700–900, 1250 µs) | 500 (n=3, 400–9999, 2000 µs, 1 failed) | 0.62x | 0.73x | 0.50x |",
 		"| tmpfs 1m-write-qd4 | MB/s | — | — | FAILED: not run: domain guest failed (no READY \\| marker) | — | — | — |",
-		"| net guest-to-dom0-P4 | Gbit/s | — | 2.000 (n=3) | — | — |",
+		"| net guest-to-dom0-P4 | Gbit/s | — | 2.000 (n=3, 1.000–3.000) | — | — |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks\n%s\nin\n%s", want, md)
