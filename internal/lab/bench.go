@@ -196,6 +196,8 @@ func BenchDrvdomScript(runtime time.Duration) string {
 	var b strings.Builder
 	b.WriteString(". /lab/lib.sh\n")
 	b.WriteString(benchFioSh(rt))
+	b.WriteString(benchNVMeWatchSh)
+	b.WriteString("bench_nvmewatch </dev/null 2>/dev/null &\n")
 	fmt.Fprintf(&b, `dd if=/dev/zero of=%[1]s bs=1M count=%[2]d 2>/dev/null
 lab_check bench-tmpfs-file $? "%[1]s %[2]d MB"
 loop=$(losetup -f --show %[1]s 2>/tmp/losetup.err) || loop=/dev/no-loop-device
@@ -263,6 +265,7 @@ func BenchScenario(boot BenchBoot, runtime time.Duration, drvdomd string) Scenar
 		Backend: boot.Backend, DiskTarget: NVMeTarget,
 		DrvdomScript: BenchDrvdomScript(runtime), GuestScript: BenchGuestScript(runtime),
 		GuestTimeout: gwait, Drvdomd: drvdomd, Dom0Phase: BenchDom0Phase,
+		DrvdomArgs: BenchDrvdomKernelArgs,
 	}
 }
 
@@ -331,6 +334,9 @@ type BenchSample struct {
 	MBps     float64 `json:"mb_s,omitempty"`   // 1e6 bytes/s
 	LatUs    float64 `json:"lat_us,omitempty"` // mean completion latency (fio lat_ns.mean)
 	Gbps     float64 `json:"gbit_s,omitempty"`
+	// NVMeIrqPerIO is the NVMe's interrupts per completed I/O in the
+	// driver domain while the row ran (NVMe rows; 0: not known).
+	NVMeIrqPerIO float64 `json:"nvme_irq_per_io,omitempty"`
 }
 
 // benchFio is the part of fio's JSON a bench sample needs.
@@ -444,6 +450,9 @@ func BenchSamples(boot BenchBoot, rep *Report) []BenchSample {
 		if _, ok := benchFile(rep.Files, f); ok {
 			add(BenchSample{Path: PathDeviceAfter, Backing: BackingNVMe, Workload: w}, f, parseBenchFio)
 		}
+	}
+	if w, ok := BenchNVMeWatchOf(rep); ok {
+		applyNVMeWatch(out, rep.Files, w)
 	}
 	for _, w := range NetWorkloads {
 		add(BenchSample{Path: PathNet, Workload: w.Name}, BenchFileName(PathNet, "", w.Name), func(b []byte, s *BenchSample) error {

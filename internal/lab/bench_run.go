@@ -104,6 +104,10 @@ type BenchBootLog struct {
 	DrvdomdRSSMaxKB uint64 `json:"drvdomd_rss_max_kb,omitempty"`
 	DrvdomdHWMKB    uint64 `json:"drvdomd_hwm_kb,omitempty"`
 	DrvdomdProcs    int    `json:"drvdomd_procs,omitempty"`
+	// NVMeWatched: the driver domain's NVMe interrupt watchdog sent its
+	// log (BenchNVMeWatchFile); NVMeResets are the controller resets it did.
+	NVMeWatched bool        `json:"nvme_watched,omitempty"`
+	NVMeResets  []NVMeReset `json:"nvme_resets,omitempty"`
 }
 
 func hostLoad() string {
@@ -129,6 +133,7 @@ func WriteBenchOutputs(out string, o BenchOptions, res *BenchResult) error {
 	var md, svg strings.Builder
 	WriteBenchMarkdown(&md, res.Rows, o.Backends)
 	WriteBenchAfter(&md, res.Samples)
+	WriteBenchNVMeWatch(&md, res.Boots, res.Samples)
 	WriteBenchMemory(&md, res.Boots)
 	if err := WriteBenchSVG(&svg, res.Rows, o.Backends); err != nil {
 		return fmt.Errorf("bench: svg: %w", err)
@@ -168,6 +173,8 @@ func describeSample(s BenchSample) string {
 	switch {
 	case s.Path == PathNet:
 		return fmt.Sprintf("%.3f Gbit/s", s.Gbps)
+	case s.NVMeIrqPerIO > 0:
+		return fmt.Sprintf("%8.0f IOPS %8.1f MB/s %8.0f µs %6.2f irq/io", s.IOPS, s.MBps, s.LatUs, s.NVMeIrqPerIO)
 	default:
 		return fmt.Sprintf("%8.0f IOPS %8.1f MB/s %8.0f µs", s.IOPS, s.MBps, s.LatUs)
 	}
@@ -271,9 +278,15 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 			blog.Error = rep.FailedDomain + ": " + rep.FailedWhy
 		}
 		blog.DrvdomdRSSMaxKB, blog.DrvdomdHWMKB, blog.DrvdomdProcs = DrvdomdMemory(rep.Files)
+		samples := BenchSamples(boot, rep)
+		if w, ok := BenchNVMeWatchOf(rep); ok {
+			blog.NVMeWatched, blog.NVMeResets = true, w.Resets
+		}
 		res.Boots = append(res.Boots, blog)
 		p.Printf("bench boot %d/%d: %.0fs, host load %s -> %s", boot.Index, len(plan), blog.ElapsedS, blog.LoadStart, blog.LoadEnd)
-		samples := BenchSamples(boot, rep)
+		for _, r := range blog.NVMeResets {
+			p.Printf("  NVMe controller reset by the watchdog (%s) at %.0fs: %d interrupts for %d I/Os in 1 s", r.Why, r.UptimeS, r.Interrupts, r.IOs)
+		}
 		ok := 0
 		for _, s := range samples {
 			if s.OK {

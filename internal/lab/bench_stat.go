@@ -280,6 +280,7 @@ func benchAfterSh() string {
 			}
 		}
 	}
+	fmt.Fprintf(&b, "\tbench_put %s \"${DDSTAT_DIR:-/tmp}/nvmewatch.txt\"\n", BenchNVMeWatchFile)
 	b.WriteString("\tlab_mark \"" + BenchAfterMark + "\"\n}\nbench_after </dev/null 2>/dev/null &\n")
 	return b.String()
 }

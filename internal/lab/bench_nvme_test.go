@@ -1,0 +1,188 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBenchNVMeWatchResetsTheControllerOnAStorm runs the watchdog for real
+// (bash) on fake /proc/interrupts, block stat and reset_controller files:
+// healthy seconds (about one interrupt per I/O) leave the controller alone,
+// a storm (thousands of interrupts, no I/O) resets it once, and the log
+// sent to the host carries both.
+func TestBenchNVMeWatchResetsTheControllerOnAStorm(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash on this host:", err)
+	}
+	dir := t.TempDir()
+	intr, stat, reset := filepath.Join(dir, "interrupts"), filepath.Join(dir, "stat"), filepath.Join(dir, "reset")
+	write := func(irqs, ios int) {
+		t.Helper()
+		// Two CPUs' columns, as /proc/interrupts has them.
+		in := fmt.Sprintf("           CPU0       CPU1\n  8:  %d  %d  xen-pirq    -ioapic-level  nvme0q0, nvme0q1\n  9:   77  0  xen-pirq  -ioapic-level  eth0\n", irqs-irqs/2, irqs/2)
+		st := fmt.Sprintf("  %d 0 0 0 %d 0 0 0 0 0 0\n", ios-ios/3, ios/3)
+		// Replace atomically: the watchdog reads them while we write.
+		for name, text := range map[string]string{intr: in, stat: st} {
+			if err := os.WriteFile(name+".new", []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(name+".new", name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(100, 100)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	lib := strings.ReplaceAll(LibSh, "export PATH=", "export PATH=$PATH:")
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, bash, "-c", lib+benchNVMeWatchSh+"bench_nvmewatch\n")
+	cmd.Env = append(os.Environ(), "DDSTAT_DIR="+dir, "NVW_INTERRUPTS="+intr, "NVW_STAT="+stat, "NVW_RESET="+reset)
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	irqs, ios := 100, 100
+	for range 3 { // healthy: 400 I/Os and 400 interrupts a second
+		time.Sleep(time.Second)
+		irqs, ios = irqs+400, ios+400
+		write(irqs, ios)
+	}
+	if _, err := os.Stat(reset); err == nil {
+		t.Fatal("healthy seconds reset the controller")
+	}
+	for range 3 { // storm: 20000 interrupts, 3 I/Os a second
+		time.Sleep(time.Second)
+		irqs, ios = irqs+20000, ios+3
+		write(irqs, ios)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	b, err := os.ReadFile(reset)
+	if err != nil || strings.TrimSpace(string(b)) != "1" {
+		t.Fatalf("storm did not reset the controller: %q %v\n%s", b, err, out.String())
+	}
+	logb, err := os.ReadFile(filepath.Join(dir, "nvmewatch.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := ParseNVMeWatch(logb)
+	if len(w.Resets) != 1 || w.Resets[0].Why != "storm" || w.Resets[0].Interrupts < 10000 {
+		t.Errorf("resets %+v in\n%s", w.Resets, logb)
+	}
+	healthy := 0
+	for _, s := range w.Seconds {
+		if s.Interrupts == 400 && s.IOs == 400 {
+			healthy++
+		}
+	}
+	if healthy < 1 || len(w.Seconds) < 4 {
+		t.Errorf("seconds %+v", w.Seconds)
+	}
+	if !strings.Contains(out.String(), "@@LAB NVME-RESET storm at ") {
+		t.Errorf("no reset marker on the console:\n%s", out.String())
+	}
+}
+
+func fioAt(endMs, runtimeMs int64, iops float64) []byte {
+	return fmt.Appendf(nil, `{"timestamp_ms":%d,"jobs":[{"error":0,"job_runtime":%d,"read":{"iops":%g,"bw_bytes":4096000,"total_ios":1000,"lat_ns":{"mean":1000000}}}]}`, endMs, runtimeMs, iops)
+}
+
+// TestBenchSamplesApplyTheNVMeWatch: an NVMe row during which the
+// watchdog reset the controller is not counted (its figure kept, the
+// reason given), every NVMe row gets its interrupts per I/O, and the
+// tmpfs rows are left alone.
+func TestBenchSamplesApplyTheNVMeWatch(t *testing.T) {
+	files := map[string][]byte{
+		// 1000..1005 s: healthy; 1010..1015 s: a reset at 1012.
+		BenchFileName(PathDevice, BackingNVMe, "4k-randread-qd1"):  fioAt(1005_000, 5000, 900),
+		BenchFileName(PathDevice, BackingNVMe, "4k-randread-qd32"): fioAt(1015_000, 5000, 200),
+		BenchFileName(PathDevice, BackingTmpfs, "4k-randread-qd1"): fioAt(1012_000, 5000, 2000),
+		BenchNVMeWatchFile: []byte("W 1001 900 900\nW 1002 1000 900\nW 1003 900 900\nW 1004 900 900\nW 1005 900 900\n" +
+			"W 1011 30000 10\nR 1012 55.5 30000 10 storm\nW 1013 200 190\nW 1014 200 200\nbad line\n"),
+	}
+	rep := &Report{Files: files, Result: &Result{}}
+	ss := BenchSamples(BenchBoot{Index: 2, Rep: 1, Backend: BackendDrvdom}, rep)
+	get := func(path, bk, wl string) BenchSample {
+		for _, s := range ss {
+			if s.Path == path && s.Backing == bk && s.Workload == wl {
+				return s
+			}
+		}
+		t.Fatalf("no sample %s %s %s", path, bk, wl)
+		return BenchSample{}
+	}
+	ok := get(PathDevice, BackingNVMe, "4k-randread-qd1")
+	if !ok.OK || ok.IOPS != 900 || ok.NVMeIrqPerIO < 1.0 || ok.NVMeIrqPerIO > 1.03 {
+		t.Errorf("healthy row %+v", ok)
+	}
+	bad := get(PathDevice, BackingNVMe, "4k-randread-qd32")
+	if bad.OK || bad.IOPS != 200 || !strings.Contains(bad.Error, "reset the NVMe controller") || bad.NVMeIrqPerIO < 70 {
+		t.Errorf("disturbed row %+v", bad)
+	}
+	if tm := get(PathDevice, BackingTmpfs, "4k-randread-qd1"); !tm.OK || tm.NVMeIrqPerIO != 0 {
+		t.Errorf("tmpfs row %+v", tm)
+	}
+	w, found := BenchNVMeWatchOf(rep)
+	if !found || len(w.Resets) != 1 || w.Resets[0].UptimeS != 55.5 {
+		t.Errorf("watch %+v %v", w, found)
+	}
+	// Without a log nothing changes.
+	delete(files, BenchNVMeWatchFile)
+	for _, s := range BenchSamples(BenchBoot{Index: 2, Rep: 1, Backend: BackendDrvdom}, rep) {
+		if s.Workload == "4k-randread-qd32" && s.Path == PathDevice && s.Backing == BackingNVMe && (!s.OK || s.NVMeIrqPerIO != 0) {
+			t.Errorf("without a log: %+v", s)
+		}
+	}
+}
+
+func TestWriteBenchNVMeWatch(t *testing.T) {
+	var b strings.Builder
+	WriteBenchNVMeWatch(&b, []BenchBootLog{{Boot: 1, Backend: BackendKernel}}, nil)
+	if b.Len() != 0 {
+		t.Fatalf("no watched boot wrote %q", b.String())
+	}
+	WriteBenchNVMeWatch(&b, []BenchBootLog{
+		{Boot: 1, Backend: BackendKernel, NVMeWatched: true},
+		{Boot: 2, Backend: BackendDrvdom, NVMeWatched: true, NVMeResets: []NVMeReset{{UptimeS: 47.6, Interrupts: 30000, IOs: 12, Why: "storm"}}},
+	}, []BenchSample{
+		{Path: PathDevice, Backing: BackingNVMe, Workload: "4k-randread-qd1", NVMeIrqPerIO: 1.02},
+		{Path: PathDevice, Backing: BackingNVMe, Workload: "4k-randread-qd1", NVMeIrqPerIO: 350},
+	})
+	for _, want := range []string{
+		"- boot 1 (kernel): no reset\n",
+		"- boot 2 (drvdom): 1 reset(s): storm at 48 s (30000 interrupts, 12 I/Os)\n",
+		"- device nvme 4k-randread-qd1: 1.02, 350.00\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("lacks %q in\n%s", want, b.String())
+		}
+	}
+}
+
+// TestBenchDrvdomWatchesTheNVMe: the bench's driver domain boots with
+// noirqdebug, starts the watchdog before its first row and sends its log
+// before it marks the end of the after-guest rows.
+func TestBenchDrvdomWatchesTheNVMe(t *testing.T) {
+	s := BenchScenario(BenchBoot{Index: 1, Rep: 1, Backend: BackendDrvdom}, 5*time.Second, "")
+	if c := BenchDrvdomConfig(s); !strings.Contains(" "+c.Extra+" ", " noirqdebug ") {
+		t.Errorf("driver domain command line %q", c.Extra)
+	}
+	dd := BenchDrvdomScript(5 * time.Second)
+	start := strings.Index(dd, "bench_nvmewatch </dev/null 2>/dev/null &\n")
+	if start < 0 || start > strings.Index(dd, "\nbench_fio ") {
+		t.Error("watchdog not started before the first row")
+	}
+	put := strings.Index(dd, "bench_put "+BenchNVMeWatchFile+" ")
+	if put < 0 || put > strings.Index(dd, `lab_mark "`+BenchAfterMark+`"`) || put < strings.Index(dd, "bench_after() {") {
+		t.Error("watchdog log not sent at the end of the after-guest rows")
+	}
+}
