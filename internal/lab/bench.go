@@ -337,6 +337,11 @@ type BenchSample struct {
 	// NVMeIrqPerIO is the NVMe's interrupts per completed I/O in the
 	// driver domain while the row ran (NVMe rows; 0: not known).
 	NVMeIrqPerIO float64 `json:"nvme_irq_per_io,omitempty"`
+	// CPU while a guest or network row ran (shares, 0..1; 0: not sampled):
+	// the driver domain busy, drvdomd's processes, dom0 busy.
+	DDBusy     float64 `json:"dd_cpu_busy,omitempty"`
+	DrvdomdCPU float64 `json:"drvdomd_cpu,omitempty"`
+	Dom0Busy   float64 `json:"dom0_cpu_busy,omitempty"`
 }
 
 // benchFio is the part of fio's JSON a bench sample needs.
@@ -467,6 +472,7 @@ func BenchSamples(boot BenchBoot, rep *Report) []BenchSample {
 			return nil
 		})
 	}
+	applyRowCPU(out, rep.Files)
 	return out
 }
 

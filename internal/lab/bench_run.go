@@ -133,6 +133,7 @@ func WriteBenchOutputs(out string, o BenchOptions, res *BenchResult) error {
 	var md, svg strings.Builder
 	WriteBenchMarkdown(&md, res.Rows, o.Backends)
 	WriteBenchAfter(&md, res.Samples)
+	WriteBenchCPU(&md, res.Rows, res.Samples, o.Backends)
 	WriteBenchNVMeWatch(&md, res.Boots, res.Samples)
 	WriteBenchMemory(&md, res.Boots)
 	if err := WriteBenchSVG(&svg, res.Rows, o.Backends); err != nil {
@@ -172,12 +173,21 @@ func describeSample(s BenchSample) string {
 	}
 	switch {
 	case s.Path == PathNet:
-		return fmt.Sprintf("%.3f Gbit/s", s.Gbps)
-	case s.NVMeIrqPerIO > 0:
-		return fmt.Sprintf("%8.0f IOPS %8.1f MB/s %8.0f µs %6.2f irq/io", s.IOPS, s.MBps, s.LatUs, s.NVMeIrqPerIO)
+		return fmt.Sprintf("%.3f Gbit/s", s.Gbps) + describeCPU(s)
 	default:
-		return fmt.Sprintf("%8.0f IOPS %8.1f MB/s %8.0f µs", s.IOPS, s.MBps, s.LatUs)
+		d := fmt.Sprintf("%8.0f IOPS %8.1f MB/s %8.0f µs", s.IOPS, s.MBps, s.LatUs)
+		if s.NVMeIrqPerIO > 0 {
+			d += fmt.Sprintf(" %6.2f irq/io", s.NVMeIrqPerIO)
+		}
+		return d + describeCPU(s)
 	}
+}
+
+func describeCPU(s BenchSample) string {
+	if s.DDBusy <= 0 && s.Dom0Busy <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (cpu: driver domain %.0f%%, drvdomd %.0f%%, dom0 %.0f%%)", 100*s.DDBusy, 100*s.DrvdomdCPU, 100*s.Dom0Busy)
 }
 
 // RunBench boots the plan, one boot after the other, and collects every

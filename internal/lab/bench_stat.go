@@ -43,6 +43,7 @@ const benchDDStatSh = `bench_ddstat() {
 		read -r up _ < /proc/uptime
 		read -r cpu < /proc/stat
 		printf 'T %s %s\n' "$up" "$cpu"
+		printf 'E %(%s)T\n' -1
 		while read -r l; do
 			case "$l" in eth*|xenbr*|vif*) printf 'D %s\n' "$l" ;; esac
 		done < /proc/net/dev
@@ -78,6 +79,7 @@ func benchDDStatStart(interval, every int) string {
 // DDSnap is one snapshot of the driver domain.
 type DDSnap struct {
 	Uptime float64
+	Epoch  int64 // the domain's wallclock, seconds (an "E" line; 0: none)
 	// CPU jiffies (USER_HZ) from /proc/stat's cpu line: busy (all but idle
 	// and iowait) and total.
 	Busy, Total uint64
@@ -143,6 +145,10 @@ func ParseDDStat(b []byte) []DDSnap {
 			}
 			out = append(out, DDSnap{Uptime: up, Busy: total - idle, Total: total, Devs: map[string]DevCounters{}})
 			cur = &out[len(out)-1]
+		case "E":
+			if cur != nil {
+				cur.Epoch, _ = strconv.ParseInt(f[1], 10, 64)
+			}
 		case "D":
 			// D name: rxbytes rxpackets errs drop fifo frame compressed multicast txbytes txpackets errs drop ...
 			if cur == nil {
@@ -233,7 +239,7 @@ func WriteBenchMemory(w io.Writer, boots []BenchBootLog) {
 // retransmissions of the iperf3 server), in ParseDDStat's format plus
 // the Tcp: lines of /proc/net/snmp.
 var BenchDom0Phase = fmt.Sprintf(`( while :; do
-	{ read -r up _ < /proc/uptime; read -r cpu < /proc/stat; echo "T $up $cpu"; grep -E '^ *(eth|xenbr)' /proc/net/dev | sed 's/^ */D /'; grep '^Tcp:' /proc/net/snmp | tail -1; } >> /lab/%[1]s
+	{ read -r up _ < /proc/uptime; read -r cpu < /proc/stat; echo "T $up $cpu"; echo "E $(date +%%s)"; grep -E '^ *(eth|xenbr)' /proc/net/dev | sed 's/^ */D /'; grep '^Tcp:' /proc/net/snmp | tail -1; } >> /lab/%[1]s
 	sleep %[2]d
 done ) </dev/null >/dev/null 2>&1 &
 `, BenchDom0StatFile, BenchStatInterval)

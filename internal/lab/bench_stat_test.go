@@ -63,8 +63,8 @@ func TestBenchDDStatSamplesDrvdomd(t *testing.T) {
 		t.Fatalf("%d snapshots, want 4:\n%s\n%s", len(snaps), f1, f2)
 	}
 	for i, s := range snaps {
-		if s.Total == 0 || s.Busy > s.Total || s.Uptime <= 0 {
-			t.Errorf("snapshot %d: cpu busy %d total %d uptime %v", i, s.Busy, s.Total, s.Uptime)
+		if s.Total == 0 || s.Busy > s.Total || s.Uptime <= 0 || s.Epoch < 1.7e9 {
+			t.Errorf("snapshot %d: cpu busy %d total %d uptime %v epoch %d", i, s.Busy, s.Total, s.Uptime, s.Epoch)
 		}
 		found := false
 		for _, p := range s.Procs {
