@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -84,8 +85,15 @@ type uring struct {
 	// at every completion batch, and the blocked thread then had to win
 	// its P back. nil: the kernel refused the registration; the reaper
 	// blocks in io_uring_enter.
-	efd    *os.File
-	efdBuf [8]byte
+	//
+	// The reaper never reads the eventfd: it waits for the netpoller's
+	// edge (Go registers fds edge-triggered, and every completion the
+	// kernel posts signals the eventfd, so every one makes an edge) and
+	// then looks at the CQ tail. efdWait is the RawConn callback that
+	// does so, made once so waiting allocates nothing.
+	efd     *os.File
+	efdRC   syscall.RawConn
+	efdWait func(fd uintptr) bool
 
 	mu sync.Mutex // submission side
 }
@@ -133,6 +141,17 @@ func newURing(entries uint32) (*uring, error) {
 	off := le(uparCqOff + cqOffCqes)
 	u.cqes = u.cqMem[off : off+cqEntries*cqeSize]
 	u.efd = registerEventfd(u.fd)
+	if u.efd != nil {
+		if u.efdRC, err = u.efd.SyscallConn(); err != nil {
+			u.efd.Close()
+			u.efd = nil
+		}
+		// true (done waiting) when a CQE is there: the tail is written
+		// before the eventfd is signalled, and RawConn.Read calls this
+		// after arming the wait, so a completion is either seen here or
+		// makes the edge that ends the wait.
+		u.efdWait = func(uintptr) bool { return *u.cqHead != atomic.LoadUint32(u.cqTail) }
+	}
 	return u, nil
 }
 
@@ -208,10 +227,10 @@ func (u *uring) reap(fn func(user uint64, res int32) bool, end func()) error {
 		tail := atomic.LoadUint32(u.cqTail) // acquire: CQEs below tail are written
 		if head == tail {
 			if u.efd != nil {
-				// Every CQE posted after the tail was read signals the
-				// eventfd; one posted before leaves a count behind, so
-				// this read may return at once and the loop looks again.
-				if _, err := u.efd.Read(u.efdBuf[:]); err != nil {
+				// No read(2) of the eventfd: it would cost two system
+				// calls per wakeup (the count, then EAGAIN before
+				// parking), each a trap to Xen in a PV driver domain.
+				if err := u.efdRC.Read(u.efdWait); err != nil {
 					return fmt.Errorf("io_uring eventfd: %w", err)
 				}
 				continue
