@@ -199,7 +199,14 @@ func (u *uring) flush() error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for u.pending > 0 {
-		r, _, e := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(u.fd), uintptr(u.pending), 0, 0, 0, 0)
+		// RawSyscall: submitting never sleeps (no GETEVENTS; a read
+		// that would block is punted to io_uring's workers), so there
+		// is nothing for the runtime to hand the P over for. With
+		// Syscall, one that outlasts sysmon's 20 µs tick (every one,
+		// under the lab's TCG) had the P handed to another thread and
+		// won back on return: futex wake-ups and thread switches on a
+		// driver domain with one vCPU.
+		r, _, e := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(u.fd), uintptr(u.pending), 0, 0, 0, 0)
 		if e == unix.EINTR || e == unix.EAGAIN || e == unix.EBUSY {
 			continue
 		}
