@@ -93,6 +93,20 @@ func newQueue(cfg queueConfig) (q *queue, err error) {
 	}
 	q.initTx()
 	q.initRx()
+	// A backend process that died after it published responses but before
+	// it notified left the guest waiting for an event that never comes:
+	// netfront looks at its rings only when notified, so a full tx ring
+	// would stay full and rx buffers unreturned forever. One notification
+	// per port at connect makes the guest look; to a fresh guest it is a
+	// harmless spurious event.
+	if err := q.events.Notify(q.localTx); err != nil {
+		return q, fmt.Errorf("queue %d: notify event channel %d: %w", cfg.id, cfg.txPort, err)
+	}
+	if q.localRx != q.localTx {
+		if err := q.events.Notify(q.localRx); err != nil {
+			return q, fmt.Errorf("queue %d: notify rx event channel %d: %w", cfg.id, cfg.rxPort, err)
+		}
+	}
 	return q, nil
 }
 
