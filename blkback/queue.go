@@ -78,7 +78,7 @@ type queue struct {
 	drained  *sync.Cond
 	inflight int  // taken (dispatched or being validated) and not answered
 	stopping bool // the connection is going away: stop draining
-	free     chan *slot
+	free     []*slot // free request slots, a stack (under mu)
 	batch    []*slot
 	pending  bool             // inline responses claimed but not pushed
 	jrn      *journal.Journal // nil without Driver.JournalDir
@@ -115,11 +115,11 @@ func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Hand
 	q.drained = sync.NewCond(&q.mu)
 	n := int(r.Size())
 	q.slots = make([]slot, n)
-	q.free = make(chan *slot, n)
+	q.free = make([]*slot, 0, n)
 	q.batch = make([]*slot, 0, n)
 	for i := range q.slots {
 		q.slots[i].q, q.slots[i].idx = q, i
-		q.free <- &q.slots[i]
+		q.free = append(q.free, &q.slots[i])
 	}
 	id.size, id.entry = r.Size(), uint32(abi.RequestSize())
 	q.resume(id)
@@ -191,14 +191,13 @@ func (q *queue) service(ctx context.Context) error {
 		}
 		q.batch = q.batch[:0]
 		for i := uint32(0); i < n; i++ {
-			var s *slot
-			select {
-			case s = <-q.free:
-			default:
+			if len(q.free) == 0 {
 				// Unconsumed never exceeds the free slots.
 				q.mu.Unlock()
 				return fmt.Errorf("queue %d: no free request slot", q.idx)
 			}
+			s := q.free[len(q.free)-1]
+			q.free = q.free[:len(q.free)-1]
 			reqIdx := q.ring.ReqCons()
 			copy(s.raw[:], q.ring.Request())
 			if q.jrn != nil {
@@ -474,7 +473,7 @@ func (q *queue) complete(s *slot, push bool) {
 	} else {
 		q.pending = true
 	}
-	q.free <- s
+	q.free = append(q.free, s) // never beyond its capacity: one per slot
 	q.mu.Unlock()
 	if notify {
 		q.notify()
@@ -642,7 +641,12 @@ func (q *queue) resume(id journalIdentity) {
 	}
 	r.Resume(rec.ReqCons, p)
 	for _, pd := range rec.Redo {
-		s := <-q.free // Redo never exceeds the ring size
+		if len(q.free) == 0 {
+			q.log.Warn("blkback: crash journal holds more requests than the ring, replaying the first", "n", len(q.replay))
+			break // Recover bounds Redo by the ring size: cannot happen
+		}
+		s := q.free[len(q.free)-1]
+		q.free = q.free[:len(q.free)-1]
 		copy(s.raw[:], pd.Req)
 		s.jh = pd.H
 		q.replay = append(q.replay, s)
