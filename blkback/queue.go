@@ -76,8 +76,8 @@ type queue struct {
 
 	mu       sync.Mutex // the ring's private indices and responses; inflight
 	drained  *sync.Cond
-	inflight int  // taken (dispatched or being validated) and not answered
-	stopping bool // the connection is going away: stop draining
+	inflight int     // taken (dispatched or being validated) and not answered
+	stopping bool    // the connection is going away: stop draining
 	free     []*slot // free request slots, a stack (under mu)
 	batch    []*slot
 	pending  bool             // inline responses claimed but not pushed
