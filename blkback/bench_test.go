@@ -186,6 +186,34 @@ func BenchmarkFileRead(b *testing.B) {
 	}
 }
 
+// BenchmarkFileReadQD1: 4 KiB O_DIRECT reads one at a time through
+// io_uring (the lab's QD1 latency row). Run it under `strace -f -c` for
+// the system calls per request.
+func BenchmarkFileReadQD1(b *testing.B) {
+	e := newEnv(b, func(d *blkback.Driver) { d.Engine = blkback.EngineURing })
+	dir := b.TempDir()
+	if d := os.Getenv("BLKBACK_BENCH_DIR"); d != "" {
+		dir = d
+	}
+	path := filepath.Join(dir, "disk.img")
+	b.Cleanup(func() { os.Remove(path) })
+	if err := os.WriteFile(path, bytes.Repeat([]byte{0xa5}, 64<<20), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	rf := newRawFrontOn(b, e, path, true, blkback.OpRead, 499) // 32 slots within 64 MiB
+	ctx := context.Background()
+	rf.batch(b, ctx, 32)
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for i := 0; i < b.N; i++ {
+		rf.batch(b, ctx, 1)
+	}
+	cpu := cpuTime() - cpu0
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+	b.ReportMetric(float64(b.N)/cpu.Seconds(), "req/cpu-s")
+}
+
 // TestSteadyStateAllocs: with persistent grants, serving requests on the
 // null disk allocates nothing (counted process-wide, so the backend's
 // goroutine is included).
