@@ -2,6 +2,7 @@ package blkback_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -349,4 +350,34 @@ func slowDelayed(p *atomic.Pointer[slowBacking]) int64 {
 		return b.delayed.Load()
 	}
 	return 0
+}
+
+// TestResumeNotifiesGuest: a process killed after it published responses
+// and before it notified leaves a guest (which looks at its ring only when
+// notified) waiting for ever; so the next process notifies every ring it
+// resumes, once, before anything else.
+func TestResumeNotifiesGuest(t *testing.T) {
+	e := newEnv(t, func(d *blkback.Driver) { d.MaxQueues = 1 })
+	f, _ := e.attach(t, 51712, tempDisk(t, 1<<20), "w", blkfront.Config{Protocol: "x86_64-abi", Manual: true})
+	ctx := ctxT(t)
+	evh, port := f.Evtchn(), f.Port(0)
+	ports := []evtchn.Port{port}
+	waitEvent := func(d time.Duration) bool {
+		wctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		n, err := evh.Wait(wctx, ports)
+		if err == nil && n > 0 {
+			evh.Unmask(port)
+			return true
+		}
+		return false
+	}
+	for waitEvent(50 * time.Millisecond) { // whatever the connect sent
+	}
+	e.stop()
+	waitFor(t, "old backend let go", func() bool { return e.host.Events.BoundPorts(ddID) == 0 })
+	e.startManager()
+	if !waitEvent(5 * time.Second) {
+		t.Fatal("the resumed backend did not notify the guest")
+	}
 }

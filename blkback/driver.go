@@ -921,6 +921,7 @@ func (drv *Driver) kill() {
 	for q := range drv.queues {
 		q.mu.Lock()
 		q.dead = true
+		q.killed.Store(true)
 		q.mu.Unlock()
 	}
 }

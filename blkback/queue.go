@@ -98,8 +98,11 @@ type queue struct {
 
 	// dead (under mu) models the process dying at this instant: nothing
 	// more is written to the shared ring or the journal (tests of the
-	// crash-only restart; see Driver.kill).
-	dead bool
+	// crash-only restart; see Driver.kill). killed mirrors it for notify,
+	// which runs outside mu: a dead process sends no event either, even
+	// for responses it already published.
+	dead   bool
+	killed atomic.Bool
 }
 
 // errDead stops the service loop of a killed queue.
@@ -132,6 +135,13 @@ func newQueue(dev *Device, idx int, abi ABI, rmap grant.Mapping, evh evtchn.Hand
 // run serves the ring until ctx ends or the frontend breaks it.
 func (q *queue) run(ctx context.Context) error {
 	var ports [1]evtchn.Port
+	if q.dev.resuming {
+		// The process before may have died after it published responses
+		// and before it notified: the guest, which looks at its ring only
+		// when notified, would wait for them forever (with all its
+		// requests answered, it sends nothing that would wake us either).
+		q.notify()
+	}
 	if len(q.replay) > 0 {
 		q.log.Info("blkback: replaying requests a previous process left unanswered", "n", len(q.replay))
 		for _, s := range q.replay {
@@ -505,6 +515,9 @@ func (q *queue) pushLocked() (notify bool) {
 }
 
 func (q *queue) notify() {
+	if q.killed.Load() {
+		return
+	}
 	if err := q.evh.Notify(q.port); err != nil && !errors.Is(err, evtchn.ErrClosed) {
 		q.log.Warn("blkback: notify", "err", err)
 	}
