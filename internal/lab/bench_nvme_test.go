@@ -50,7 +50,15 @@ func TestBenchNVMeWatchResetsTheControllerOnAStorm(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	stopped := false
+	stop := func() { // the output is read only once bash is gone
+		if !stopped {
+			stopped = true
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}
+	defer stop()
 	irqs, ios := 100, 100
 	for range 3 { // healthy: 400 I/Os and 400 interrupts a second
 		time.Sleep(time.Second)
@@ -66,6 +74,7 @@ func TestBenchNVMeWatchResetsTheControllerOnAStorm(t *testing.T) {
 		write(irqs, ios)
 	}
 	time.Sleep(1500 * time.Millisecond)
+	stop()
 	b, err := os.ReadFile(reset)
 	if err != nil || strings.TrimSpace(string(b)) != "1" {
 		t.Fatalf("storm did not reset the controller: %q %v\n%s", b, err, out.String())
