@@ -359,6 +359,19 @@ func TestTapStoreSurvivesCrash(t *testing.T) {
 		if link.Attrs().MasterIndex != br.Attrs().Index || link.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 {
 			t.Errorf("TAP after the crash: master %d (bridge %d), flags %#x", link.Attrs().MasterIndex, br.Attrs().Index, link.Attrs().RawFlags)
 		}
+		// Carrier changes reach the qdiscs through linkwatch, up to a
+		// second late: until then the bridge and the TAP drop frames.
+		for _, name := range []string{"xenbr9", "vif9.0"} {
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				if l, err := netlink.LinkByName(name); err == nil && l.Attrs().OperState == netlink.OperUp {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("%s never operationally up", name)
+					return
+				}
+			}
+		}
 		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IP(testIP4Dst[:])})
 		if err != nil {
 			t.Errorf("listen: %v", err)
@@ -383,19 +396,23 @@ func TestTapStoreSurvivesCrash(t *testing.T) {
 		if n := store.queues("vif9.0"); n != 2 {
 			t.Errorf("store holds %d queues after the restart, want 2", n)
 		}
+		// The datagrams cross the bridge in softirq context: wait for them.
 		got := map[int]bool{}
 		rb := make([]byte, 70000)
-		for q := 0; q < 2; q++ {
-			for {
-				n, ok, err := tap2.Queue(q).(*linuxTapQueue).TryRead(rb)
-				if err != nil || !ok {
-					break
-				}
-				fr := rb[VnetHdrSize:n]
-				if binary.BigEndian.Uint16(fr[12:]) == etherTypeIPv4 && fr[14+9] == protoUDP {
-					got[len(fr)-14-20-8] = true
+		for deadline := time.Now().Add(5 * time.Second); len(got) < 3 && time.Now().Before(deadline); {
+			for q := 0; q < 2; q++ {
+				for {
+					n, ok, err := tap2.Queue(q).(*linuxTapQueue).TryRead(rb)
+					if err != nil || !ok {
+						break
+					}
+					fr := rb[VnetHdrSize:n]
+					if binary.BigEndian.Uint16(fr[12:]) == etherTypeIPv4 && fr[14+9] == protoUDP {
+						got[len(fr)-14-20-8] = true
+					}
 				}
 			}
+			time.Sleep(time.Millisecond)
 		}
 		if len(got) != 3 || !got[100] || !got[101] || !got[102] {
 			t.Errorf("datagrams sent while no worker ran, read after: %v, want 100, 101, 102 bytes", got)
