@@ -111,6 +111,23 @@ func (d *devFD) ioctl(req uintptr, arg unsafe.Pointer) (uintptr, error) {
 	return ioctl(d.fd, req, arg)
 }
 
+// rawIoctl is ioctl entered with RawSyscall, for the data path's grant
+// copy: it pins the pages and makes its hypercalls without sleeping, but
+// under emulation it often outlasts the 20 µs after which Go's runtime
+// hands the calling goroutine's P to another thread (futex wake-ups and
+// thread switches for nothing on a one-vCPU driver domain).
+func (d *devFD) rawIoctl(req uintptr, arg unsafe.Pointer) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return ErrClosed
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_IOCTL, uintptr(d.fd), req, uintptr(arg)); e != 0 {
+		return e
+	}
+	return nil
+}
+
 func (d *devFD) mmap(index uint64, pages int, prot int) ([]byte, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
@@ -227,7 +244,7 @@ func (g *gntdev) Copy(segs []CopySeg) error {
 	if n == 0 {
 		return nil
 	}
-	_, err := g.dev.ioctl(ioctlGntdevGrantCopy, unsafe.Pointer(&sc.hdr[0]))
+	err := g.dev.rawIoctl(ioctlGntdevGrantCopy, unsafe.Pointer(&sc.hdr[0]))
 	runtime.KeepAlive(sc)
 	if err != nil {
 		return fmt.Errorf("grant: copy %d segments: %w", n, err)

@@ -119,7 +119,7 @@ func (h LinuxHost) CreateTap(name, bridge string) (Tap, error) {
 		return nil, fmt.Errorf("netback: create tap: %w", err)
 	}
 	t := &linuxTap{name: name, store: h.Store}
-	t.queues = []*linuxTapQueue{{f: f}}
+	t.queues = []*linuxTapQueue{newTapQueue(f)}
 	if err := t.setOffloadLocked(0); err != nil {
 		t.Close()
 		return nil, err
@@ -160,7 +160,7 @@ func (h LinuxHost) adoptTap(name, bridge string) (Tap, error) {
 			h.Store.Release(name, 0)
 			return nil, nil
 		}
-		t.queues = append(t.queues, &linuxTapQueue{f: f})
+		t.queues = append(t.queues, newTapQueue(f))
 	}
 	if err := wireTap(name, bridge); err != nil {
 		t.Close()
@@ -289,7 +289,7 @@ func (t *linuxTap) SetQueues(n int) error {
 		if t.store != nil {
 			t.store.Keep(t.name, len(t.queues), f)
 		}
-		t.queues = append(t.queues, &linuxTapQueue{f: f})
+		t.queues = append(t.queues, newTapQueue(f))
 	}
 	if len(t.queues) > n && t.store != nil {
 		t.store.Release(t.name, n)
@@ -398,17 +398,42 @@ func (t *linuxTap) Close() error {
 type linuxTapQueue struct {
 	f *os.File
 
-	// TryRead state: the raw conn and its read callback, made once so a
+	// TryRead state: the raw conn and its read callback, made once (by
+	// newTapQueue, before the queue's two goroutines share it) so a
 	// non-blocking read allocates nothing.
 	rc     syscall.RawConn
+	rcErr  error
 	tryFn  func(fd uintptr) bool
 	tryBuf []byte
 	tryN   int
-	tryErr error
+	tryErr syscall.Errno
+
+	// Write state, made once like TryRead's.
+	wFn  func(fd uintptr) bool
+	wBuf []byte
+	wN   int
+	wErr syscall.Errno
 
 	mu   sync.Mutex      // orders deadline changes
 	ctx  context.Context // the context reads are currently bound to
 	stop func() bool
+}
+
+// newTapQueue wraps a queue's file and makes its raw-syscall callbacks.
+func newTapQueue(f *os.File) *linuxTapQueue {
+	q := &linuxTapQueue{f: f}
+	q.rc, q.rcErr = f.SyscallConn()
+	q.tryFn = func(fd uintptr) bool {
+		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&q.tryBuf[0])), uintptr(len(q.tryBuf)))
+		q.tryN, q.tryErr = int(n), e
+		return true // never wait for readiness
+	}
+	q.wFn = func(fd uintptr) bool {
+		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&q.wBuf[0])), uintptr(len(q.wBuf)))
+		q.wN, q.wErr = int(n), e
+		return e != unix.EAGAIN // a full queue: wait until writable
+	}
+	return q
 }
 
 // Read implements TapQueue. A context ending interrupts a blocked read by
@@ -449,18 +474,14 @@ func (q *linuxTapQueue) Read(ctx context.Context, b []byte) (int, error) {
 	}
 }
 
-// TryRead implements tryReader: one read(2) on the non-blocking fd.
+// TryRead implements tryReader: one read(2) on the non-blocking fd, by
+// RawSyscall as Write.
 func (q *linuxTapQueue) TryRead(b []byte) (int, bool, error) {
-	if q.rc == nil {
-		rc, err := q.f.SyscallConn()
-		if err != nil {
-			return 0, false, fmt.Errorf("netback: tap: %w", err)
-		}
-		q.rc = rc
-		q.tryFn = func(fd uintptr) bool {
-			q.tryN, q.tryErr = unix.Read(int(fd), q.tryBuf)
-			return true // never wait for readiness
-		}
+	if q.rcErr != nil {
+		return 0, false, fmt.Errorf("netback: tap: %w", q.rcErr)
+	}
+	if len(b) == 0 {
+		return 0, false, nil
 	}
 	q.tryBuf = b
 	err := q.rc.Read(q.tryFn)
@@ -473,21 +494,39 @@ func (q *linuxTapQueue) TryRead(b []byte) (int, bool, error) {
 		return 0, false, fmt.Errorf("netback: tap read: %w", err)
 	case q.tryErr == unix.EAGAIN || q.tryErr == unix.EINTR:
 		return 0, false, nil
-	case q.tryErr != nil:
+	case q.tryErr != 0:
 		return 0, false, fmt.Errorf("netback: tap read: %w", q.tryErr)
 	}
 	return q.tryN, true, nil
 }
 
+// Write implements TapQueue: one frame, one write(2). The write enters the
+// kernel with RawSyscall: it never sleeps on a non-blocking TAP (a full
+// queue is EAGAIN, then the netpoller waits), but the kernel runs the
+// frame through the bridge and the NIC's driver inside it, which under
+// emulation often takes longer than the 20 µs after which Go's runtime
+// hands the goroutine's P to another thread: futex wake-ups and thread
+// switches for nothing on a one-vCPU driver domain.
 func (q *linuxTapQueue) Write(b []byte) (int, error) {
-	n, err := q.f.Write(b)
-	if err != nil {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	if q.rcErr != nil {
+		return 0, fmt.Errorf("netback: tap: %w", q.rcErr)
+	}
+	q.wBuf = b
+	err := q.rc.Write(q.wFn)
+	q.wBuf = nil
+	switch {
+	case err != nil:
 		if errors.Is(err, os.ErrClosed) {
 			return 0, ErrTapClosed
 		}
-		return n, fmt.Errorf("netback: tap write: %w", err)
+		return 0, fmt.Errorf("netback: tap write: %w", err)
+	case q.wErr != 0:
+		return 0, fmt.Errorf("netback: tap write: %w", q.wErr)
 	}
-	return n, nil
+	return q.wN, nil
 }
 
 type closedQueue struct{}
