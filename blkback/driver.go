@@ -206,15 +206,29 @@ func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, e
 		log = slog.Default()
 	}
 	log = log.With("dev", d.Name())
-	params, err := d.ReadBack(ctx, "params")
+	// Every key at once: a restarted worker probes every vbd again, and
+	// each round trip to dom0's xenstored counts while the guest waits.
+	keys := [...]string{"params", "target", "mode", "online", "type", "device-type", "removable", "discard-enable"}
+	var paths [len(keys)]string
+	for i, k := range keys {
+		paths[i] = d.BackPath + "/" + k
+	}
+	vals, errs := d.Store.ReadMany(ctx, paths[:])
+	back := func(i int) (string, error) {
+		if errs[i] != nil {
+			return "", fmt.Errorf("%s: read backend %s: %w", d.Name(), keys[i], errs[i])
+		}
+		return vals[i], nil
+	}
+	params, err := back(0)
 	if errors.Is(err, xenstore.ErrNotExist) || (err == nil && params == "") {
-		params, err = d.ReadBack(ctx, "target")
+		params, err = back(1)
 	}
 	if err != nil {
 		return nil, err
 	}
 	params = strings.TrimSpace(params)
-	mode, err := d.ReadBack(ctx, "mode")
+	mode, err := back(2)
 	if err != nil {
 		return nil, err
 	}
@@ -228,20 +242,20 @@ func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, e
 	}
 	// The Manager probes only online devices; a toolstack that raced us
 	// to online=0 gets nothing opened.
-	if v, err := d.ReadBack(ctx, "online"); err == nil && strings.TrimSpace(v) != "1" {
+	if v, err := back(3); err == nil && strings.TrimSpace(v) != "1" {
 		return nil, fmt.Errorf("%s: device is not online (online=%q)", d.Name(), truncate(v, 8))
 	}
 	// type (phy, file, ...) only says how libxl found the target: both are
 	// opened the same way here.
-	typ, _ := d.ReadBack(ctx, "type")
-	if v, err := d.ReadBack(ctx, "device-type"); err == nil && strings.TrimSpace(v) == "cdrom" {
+	typ, _ := back(4)
+	if v, err := back(5); err == nil && strings.TrimSpace(v) == "cdrom" {
 		dev.cdrom = true
 	}
-	if v, err := d.ReadBack(ctx, "removable"); err == nil && strings.TrimSpace(v) == "1" {
+	if v, err := back(6); err == nil && strings.TrimSpace(v) == "1" {
 		dev.remov = true
 	}
 	discardEnable := true
-	if v, err := d.ReadBack(ctx, "discard-enable"); err == nil && strings.TrimSpace(v) == "0" {
+	if v, err := back(7); err == nil && strings.TrimSpace(v) == "0" {
 		discardEnable = false
 	}
 	open := drv.Open
@@ -269,7 +283,6 @@ func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, e
 	dev.gran = gran
 
 	err = d.Store.Transaction(ctx, func(tx *xenstore.Tx) error {
-		w := func(k, v string) error { return tx.Write(ctx, d.BackPath+"/"+k, v) }
 		kv := [][2]string{
 			{"feature-flush-cache", "1"},
 			{"feature-barrier", "1"},
@@ -283,12 +296,11 @@ func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, e
 			kv = append(kv, [2]string{"discard-granularity", strconv.FormatUint(uint64(dev.gran), 10)},
 				[2]string{"discard-alignment", "0"}, [2]string{"discard-secure", boolKey(dev.secure)})
 		}
-		for _, e := range kv {
-			if err := w(e[0], e[1]); err != nil {
-				return err
-			}
+		kvs := make([]xenstore.KV, len(kv))
+		for i, e := range kv {
+			kvs[i] = xenstore.KV{Key: d.BackPath + "/" + e[0], Value: e[1]}
 		}
-		return nil
+		return tx.WriteMany(ctx, kvs)
 	})
 	if err == nil {
 		err = d.WriteBack(ctx, "hotplug-status", "connected")
@@ -316,9 +328,46 @@ func (dev *Device) devID() uint32 {
 	return dev.dev.DevID
 }
 
+// frontKeys holds frontend keys read in batches (ReadMany: one round trip
+// to dom0's xenstored for a batch, where a restarted worker would otherwise
+// pay one per key); get reads a key no batch had.
+type frontKeys struct {
+	d    *xenbus.Dev
+	vals map[string]string
+	errs map[string]error
+}
+
+func newFrontKeys(d *xenbus.Dev) *frontKeys {
+	return &frontKeys{d: d, vals: map[string]string{}, errs: map[string]error{}}
+}
+
+// fetch reads keys at once.
+func (f *frontKeys) fetch(ctx context.Context, keys ...string) {
+	paths := make([]string, len(keys))
+	for i, k := range keys {
+		paths[i] = f.d.FrontPath + "/" + k
+	}
+	vals, errs := f.d.Store.ReadMany(ctx, paths)
+	for i, k := range keys {
+		f.vals[k], f.errs[k] = vals[i], errs[i]
+	}
+}
+
+// get returns key as fetched, else reads it; errors as xenbus.Dev.ReadFront.
+func (f *frontKeys) get(ctx context.Context, key string) (string, error) {
+	v, ok := f.vals[key]
+	if !ok {
+		return f.d.ReadFront(ctx, key)
+	}
+	if err := f.errs[key]; err != nil {
+		return "", fmt.Errorf("%s: read frontend %s: %w", f.d.Name(), key, err)
+	}
+	return v, nil
+}
+
 // readFrontUint reads an optional unsigned frontend key; absent is def.
-func (dev *Device) readFrontUint(ctx context.Context, key string, def, limit uint64) (uint64, error) {
-	v, err := dev.dev.ReadFront(ctx, key)
+func (dev *Device) readFrontUint(ctx context.Context, fk *frontKeys, key string, def, limit uint64) (uint64, error) {
+	v, err := fk.get(ctx, key)
 	if errors.Is(err, xenstore.ErrNotExist) {
 		return def, nil
 	}
@@ -351,20 +400,22 @@ func (dev *Device) Connect(ctx context.Context) (err error) {
 		dev.stopLocked()
 	}
 	d := dev.dev
-	nq, err := dev.readFrontUint(ctx, "multi-queue-num-queues", 1, uint64(dev.drv.maxQueues()))
+	fk := newFrontKeys(d)
+	fk.fetch(ctx, "multi-queue-num-queues", "ring-page-order", "protocol", "feature-persistent", "state")
+	nq, err := dev.readFrontUint(ctx, fk, "multi-queue-num-queues", 1, uint64(dev.drv.maxQueues()))
 	if err != nil {
 		return err
 	}
 	if nq == 0 {
 		return fmt.Errorf("%s: frontend multi-queue-num-queues=0", d.Name())
 	}
-	order, err := dev.readFrontUint(ctx, "ring-page-order", 0, uint64(dev.drv.maxOrder()))
+	order, err := dev.readFrontUint(ctx, fk, "ring-page-order", 0, uint64(dev.drv.maxOrder()))
 	if err != nil {
 		return err
 	}
-	_, orderErr := d.ReadFront(ctx, "ring-page-order")
+	_, orderErr := fk.get(ctx, "ring-page-order")
 	hasOrder := orderErr == nil
-	proto, err := d.ReadFront(ctx, "protocol")
+	proto, err := fk.get(ctx, "protocol")
 	if err != nil && !errors.Is(err, xenstore.ErrNotExist) {
 		return err
 	}
@@ -372,7 +423,7 @@ func (dev *Device) Connect(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("%s: %w", d.Name(), err)
 	}
-	fp, err := dev.readFrontUint(ctx, "feature-persistent", 0, 1)
+	fp, err := dev.readFrontUint(ctx, fk, "feature-persistent", 0, 1)
 	if err != nil {
 		return err
 	}
@@ -387,9 +438,27 @@ func (dev *Device) Connect(ctx context.Context) (err error) {
 		}
 	}
 
-	if fs, err := d.FrontState(ctx); err == nil {
-		dev.resuming = fs == xenbus.Connected
+	if v, err := fk.get(ctx, "state"); err == nil {
+		fs, ok := xenbus.ParseState(v)
+		dev.resuming = ok && fs == xenbus.Connected
 	}
+	// Every queue's ring references and event channel in one batch.
+	var qkeys []string
+	for i := 0; i < int(nq); i++ {
+		dir := ""
+		if nq > 1 {
+			dir = "queue-" + strconv.Itoa(i) + "/"
+		}
+		for p := 0; p < 1<<order; p++ {
+			if hasOrder {
+				qkeys = append(qkeys, dir+"ring-ref"+strconv.Itoa(p))
+			} else {
+				qkeys = append(qkeys, dir+"ring-ref")
+			}
+		}
+		qkeys = append(qkeys, dir+"event-channel")
+	}
+	fk.fetch(ctx, qkeys...)
 	c := &connection{}
 	defer func() {
 		if err != nil {
@@ -401,7 +470,7 @@ func (dev *Device) Connect(ctx context.Context) (err error) {
 		if nq > 1 {
 			dir = "queue-" + strconv.Itoa(i) + "/"
 		}
-		q, err := dev.connectQueue(ctx, i, dir, abi, int(order), hasOrder, persistent, c)
+		q, err := dev.connectQueue(ctx, fk, i, dir, abi, int(order), hasOrder, persistent, c)
 		if err != nil {
 			return err
 		}
@@ -424,17 +493,12 @@ func (dev *Device) Connect(ctx context.Context) (err error) {
 		info |= VDiskRemovable
 	}
 	err = d.Store.Transaction(ctx, func(tx *xenstore.Tx) error {
-		for _, e := range [][2]string{
-			{"sectors", strconv.FormatUint(dev.sectors.Load(), 10)},
-			{"info", strconv.Itoa(info)},
-			{"sector-size", strconv.FormatUint(uint64(dev.logical), 10)},
-			{"physical-sector-size", strconv.FormatUint(uint64(dev.physical), 10)},
-		} {
-			if err := tx.Write(ctx, d.BackPath+"/"+e[0], e[1]); err != nil {
-				return err
-			}
-		}
-		return nil
+		return tx.WriteMany(ctx, []xenstore.KV{
+			{Key: d.BackPath + "/sectors", Value: strconv.FormatUint(dev.sectors.Load(), 10)},
+			{Key: d.BackPath + "/info", Value: strconv.Itoa(info)},
+			{Key: d.BackPath + "/sector-size", Value: strconv.FormatUint(uint64(dev.logical), 10)},
+			{Key: d.BackPath + "/physical-sector-size", Value: strconv.FormatUint(uint64(dev.physical), 10)},
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("%s: publish disk: %w", d.Name(), err)
@@ -445,7 +509,7 @@ func (dev *Device) Connect(ctx context.Context) (err error) {
 	return nil
 }
 
-func (dev *Device) connectQueue(ctx context.Context, i int, dir string, abi ABI, order int, hasOrder, persistent bool, c *connection) (*queue, error) {
+func (dev *Device) connectQueue(ctx context.Context, fk *frontKeys, i int, dir string, abi ABI, order int, hasOrder, persistent bool, c *connection) (*queue, error) {
 	d := dev.dev
 	pages := 1 << order
 	refs := make([]grant.Ref, pages)
@@ -454,7 +518,7 @@ func (dev *Device) connectQueue(ctx context.Context, i int, dir string, abi ABI,
 		if hasOrder {
 			key += strconv.Itoa(p)
 		}
-		v, err := d.ReadFront(ctx, key)
+		v, err := fk.get(ctx, key)
 		if err != nil {
 			return nil, err
 		}
@@ -464,7 +528,7 @@ func (dev *Device) connectQueue(ctx context.Context, i int, dir string, abi ABI,
 		}
 		refs[p] = grant.Ref(n)
 	}
-	v, err := d.ReadFront(ctx, dir+"event-channel")
+	v, err := fk.get(ctx, dir+"event-channel")
 	if err != nil {
 		return nil, err
 	}

@@ -64,14 +64,27 @@ func (d *Driver) Probe(ctx context.Context, dev *xenbus.Dev) (xenbus.Instance, e
 		log = slog.Default()
 	}
 	log = log.With("dev", dev.Name())
-	if on, err := dev.ReadBack(ctx, "online"); err == nil && on != "1" {
+	// Every key at once: a restarted worker probes every vif again, and
+	// each round trip to dom0's xenstored counts while the guest waits.
+	keys := [...]string{"online", "mac", "bridge", "rate"}
+	var paths [len(keys)]string
+	for i, k := range keys {
+		paths[i] = dev.BackPath + "/" + k
+	}
+	vals, errs := dev.Store.ReadMany(ctx, paths[:])
+	for i, err := range errs {
+		if err != nil {
+			errs[i] = fmt.Errorf("%s: read backend %s: %w", dev.Name(), keys[i], err)
+		}
+	}
+	if on, err := vals[0], errs[0]; err == nil && on != "1" {
 		return nil, fmt.Errorf("%s: online is %q", dev.Name(), on)
 	}
 	v := &Vif{drv: d, dev: dev, log: log, bridge: DefaultBridge}
 	if d.Bridge != "" {
 		v.bridge = d.Bridge
 	}
-	if m, err := dev.ReadBack(ctx, "mac"); err == nil {
+	if m, err := vals[1], errs[1]; err == nil {
 		hw, err := net.ParseMAC(m)
 		if err != nil || len(hw) != 6 {
 			return nil, fmt.Errorf("%s: bad mac %q", dev.Name(), m)
@@ -80,12 +93,12 @@ func (d *Driver) Probe(ctx context.Context, dev *xenbus.Dev) (xenbus.Instance, e
 	} else if !errors.Is(err, xenstore.ErrNotExist) {
 		return nil, err
 	}
-	if b, err := dev.ReadBack(ctx, "bridge"); err == nil && b != "" {
+	if b, err := vals[2], errs[2]; err == nil && b != "" {
 		v.bridge = b
 	} else if err != nil && !errors.Is(err, xenstore.ErrNotExist) {
 		return nil, err
 	}
-	if r, err := dev.ReadBack(ctx, "rate"); err == nil {
+	if r, err := vals[3], errs[3]; err == nil {
 		if v.rateCfg, err = parseRate(r); err != nil {
 			return nil, fmt.Errorf("%s: %w", dev.Name(), err)
 		}
@@ -97,17 +110,13 @@ func (d *Driver) Probe(ctx context.Context, dev *xenbus.Dev) (xenbus.Instance, e
 		return nil, fmt.Errorf("%s: %w", dev.Name(), err)
 	}
 	v.tap = tap
-	err = dev.Store.Transaction(ctx, func(tx *xenstore.Tx) error {
-		for _, f := range backendFeatures {
-			if err := tx.Write(ctx, dev.BackPath+"/"+f.key, f.val); err != nil {
-				return err
-			}
-		}
-		if err := tx.Write(ctx, dev.BackPath+"/multi-queue-max-queues", strconv.Itoa(d.maxQueues())); err != nil {
-			return err
-		}
-		return tx.Write(ctx, dev.BackPath+"/hotplug-status", "connected")
-	})
+	kvs := make([]xenstore.KV, 0, len(backendFeatures)+2)
+	for _, f := range backendFeatures {
+		kvs = append(kvs, xenstore.KV{Key: dev.BackPath + "/" + f.key, Value: f.val})
+	}
+	kvs = append(kvs, xenstore.KV{Key: dev.BackPath + "/multi-queue-max-queues", Value: strconv.Itoa(d.maxQueues())},
+		xenstore.KV{Key: dev.BackPath + "/hotplug-status", Value: "connected"})
+	err = dev.Store.Transaction(ctx, func(tx *xenstore.Tx) error { return tx.WriteMany(ctx, kvs) })
 	if err != nil {
 		tap.Close()
 		return nil, fmt.Errorf("%s: publish features: %w", dev.Name(), err)
@@ -351,12 +360,7 @@ func (v *Vif) Close() error {
 func (v *Vif) readFront(ctx context.Context) ([]queueConfig, frontFeatures, error) {
 	dev := v.dev
 	var f frontFeatures
-	flag := func(key string) (bool, error) {
-		n, err := v.frontUint(ctx, dev.FrontPath+"/"+key, 0)
-		return n != 0, err
-	}
-	var err error
-	for _, ff := range []struct {
+	flags := [...]struct {
 		key string
 		dst *bool
 	}{
@@ -367,45 +371,73 @@ func (v *Vif) readFront(ctx context.Context) ([]queueConfig, frontFeatures, erro
 		{"feature-ipv6-csum-offload", &f.ipv6Csum},
 		{"feature-no-csum-offload", &f.noCsumOffload},
 		{"request-multicast-control", &f.mcastControl},
-	} {
-		if *ff.dst, err = flag(ff.key); err != nil {
+	}
+	// One batch of reads for the flags, the queue count and a single
+	// queue's keys (in the frontend's directory itself); a second for
+	// multi-queue frontends' queue-N directories.
+	queueKeys := [...]string{"tx-ring-ref", "rx-ring-ref", "event-channel-tx", "event-channel-rx", "event-channel"}
+	paths := make([]string, 0, len(flags)+1+len(queueKeys))
+	for _, ff := range flags {
+		paths = append(paths, dev.FrontPath+"/"+ff.key)
+	}
+	paths = append(paths, dev.FrontPath+"/multi-queue-num-queues")
+	for _, k := range queueKeys {
+		paths = append(paths, dev.FrontPath+"/"+k)
+	}
+	vals, errs := dev.Store.ReadMany(ctx, paths)
+	var err error
+	for i, ff := range flags {
+		var n uint64
+		if n, err = v.parseFrontUint(paths[i], vals[i], errs[i], 0); err != nil {
 			return nil, f, err
 		}
+		*ff.dst = n != 0
 	}
 	if !f.rxCopy {
 		return nil, f, fmt.Errorf("%s: frontend does not support rx-copy (flip is not implemented)", dev.Name())
 	}
-	nq, err := v.frontUint(ctx, dev.FrontPath+"/multi-queue-num-queues", 1)
+	nqAt := len(flags)
+	nq, err := v.parseFrontUint(paths[nqAt], vals[nqAt], errs[nqAt], 1)
 	if err != nil {
 		return nil, f, err
 	}
 	if nq < 1 || nq > uint64(v.drv.maxQueues()) {
 		return nil, f, fmt.Errorf("%s: frontend asked for %d queues, max %d", dev.Name(), nq, v.drv.maxQueues())
 	}
+	qpaths, qvals, qerrs := paths[nqAt+1:], vals[nqAt+1:], errs[nqAt+1:]
+	if nq > 1 {
+		qpaths = make([]string, 0, int(nq)*len(queueKeys))
+		for i := range int(nq) {
+			for _, k := range queueKeys {
+				qpaths = append(qpaths, dev.FrontPath+"/queue-"+strconv.Itoa(i)+"/"+k)
+			}
+		}
+		qvals, qerrs = dev.Store.ReadMany(ctx, qpaths)
+	}
 	cfgs := make([]queueConfig, nq)
 	for i := range cfgs {
-		dir := dev.FrontPath
-		if nq > 1 {
-			dir += "/queue-" + strconv.Itoa(i)
-		}
 		c := &cfgs[i]
 		c.id, c.front = i, dev.FrontDom
-		tx, err := v.frontUint(ctx, dir+"/tx-ring-ref", -1)
+		at := i * len(queueKeys)
+		key := func(j int, def int64) (uint64, error) {
+			return v.parseFrontUint(qpaths[at+j], qvals[at+j], qerrs[at+j], def)
+		}
+		tx, err := key(0, -1)
 		if err != nil {
 			return nil, f, err
 		}
-		rx, err := v.frontUint(ctx, dir+"/rx-ring-ref", -1)
+		rx, err := key(1, -1)
 		if err != nil {
 			return nil, f, err
 		}
 		c.txRef, c.rxRef = grant.Ref(tx), grant.Ref(rx)
-		etx, errTx := v.frontUint(ctx, dir+"/event-channel-tx", -1)
-		erx, errRx := v.frontUint(ctx, dir+"/event-channel-rx", -1)
+		etx, errTx := key(2, -1)
+		erx, errRx := key(3, -1)
 		if errTx == nil && errRx == nil {
 			c.split = true
 			c.txPort, c.rxPort = evtchn.Port(etx), evtchn.Port(erx)
 		} else {
-			e, err := v.frontUint(ctx, dir+"/event-channel", -1)
+			e, err := key(4, -1)
 			if err != nil {
 				return nil, f, err
 			}
@@ -415,10 +447,9 @@ func (v *Vif) readFront(ctx context.Context) ([]queueConfig, frontFeatures, erro
 	return cfgs, f, nil
 }
 
-// frontUint reads a frontend key as an unsigned 32-bit number. A missing key
-// is def, or an error if def < 0 (required).
-func (v *Vif) frontUint(ctx context.Context, path string, def int64) (uint64, error) {
-	s, err := v.dev.Store.Read(ctx, path)
+// parseFrontUint parses a frontend key read as s, err as an unsigned
+// 32-bit number. A missing key is def, or an error if def < 0 (required).
+func (v *Vif) parseFrontUint(path, s string, err error, def int64) (uint64, error) {
 	if err != nil {
 		if errors.Is(err, xenstore.ErrNotExist) && def >= 0 {
 			return uint64(def), nil
