@@ -9,6 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"drvdom/internal/testnet"
+	"drvdom/internal/testnet/nshost"
 	"drvdom/internal/xensim/netfront"
 	"drvdom/netback"
 )
@@ -19,15 +21,15 @@ import (
 // guest. Run it under `strace -f -c -e trace=read` to count the TAP reads
 // per packet.
 func BenchmarkRealTapRxSparse(b *testing.B) {
-	r := newNsRunner(b)
-	e := newEnv(b, func(d *netback.Driver) { d.Host = nsHost{r} })
+	r := testnet.NewRunner(b)
+	e := newEnv(b, func(d *netback.Driver) { d.Host = nshost.Host{R: r} })
 	v := e.attach(b, 2, 0, netfront.Nic{Bridge: "xenbr6"}, netfront.Config{Split: true})
-	r.waitOperUp(b, "vif2.0")
+	r.WaitOperUp(b, "vif2.0")
 	guestMAC := netback.TestGuestMAC
 	guestIP := net.IPv4(169, 254, 9, 2).To4()
 	var conn *net.UDPConn
 	var err error
-	r.do(func() {
+	r.Do(func() {
 		br, e1 := netlink.LinkByName("xenbr6")
 		if e1 != nil {
 			err = e1

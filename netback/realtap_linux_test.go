@@ -6,109 +6,16 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
-	"os"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
+	"drvdom/internal/testnet"
+	"drvdom/internal/testnet/nshost"
 	"drvdom/internal/xensim/netfront"
 	"drvdom/netback"
 )
-
-// nsRunner runs closures on one OS thread inside a private network
-// namespace (TAP creation, netlink and sockets bind to the thread's netns).
-type nsRunner struct {
-	ch chan func()
-}
-
-func newNsRunner(t testing.TB) *nsRunner {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace and TAP devices")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("no /dev/net/tun: %v", err)
-	}
-	r := &nsRunner{ch: make(chan func())}
-	ready := make(chan error, 1)
-	stop := make(chan struct{})
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		runtime.LockOSThread() // never unlocked: the thread dies with the namespace
-		ns, err := netns.New()
-		if err != nil {
-			ready <- err
-			return
-		}
-		defer ns.Close()
-		ready <- nil
-		for {
-			select {
-			case f := <-r.ch:
-				f()
-			case <-stop:
-				return
-			}
-		}
-	}()
-	if err := <-ready; err != nil {
-		t.Fatalf("netns: %v", err)
-	}
-	t.Cleanup(func() { close(stop); <-exited })
-	return r
-}
-
-// waitOperUp waits until the link's carrier change went through the
-// kernel's linkwatch (up to a second late), so the bridge forwards to it.
-func (r *nsRunner) waitOperUp(t testing.TB, name string) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		var st netlink.LinkOperState
-		r.do(func() {
-			if l, err := netlink.LinkByName(name); err == nil {
-				st = l.Attrs().OperState
-			}
-		})
-		if st == netlink.OperUp {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s operstate %v, want up", name, st)
-		}
-	}
-}
-
-func (r *nsRunner) do(f func()) {
-	done := make(chan struct{})
-	r.ch <- func() { defer close(done); f() }
-	<-done
-}
-
-// nsHost is netback.LinuxHost with every namespace-bound step run inside
-// the runner's namespace.
-type nsHost struct{ r *nsRunner }
-
-func (h nsHost) CreateTap(name, bridge string) (tap netback.Tap, err error) {
-	h.r.do(func() { tap, err = netback.LinuxHost{}.CreateTap(name, bridge) })
-	if err != nil {
-		return nil, err
-	}
-	return nsTap{tap, h.r}, nil
-}
-
-type nsTap struct {
-	netback.Tap
-	r *nsRunner
-}
-
-func (t nsTap) SetQueues(n int) (err error) {
-	t.r.do(func() { err = t.Tap.SetQueues(n) })
-	return err
-}
 
 // TestRealTapBackend runs the whole backend against a real TAP on a real
 // bridge in a private network namespace, with the simulated netfront as the
@@ -117,17 +24,17 @@ func (t nsTap) SetQueues(n int) (err error) {
 // guest is accepted by the kernel (which answers it with a RST, as nothing
 // listens).
 func TestRealTapBackend(t *testing.T) {
-	r := newNsRunner(t)
-	e := newEnv(t, func(d *netback.Driver) { d.Host = nsHost{r} })
+	r := testnet.NewRunner(t)
+	e := newEnv(t, func(d *netback.Driver) { d.Host = nshost.Host{R: r} })
 	v := e.attach(t, 2, 0, netfront.Nic{Bridge: "xenbr5"}, netfront.Config{Queues: 2, Split: true})
 	ctx := ctxT(t)
-	r.waitOperUp(t, "vif2.0")
+	r.WaitOperUp(t, "vif2.0")
 	guestMAC := netback.TestGuestMAC
 	guestIP := net.IPv4(169, 254, 9, 2).To4()
 	var brMAC [6]byte
 	var conn *net.UDPConn
 	var err error
-	r.do(func() {
+	r.Do(func() {
 		br, e1 := netlink.LinkByName("xenbr5")
 		tap, e2 := netlink.LinkByName("vif2.0")
 		if e1 != nil || e2 != nil {
@@ -231,16 +138,16 @@ func waitGuestIPv4(t *testing.T, f *netfront.Front, queues int, proto byte) netf
 // writes; the kernel hands the TAP TSO super-packets, which reach the guest
 // as one multi-slot packet with a GSO extra-info and a blank checksum.
 func TestRealTapBackendTSOToGuest(t *testing.T) {
-	r := newNsRunner(t)
-	e := newEnv(t, func(d *netback.Driver) { d.Host = nsHost{r} })
+	r := testnet.NewRunner(t)
+	e := newEnv(t, func(d *netback.Driver) { d.Host = nshost.Host{R: r} })
 	v := e.attach(t, 2, 0, netfront.Nic{Bridge: "xenbr6"}, netfront.Config{})
 	ctx := ctxT(t)
-	r.waitOperUp(t, "vif2.0")
+	r.WaitOperUp(t, "vif2.0")
 	guestIP := net.IPv4(169, 254, 9, 2).To4()
 	hostIP := net.IPv4(169, 254, 9, 1).To4()
 	var brMAC [6]byte
 	var err error
-	r.do(func() {
+	r.Do(func() {
 		br, e1 := netlink.LinkByName("xenbr6")
 		if e1 != nil {
 			err = e1
@@ -259,7 +166,7 @@ func TestRealTapBackendTSOToGuest(t *testing.T) {
 		t.Fatalf("netns setup: %v", err)
 	}
 	dialed := make(chan error, 1)
-	go r.do(func() { // the socket must be made in the namespace
+	go r.Do(func() { // the socket must be made in the namespace
 		c, err := net.DialTimeout("tcp4", "169.254.9.2:80", 5*time.Second)
 		if err != nil {
 			dialed <- err

@@ -18,10 +18,11 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"drvdom/blkback"
 	"drvdom/evtchn"
+	"drvdom/internal/testnet"
+	"drvdom/internal/testnet/nshost"
 	"drvdom/internal/xensim"
 	"drvdom/internal/xensim/blkfront"
 	"drvdom/internal/xensim/netfront"
@@ -55,7 +56,7 @@ func testWorkerTeardown(t *testing.T, engine string) {
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Skipf("no /dev/net/tun: %v", err)
 	}
-	ns := newNetnsRunner(t) // skips when not root
+	ns := testnet.NewRunner(t) // skips when not root
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -70,13 +71,13 @@ func testWorkerTeardown(t *testing.T, engine string) {
 	// backend) in place of /dev/xen/gntdev.
 	drivers := []xenbus.Driver{
 		&blkback.Driver{Grants: ddom.Mapper(), Events: events, Log: log.With("drv", "vbd"), JournalDir: t.TempDir(), Engine: engine},
-		&netback.Driver{Host: nsHost{ns}, Mapper: ddom.Mapper(), Events: events, Log: log.With("drv", "vif")},
+		&netback.Driver{Host: nshost.Host{R: ns}, Mapper: ddom.Mapper(), Events: events, Log: log.With("drv", "vif")},
 	}
 	store := ddom.Xenstore()
 	defer store.Close()
 	const bridge = "xenbr9"
 	brIP := net.IPv4(169, 254, 9, 1).To4()
-	ns.do(func() {
+	ns.Do(func() {
 		if err := netback.EnsureBridge(bridge, ""); err != nil {
 			t.Errorf("bridge: %v", err)
 			return
@@ -236,7 +237,7 @@ type guest struct {
 	mac    net.HardwareAddr
 }
 
-func attachGuest(t *testing.T, ctx context.Context, host *xensim.Host, dom0 *xenstore.Client, ns *netnsRunner,
+func attachGuest(t *testing.T, ctx context.Context, host *xensim.Host, dom0 *xenstore.Client, ns *testnet.Runner,
 	dd, id uint16, bridge string) *guest {
 	t.Helper()
 	gd := host.NewDomain(id)
@@ -267,7 +268,7 @@ func attachGuest(t *testing.T, ctx context.Context, host *xensim.Host, dom0 *xen
 	if err != nil {
 		t.Fatalf("guest %d netfront: %v", id, err)
 	}
-	ns.do(func() {
+	ns.Do(func() {
 		br, err := netlink.LinkByName(bridge)
 		if err == nil {
 			err = netlink.NeighSet(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
@@ -277,14 +278,14 @@ func attachGuest(t *testing.T, ctx context.Context, host *xensim.Host, dom0 *xen
 			t.Errorf("guest %d neighbour: %v", id, err)
 		}
 	})
-	ns.waitOperUp(t, netback.TapName(id, 0))
+	ns.WaitOperUp(t, netback.TapName(id, 0))
 	return g
 }
 
 // io writes and reads the disk (direct and indirect, both rings) and sends
 // a UDP datagram each way between the guest and a host socket on the
 // bridge.
-func (g *guest) io(t *testing.T, ctx context.Context, ns *netnsRunner, bridge string, brIP net.IP) {
+func (g *guest) io(t *testing.T, ctx context.Context, ns *testnet.Runner, bridge string, brIP net.IP) {
 	t.Helper()
 	for i, n := range []int{4096, 256 << 10} {
 		data := bytes.Repeat([]byte{byte(g.id), byte(i), 0x5a, 0xa5}, n/4)
@@ -300,7 +301,7 @@ func (g *guest) io(t *testing.T, ctx context.Context, ns *netnsRunner, bridge st
 	var conn *net.UDPConn
 	var brMAC net.HardwareAddr
 	var err error
-	ns.do(func() {
+	ns.Do(func() {
 		// A bridge takes the lowest address of its ports: look it up now.
 		br, lerr := netlink.LinkByName(bridge)
 		if lerr != nil {
@@ -442,91 +443,4 @@ func openFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents) - 1 // the directory's own fd while it was read
-}
-
-// netnsRunner runs closures on one OS thread inside a private network
-// namespace: TAP creation and netlink bind to the calling thread's
-// namespace, and the Manager probes on goroutines of its own.
-type netnsRunner struct{ ch chan func() }
-
-func newNetnsRunner(t *testing.T) *netnsRunner {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace and TAP devices")
-	}
-	r := &netnsRunner{ch: make(chan func())}
-	ready := make(chan error, 1)
-	stop, exited := make(chan struct{}), make(chan struct{})
-	go func() { // owned by the test: stopped and waited for in Cleanup
-		defer close(exited)
-		runtime.LockOSThread() // never unlocked: the thread dies with the namespace
-		ns, err := netns.New()
-		if err != nil {
-			ready <- err
-			return
-		}
-		defer ns.Close()
-		ready <- nil
-		for {
-			select {
-			case f := <-r.ch:
-				f()
-			case <-stop:
-				return
-			}
-		}
-	}()
-	if err := <-ready; err != nil {
-		t.Fatalf("netns: %v", err)
-	}
-	t.Cleanup(func() { close(stop); <-exited })
-	return r
-}
-
-func (r *netnsRunner) do(f func()) {
-	done := make(chan struct{})
-	r.ch <- func() { defer close(done); f() }
-	<-done
-}
-
-// waitOperUp waits until the kernel's linkwatch reports the link up, so
-// the bridge forwards to it.
-func (r *netnsRunner) waitOperUp(t *testing.T, name string) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		var st netlink.LinkOperState
-		r.do(func() {
-			if l, err := netlink.LinkByName(name); err == nil {
-				st = l.Attrs().OperState
-			}
-		})
-		if st == netlink.OperUp {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s operstate %v, want up", name, st)
-		}
-	}
-}
-
-// nsHost is netback.LinuxHost with its namespace-bound steps run in the
-// runner's namespace.
-type nsHost struct{ r *netnsRunner }
-
-func (h nsHost) CreateTap(name, bridge string) (tap netback.Tap, err error) {
-	h.r.do(func() { tap, err = netback.LinuxHost{}.CreateTap(name, bridge) })
-	if err != nil {
-		return nil, err
-	}
-	return nsTap{tap, h.r}, nil
-}
-
-type nsTap struct {
-	netback.Tap
-	r *netnsRunner
-}
-
-func (t nsTap) SetQueues(n int) (err error) {
-	t.r.do(func() { err = t.Tap.SetQueues(n) })
-	return err
 }
