@@ -75,28 +75,27 @@ func TestBenchNVMeWatchResetsTheControllerOnAStorm(t *testing.T) {
 	}
 	time.Sleep(1500 * time.Millisecond)
 	stop()
-	b, err := os.ReadFile(reset)
-	if err != nil || strings.TrimSpace(string(b)) != "1" {
-		t.Fatalf("storm did not reset the controller: %q %v\n%s", b, err, out.String())
+	if _, err := os.Stat(reset); err == nil {
+		t.Fatal("the watchdog reset the controller without NVW_DO_RESET=1")
 	}
 	logb, err := os.ReadFile(filepath.Join(dir, "nvmewatch.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	w := ParseNVMeWatch(logb)
-	if len(w.Resets) != 1 || w.Resets[0].Why != "storm" || w.Resets[0].Interrupts < 10000 {
+	if len(w.Resets) < 1 || w.Resets[0].Why != "storm" || w.Resets[0].Interrupts < 10000 {
 		t.Errorf("resets %+v in\n%s", w.Resets, logb)
 	}
 	healthy := 0
 	for _, s := range w.Seconds {
-		if s.Interrupts == 400 && s.IOs == 400 {
+		if s.Interrupts == s.IOs && s.IOs > 0 && s.IOs%400 == 0 { // one or more healthy writes
 			healthy++
 		}
 	}
 	if healthy < 1 || len(w.Seconds) < 4 {
 		t.Errorf("seconds %+v", w.Seconds)
 	}
-	if !strings.Contains(out.String(), "@@LAB NVME-RESET storm at ") {
+	if !strings.Contains(out.String(), "@@LAB NVME-IRQ storm at ") {
 		t.Errorf("no reset marker on the console:\n%s", out.String())
 	}
 }
@@ -115,8 +114,11 @@ func TestBenchSamplesApplyTheNVMeWatch(t *testing.T) {
 		BenchFileName(PathDevice, BackingNVMe, "4k-randread-qd1"):  fioAt(1005_000, 5000, 900),
 		BenchFileName(PathDevice, BackingNVMe, "4k-randread-qd32"): fioAt(1015_000, 5000, 200),
 		BenchFileName(PathDevice, BackingTmpfs, "4k-randread-qd1"): fioAt(1012_000, 5000, 2000),
+		// 1020..1025 s: the line disabled, I/O polled.
+		BenchFileName(PathDeviceAfter, BackingNVMe, "4k-randread-qd1"): fioAt(1025_000, 5000, 10),
 		BenchNVMeWatchFile: []byte("W 1001 900 900\nW 1002 1000 900\nW 1003 900 900\nW 1004 900 900\nW 1005 900 900\n" +
-			"W 1011 30000 10\nR 1012 55.5 30000 10 storm\nW 1013 200 190\nW 1014 200 200\nbad line\n"),
+			"W 1011 30000 10\nR 1012 55.5 30000 10 storm\nW 1013 200 190\nW 1014 200 200\nbad line\n" +
+			"W 1021 0 10\nW 1022 0 10\nR 1022 80.1 0 10 silent\nW 1023 0 10\nW 1024 0 10\nW 1025 0 10\n"),
 	}
 	rep := &Report{Files: files, Result: &Result{}}
 	ss := BenchSamples(BenchBoot{Index: 2, Rep: 1, Backend: BackendDrvdom}, rep)
@@ -134,14 +136,17 @@ func TestBenchSamplesApplyTheNVMeWatch(t *testing.T) {
 		t.Errorf("healthy row %+v", ok)
 	}
 	bad := get(PathDevice, BackingNVMe, "4k-randread-qd32")
-	if bad.OK || bad.IOPS != 200 || !strings.Contains(bad.Error, "reset the NVMe controller") || bad.NVMeIrqPerIO < 70 {
+	if bad.OK || bad.IOPS != 200 || !strings.Contains(bad.Error, "disturbed: NVMe interrupt storm during the row (30000 interrupts for 10 I/Os") || bad.NVMeIrqPerIO < 70 {
 		t.Errorf("disturbed row %+v", bad)
+	}
+	if sil := get(PathDeviceAfter, BackingNVMe, "4k-randread-qd1"); sil.OK || !strings.Contains(sil.Error, "interrupt line was silent during the row (50 I/Os") {
+		t.Errorf("silent row %+v", sil)
 	}
 	if tm := get(PathDevice, BackingTmpfs, "4k-randread-qd1"); !tm.OK || tm.NVMeIrqPerIO != 0 {
 		t.Errorf("tmpfs row %+v", tm)
 	}
 	w, found := BenchNVMeWatchOf(rep)
-	if !found || len(w.Resets) != 1 || w.Resets[0].UptimeS != 55.5 {
+	if !found || len(w.Resets) != 2 || w.Resets[0].UptimeS != 55.5 || w.Resets[1].Why != "silent" {
 		t.Errorf("watch %+v %v", w, found)
 	}
 	// Without a log nothing changes.
@@ -167,8 +172,8 @@ func TestWriteBenchNVMeWatch(t *testing.T) {
 		{Path: PathDevice, Backing: BackingNVMe, Workload: "4k-randread-qd1", NVMeIrqPerIO: 350},
 	})
 	for _, want := range []string{
-		"- boot 1 (kernel): no reset\n",
-		"- boot 2 (drvdom): 1 reset(s): storm at 48 s (30000 interrupts, 12 I/Os)\n",
+		"- boot 1 (kernel): healthy\n",
+		"- boot 2 (drvdom): 1 event(s): storm at 48 s (30000 interrupts, 12 I/Os)\n",
 		"- device nvme 4k-randread-qd1: 1.02, 350.00\n",
 	} {
 		if !strings.Contains(b.String(), want) {
@@ -182,7 +187,7 @@ func TestWriteBenchNVMeWatch(t *testing.T) {
 // before it marks the end of the after-guest rows.
 func TestBenchDrvdomWatchesTheNVMe(t *testing.T) {
 	s := BenchScenario(BenchBoot{Index: 1, Rep: 1, Backend: BackendDrvdom}, 5*time.Second, "")
-	if c := BenchDrvdomConfig(s); !strings.Contains(" "+c.Extra+" ", " noirqdebug ") {
+	if c := BenchDrvdomConfig(s); strings.Contains(c.Extra, "noirqdebug") {
 		t.Errorf("driver domain command line %q", c.Extra)
 	}
 	dd := BenchDrvdomScript(5 * time.Second)
