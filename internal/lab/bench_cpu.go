@@ -44,36 +44,39 @@ func rowSpan(b []byte) (from, to int64, ok bool) {
 }
 
 // cpuOver returns, over the intervals between consecutive snapshots that
-// lie at least half inside [from, to], the busy share of the domain's CPU
-// time and the share spent by the sampled processes (drvdomd); ok is false
-// when no interval qualifies.
+// overlap [from, to] (each weighted by the part of it inside: under TCG
+// the sampler's intervals run longer than its nominal period and rarely
+// line up with a row), the busy share of the domain's CPU time and the
+// share spent by the sampled processes (drvdomd); ok is false when no
+// interval overlaps.
 func cpuOver(snaps []DDSnap, from, to int64) (busy, procs float64, ok bool) {
-	var dBusy, dTotal, dProc uint64
+	var dBusy, dTotal, dProc float64
 	for i := 1; i < len(snaps); i++ {
 		a, b := snaps[i-1], snaps[i]
 		if a.Epoch == 0 || b.Epoch <= a.Epoch || b.Total < a.Total || b.Busy < a.Busy {
 			continue
 		}
 		lo, hi := max(a.Epoch, from), min(b.Epoch, to)
-		if 2*(hi-lo) < b.Epoch-a.Epoch {
+		if hi <= lo {
 			continue
 		}
-		dBusy += b.Busy - a.Busy
-		dTotal += b.Total - a.Total
+		wt := float64(hi-lo) / float64(b.Epoch-a.Epoch)
+		dBusy += wt * float64(b.Busy-a.Busy)
+		dTotal += wt * float64(b.Total-a.Total)
 		before := map[int]uint64{}
 		for _, p := range a.Procs {
 			before[p.PID] = p.UTime + p.STime
 		}
 		for _, p := range b.Procs {
 			if t0, seen := before[p.PID]; seen && p.UTime+p.STime >= t0 {
-				dProc += p.UTime + p.STime - t0
+				dProc += wt * float64(p.UTime+p.STime-t0)
 			}
 		}
 	}
-	if dTotal == 0 {
+	if dTotal <= 0 {
 		return 0, 0, false
 	}
-	return float64(dBusy) / float64(dTotal), float64(dProc) / float64(dTotal), true
+	return dBusy / dTotal, dProc / dTotal, true
 }
 
 // benchSnaps parses every file of a report whose name has prefix (the

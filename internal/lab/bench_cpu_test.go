@@ -51,6 +51,14 @@ func TestBenchRowCPU(t *testing.T) {
 	if dev.DDBusy != 0 || dev.Dom0Busy != 0 {
 		t.Errorf("device row %+v", dev)
 	}
+	// A row that covers parts of two intervals gets each in proportion:
+	// 1002-1006 is 3/5 of 1000-1005 (50% busy) and 1/5 of 1005-1010 (90%).
+	if busy, _, ok := cpuOver(ParseDDStat([]byte(dd+dd2)), 1002, 1006); !ok || !near(busy, 0.6) {
+		t.Errorf("partial intervals: busy %v ok %v, want 0.6", busy, ok)
+	}
+	if _, _, ok := cpuOver(ParseDDStat([]byte(dd+dd2)), 2000, 2005); ok {
+		t.Error("a row outside every interval got CPU")
+	}
 	var b strings.Builder
 	be := []string{BackendKernel, BackendDrvdom}
 	WriteBenchCPU(&b, AggregateBench(ss, be), ss, be)

@@ -269,6 +269,7 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 				Cleanup(dir)
 			}
 			rep = Collect(dir, r)
+			benchBootFiles(dir, rep)
 			rep.Backend = boot.Backend
 			if strings.Contains(rep.FailedWhy, "xl create failed") {
 				rep.FailedWhy += xlError(filepath.Join(dir, "xl-create-"+rep.FailedDomain+".log"))
@@ -338,6 +339,7 @@ func BenchMain(ctx context.Context, p *Progress, args []string, stdout io.Writer
 	fs.StringVar(&o.Drvdomd, "drvdomd", "", "drvdomd binary for the drvdom mode (default: built from this repo)")
 	fs.DurationVar(&o.Stall, "stall", BenchStall, "stop a boot whose consoles stay silent this long (a TCG hang)")
 	verbose := fs.Bool("v", false, "copy the serial console to stderr")
+	recollect := fs.String("recollect", "", "boot nothing: read the finished run in this directory again (its boots' consoles and files) and write bench.json/md/svg into --out")
 	// --runtime 5 means 5 s: accept a plain number.
 	for i, a := range args {
 		if v, ok := strings.CutPrefix(a, "--runtime="); ok && isDigits(v) {
@@ -348,6 +350,21 @@ func BenchMain(ctx context.Context, p *Progress, args []string, stdout io.Writer
 	}
 	if err := fs.Parse(args); err != nil {
 		return 2, err
+	}
+	if *recollect != "" {
+		if o.Out == "" {
+			return 2, errors.New("bench: --recollect needs --out (a directory other than the run's)")
+		}
+		if a, b := filepath.Clean(*recollect), filepath.Clean(o.Out); a == b {
+			return 2, errors.New("bench: --recollect: --out must differ from the run directory")
+		}
+		res, ro, err := RecollectBench(*recollect, o.Out)
+		if err != nil {
+			return 1, err
+		}
+		fmt.Fprintf(stdout, "bench results (recollected from %s): %s/{bench.json,bench.md,bench.svg}\n\n", *recollect, o.Out)
+		WriteBenchMarkdown(stdout, res.Rows, ro.Backends)
+		return 0, nil
 	}
 	o.Backends = strings.Split(*backends, ",")
 	if _, err := PlanBench(o.Backends, o.Reps); err != nil {
