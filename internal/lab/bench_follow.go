@@ -82,7 +82,10 @@ func watchStall(ctx context.Context, paths []string, every, stall time.Duration,
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
+		case <-t.C:
+			// Not the tick's own time: a tick read late carries a time
+			// from before the output it then sees.
+			now := time.Now()
 			for i, p := range paths {
 				if fi, err := os.Stat(p); err == nil && fi.Size() != sizes[i] {
 					sizes[i], last = fi.Size(), now
