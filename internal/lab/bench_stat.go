@@ -30,8 +30,22 @@ const (
 	benchStatPrefix   = "bench-ddstat-"
 )
 
+// benchLockedPutSh defines bench_lput NAME FILE: lab_put under a lock
+// (flock, when the domain has it), for the driver domain, whose sampler and
+// after-guest rows both send files from the background: in /tmp/hb/full's
+// first boot a sampler file landed inside the after-guest QD32 row's fio
+// JSON and that row was lost ("fio json: no object").
+const benchLockedPutSh = `bench_lput() {
+	if command -v flock >/dev/null; then
+		( flock 9; lab_put "$1" "$2" ) 9>>/tmp/bench-put.lock
+	else
+		lab_put "$1" "$2"
+	fi
+}
+`
+
 // benchDDStatSh defines bench_ddstat INTERVAL PUTEVERY.
-const benchDDStatSh = `bench_ddstat() {
+const benchDDStatSh = benchLockedPutSh + `bench_ddstat() {
 	iv=$1; every=$2; n=0; k=0
 	sd=${DDSTAT_DIR:-/tmp}
 	rm -f "$sd/ddstat.fifo"; mkfifo "$sd/ddstat.fifo" || return
@@ -63,7 +77,7 @@ const benchDDStatSh = `bench_ddstat() {
 		if [ $((n % every)) = 0 ]; then
 			k=$((k+1))
 			tc -s qdisc 2>/dev/null | while read -r l; do printf 'Q %s\n' "$l"; done >> "$sd/ddstat.txt"
-			lab_put "` + benchStatPrefix + `$k.txt" "$sd/ddstat.txt"
+			bench_lput "` + benchStatPrefix + `$k.txt" "$sd/ddstat.txt"
 			: > "$sd/ddstat.txt"
 		fi
 	done
@@ -362,11 +376,11 @@ func VdevNumber(vdev string) int {
 // then moved 2 KB a minute (soft lockups of 22-65 s in cat), a 6 KB fio
 // JSON took a minute and the boot's baseline most of its time. Packed,
 // a fio JSON is about a fifth as long, on one line.
-const benchPutSh = `bench_put() {
+const benchPutSh = benchLockedPutSh + `bench_put() {
 	if command -v gzip >/dev/null && command -v base64 >/dev/null && gzip -9c "$2" | base64 -w0 > /tmp/bench.put && echo >> /tmp/bench.put; then
-		lab_put "$1` + BenchPackedSuffix + `" /tmp/bench.put
+		bench_lput "$1` + BenchPackedSuffix + `" /tmp/bench.put
 	else
-		lab_put "$1" "$2"
+		bench_lput "$1" "$2"
 	fi
 }
 `

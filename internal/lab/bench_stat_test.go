@@ -261,3 +261,35 @@ func TestBenchPutPacksAndTheHostUnpacks(t *testing.T) {
 	}
 	t.Fatal("no sample for the row")
 }
+
+// TestBenchLockedPutDoesNotInterleave runs two background bench_lput of
+// large files at once (bash and flock of this host): both arrive whole.
+func TestBenchLockedPutDoesNotInterleave(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash on this host:", err)
+	}
+	if _, err := exec.LookPath("flock"); err != nil {
+		t.Skip("no flock on this host:", err)
+	}
+	dir := t.TempDir()
+	a, b := strings.Repeat("a", 199)+"\n", strings.Repeat("b", 199)+"\n"
+	for name, line := range map[string]string{"a.txt": a, "b.txt": b} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(strings.Repeat(line, 20000)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lib := strings.ReplaceAll(LibSh, "export PATH=", "export PATH=$PATH:")
+	script := lib + benchLockedPutSh + "cd " + dir + "\nbench_lput a.txt a.txt &\nbench_lput b.txt b.txt &\nwait\n"
+	out, err := exec.Command(bash, "-c", script).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := ExtractFiles(out)
+	if got := string(files["a.txt"]); got != strings.TrimSuffix(strings.Repeat(a, 20000), "\n") && got != strings.Repeat(a, 20000) {
+		t.Errorf("a.txt arrived with %d bytes, %d b's", len(got), strings.Count(got, "b"))
+	}
+	if got := string(files["b.txt"]); strings.Count(got, "a") != 0 || strings.Count(got, "b") != 20000*199 {
+		t.Errorf("b.txt arrived with %d bytes, %d a's", len(got), strings.Count(got, "a"))
+	}
+}
