@@ -97,8 +97,9 @@ func benchSnaps(files map[string][]byte, prefix string) []DDSnap {
 	return out
 }
 
-// applyRowCPU gives every guest and network sample of a boot the CPU the
-// driver domain, drvdomd and dom0 spent while it ran.
+// applyRowCPU gives every guest, network and after-guest device sample of
+// a boot the CPU the driver domain, drvdomd and dom0 spent while it ran
+// (the boot-time device rows run before the samplers start).
 func applyRowCPU(samples []BenchSample, files map[string][]byte) {
 	dd := benchSnaps(files, benchStatPrefix)
 	d0 := benchSnaps(files, BenchDom0StatFile)
@@ -107,7 +108,7 @@ func applyRowCPU(samples []BenchSample, files map[string][]byte) {
 	}
 	for i := range samples {
 		s := &samples[i]
-		if s.Path != PathGuest && s.Path != PathNet {
+		if s.Path != PathGuest && s.Path != PathNet && s.Path != PathDeviceAfter {
 			continue
 		}
 		b, ok := benchFile(files, BenchFileName(s.Path, s.Backing, s.Workload))

@@ -26,8 +26,10 @@ func TestBenchRowCPU(t *testing.T) {
 		BenchFileName(PathGuest, BackingNVMe, "4k-randread-qd1"): fioAt(1010_000, 5000, 500),
 		// iperf3 from 1000 for 5 s.
 		BenchFileName(PathNet, "", "guest-to-dom0-P1"): []byte(`{"start":{"timestamp":{"timesecs":1000},"test_start":{"duration":5}},"end":{"sum_received":{"bits_per_second":1e8}}}`),
-		// a device row in the same window gets nothing.
-		BenchFileName(PathDevice, BackingNVMe, "4k-randread-qd1"): fioAt(1010_000, 5000, 900),
+		// a device row in the same window gets nothing (the samplers start
+		// after the baseline), an after-guest device row gets its CPU.
+		BenchFileName(PathDevice, BackingNVMe, "4k-randread-qd1"):      fioAt(1010_000, 5000, 900),
+		BenchFileName(PathDeviceAfter, BackingNVMe, "4k-randread-qd1"): fioAt(1015_000, 5000, 900),
 	}
 	ss := BenchSamples(BenchBoot{Index: 1, Rep: 1, Backend: BackendDrvdom}, &Report{Files: files, Result: &Result{}})
 	var guest, net, dev BenchSample
@@ -50,6 +52,11 @@ func TestBenchRowCPU(t *testing.T) {
 	}
 	if dev.DDBusy != 0 || dev.Dom0Busy != 0 {
 		t.Errorf("device row %+v", dev)
+	}
+	for _, s := range ss {
+		if s.Path == PathDeviceAfter && s.Workload == "4k-randread-qd1" && !near(s.DDBusy, 0.1) {
+			t.Errorf("after-guest device row %+v", s)
+		}
 	}
 	// A row that covers parts of two intervals gets each in proportion:
 	// 1002-1006 is 3/5 of 1000-1005 (50% busy) and 1/5 of 1005-1010 (90%).
