@@ -162,7 +162,7 @@ func WriteBenchCPU(w io.Writer, rows []BenchRow, samples []BenchSample, backends
 	for _, be := range backends {
 		head = append(head, be+" driver domain", be+" dom0")
 	}
-	fmt.Fprintf(w, "| %s |\n|%s|\n", strings.Join(head, " | "), strings.Repeat("---|", len(head)))
+	fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat("---|", len(head)))
 	for _, r := range rows {
 		path, backing := PathGuest, r.Backing
 		if r.Kind == "net" {

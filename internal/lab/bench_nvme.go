@@ -167,13 +167,73 @@ func ParseNVMeWatch(b []byte) NVMeWatch {
 	return w
 }
 
-// BenchNVMeWatchOf returns the watchdog log a boot sent, if any.
+// BenchNVMeWatchOf returns the watchdog log a boot sent, if any; for a
+// boot that never sent it (it failed before its after-guest rows), what the
+// driver domain's console says instead (BenchNVMeConsoleFile): the
+// watchdog's marks and the kernel disabling the line, dated with the
+// sampler's uptime-to-wallclock offset. A console-only watch has no
+// per-second counts.
 func BenchNVMeWatchOf(rep *Report) (NVMeWatch, bool) {
-	b, ok := benchFile(rep.Files, BenchNVMeWatchFile)
+	if b, ok := benchFile(rep.Files, BenchNVMeWatchFile); ok {
+		return ParseNVMeWatch(b), true
+	}
+	c, ok := rep.Files[BenchNVMeConsoleFile]
 	if !ok {
 		return NVMeWatch{}, false
 	}
-	return ParseNVMeWatch(b), true
+	off, ok := uptimeOffset(benchSnaps(rep.Files, benchStatPrefix))
+	if !ok {
+		return NVMeWatch{}, false
+	}
+	var w NVMeWatch
+	for _, line := range strings.Split(string(c), "\n") {
+		var up float64
+		var why string
+		var irq, ios int64
+		switch {
+		case strings.HasPrefix(line, "@@LAB NVME-IRQ "):
+			// @@LAB NVME-IRQ storm at 46.92s: 29840 interrupts for 0 I/Os in 1 s@@
+			if n, _ := fmt.Sscanf(strings.TrimPrefix(line, "@@LAB NVME-IRQ "), "%s at %fs: %d interrupts for %d", &why, &up, &irq, &ios); n != 4 {
+				continue
+			}
+		case strings.Contains(line, "] Disabling IRQ #"):
+			// [   57.275704] Disabling IRQ #8
+			if n, _ := fmt.Sscanf(strings.TrimLeft(line, "[ "), "%f]", &up); n != 1 {
+				continue
+			}
+			why = "disabled"
+		default:
+			continue
+		}
+		w.Resets = append(w.Resets, NVMeReset{Epoch: int64(up + off), UptimeS: up, Interrupts: irq, IOs: ios, Why: why})
+	}
+	return w, len(w.Resets) > 0
+}
+
+// BenchNVMeConsoleFile is the synthetic file benchBootFiles makes of the
+// driver domain console's NVMe interrupt lines.
+const BenchNVMeConsoleFile = "bench-nvme-console.txt"
+
+// nvmeConsoleLines keeps a console's NVMe interrupt lines.
+func nvmeConsoleLines(b []byte) []byte {
+	var out []byte
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if bytes.HasPrefix(line, []byte("@@LAB NVME-IRQ ")) || bytes.Contains(line, []byte("] Disabling IRQ #")) {
+			out = append(append(out, line...), '\n')
+		}
+	}
+	return out
+}
+
+// uptimeOffset is a domain's wallclock minus its uptime, from a snapshot
+// with both.
+func uptimeOffset(snaps []DDSnap) (float64, bool) {
+	for _, s := range snaps {
+		if s.Epoch > 0 && s.Uptime > 0 {
+			return float64(s.Epoch) - s.Uptime, true
+		}
+	}
+	return 0, false
 }
 
 // window sums the seconds that end within [from, to] (epoch seconds).
@@ -209,6 +269,9 @@ func (w NVMeWatch) disturbed(from, to int64) string {
 		return fmt.Sprintf("the NVMe's interrupt line was silent during the row (%d I/Os completed without an interrupt: disabled by the kernel, polled every 100 ms)", ios)
 	}
 	for _, r := range w.Resets {
+		if r.Why == "disabled" && to > r.Epoch {
+			return fmt.Sprintf("the kernel disabled the NVMe's interrupt line at %.0f s of the driver domain's uptime (irq nobody cared), before the row ended: completions polled every 100 ms", r.UptimeS)
+		}
 		if r.Epoch >= from-1 && r.Epoch <= to+1 {
 			return fmt.Sprintf("NVMe interrupts unhealthy at the row's edge (%s: %d interrupts for %d I/Os in 1 s)", r.Why, r.Interrupts, r.IOs)
 		}

@@ -202,3 +202,61 @@ func TestBenchDrvdomWatchesTheNVMe(t *testing.T) {
 		t.Error("watchdog log not sent at the end of the after-guest rows")
 	}
 }
+
+// TestBenchNVMeWatchFromTheConsole: a boot that failed before sending the
+// watchdog's log still has the console's marks and the kernel's
+// "Disabling IRQ"; dated through the sampler's uptime-to-wallclock offset
+// they fail the rows they touch and every NVMe row that ends after the
+// line was disabled.
+func TestBenchNVMeWatchFromTheConsole(t *testing.T) {
+	console := []byte("[    6.6] nvme nvme0: 1/0/0 default/read/poll queues\n" +
+		"@@LAB NVME-IRQ storm at 46.92s: 29840 interrupts for 0 I/Os in 1 s@@\n" +
+		"bench: bench-device-nvme-1m-write-qd4 rc=0\n" +
+		"[   57.270754] irq 8: nobody cared (try booting with the \"irqpoll\" option)\n" +
+		"[   57.275704] Disabling IRQ #8\n")
+	lines := nvmeConsoleLines(console)
+	if strings.Count(string(lines), "\n") != 2 {
+		t.Fatalf("console lines %q", lines)
+	}
+	files := map[string][]byte{
+		BenchNVMeConsoleFile: lines,
+		// uptime 100 s is epoch 1100 s.
+		benchStatPrefix + "1.txt": []byte("T 100.0 cpu 1 0 1 1 0 0 0 0\nE 1100\n"),
+		// the 1m-write row ran 1043-1048 (storm at 1046.9), a tmpfs row
+		// later, the after-guest row at 1200-1205 (line disabled at 1057.3).
+		BenchFileName(PathDevice, BackingNVMe, "1m-write-qd4"):         fioAt(1048_000, 5000, 300),
+		BenchFileName(PathDevice, BackingNVMe, "4k-randread-qd1"):      fioAt(1020_000, 5000, 900),
+		BenchFileName(PathDeviceAfter, BackingNVMe, "4k-randread-qd1"): fioAt(1205_000, 5000, 10),
+		BenchFileName(PathDevice, BackingTmpfs, "4k-randread-qd1"):     fioAt(1065_000, 5000, 2000),
+	}
+	rep := &Report{Files: files, Result: &Result{ExitCode: -1}}
+	w, ok := BenchNVMeWatchOf(rep)
+	if !ok || len(w.Resets) != 2 || w.Resets[0].Epoch != 1046 || w.Resets[1].Why != "disabled" || w.Resets[1].Epoch != 1057 {
+		t.Fatalf("watch %+v %v", w, ok)
+	}
+	for _, s := range BenchSamples(BenchBoot{Index: 5, Rep: 3, Backend: BackendKernel}, rep) {
+		switch {
+		case s.Path == PathDevice && s.Backing == BackingNVMe && s.Workload == "1m-write-qd4":
+			if s.OK || !strings.Contains(s.Error, "unhealthy at the row's edge (storm: 29840 interrupts for 0 I/Os") {
+				t.Errorf("storm row %+v", s)
+			}
+		case s.Path == PathDevice && s.Backing == BackingNVMe && s.Workload == "4k-randread-qd1":
+			if !s.OK {
+				t.Errorf("row before the storm %+v", s)
+			}
+		case s.Path == PathDeviceAfter && s.Workload == "4k-randread-qd1":
+			if s.OK || !strings.Contains(s.Error, "disabled the NVMe's interrupt line at 57 s") {
+				t.Errorf("row after the line was disabled %+v", s)
+			}
+		case s.Path == PathDevice && s.Backing == BackingTmpfs && s.Workload == "4k-randread-qd1":
+			if !s.OK {
+				t.Errorf("tmpfs row %+v", s)
+			}
+		}
+	}
+	// No sampler, no dates: nothing is claimed.
+	delete(files, benchStatPrefix+"1.txt")
+	if _, ok := BenchNVMeWatchOf(rep); ok {
+		t.Error("console watch without an offset")
+	}
+}

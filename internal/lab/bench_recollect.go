@@ -12,16 +12,23 @@ import (
 )
 
 // benchBootFiles adds to a boot's report the files dom0 wrote straight
-// into the run directory (not through a console): its sampler's file.
+// into the run directory (not through a console): its sampler's file; and
+// the driver domain console's NVMe interrupt lines (the watchdog's marks,
+// the kernel's "Disabling IRQ") as BenchNVMeConsoleFile, for a boot whose
+// watchdog log never arrived.
 func benchBootFiles(dir string, rep *Report) {
 	if rep.Files == nil {
 		rep.Files = map[string][]byte{}
 	}
-	if _, ok := rep.Files[BenchDom0StatFile]; ok {
-		return
+	if _, ok := rep.Files[BenchDom0StatFile]; !ok {
+		if b, err := os.ReadFile(filepath.Join(dir, BenchDom0StatFile)); err == nil {
+			rep.Files[BenchDom0StatFile] = b
+		}
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, BenchDom0StatFile)); err == nil {
-		rep.Files[BenchDom0StatFile] = b
+	if b, err := os.ReadFile(domainLogs(dir)[DrvdomName]); err == nil {
+		if lines := nvmeConsoleLines(b); len(lines) > 0 {
+			rep.Files[BenchNVMeConsoleFile] = lines
+		}
 	}
 }
 
