@@ -122,6 +122,12 @@ var benchNVMeWatchSh = fmt.Sprintf(`bench_nvmewatch() {
 type NVMeWatch struct {
 	Seconds []NVMeSecond
 	Resets  []NVMeReset
+	// Console: the log never arrived and the events come from the driver
+	// domain's console (BenchNVMeConsoleFile); rows are then judged by
+	// where the events fall among the rows' CHECK lines, not by the clock
+	// (in /tmp/hb/full boot 5 the wallclock and the uptime drifted 4 s
+	// apart in 4 minutes).
+	Console []byte
 }
 
 // NVMeSecond is one second of the NVMe's interrupts and completed I/Os,
@@ -207,20 +213,66 @@ func BenchNVMeWatchOf(rep *Report) (NVMeWatch, bool) {
 		}
 		w.Resets = append(w.Resets, NVMeReset{Epoch: int64(up + off), UptimeS: up, Interrupts: irq, IOs: ios, Why: why})
 	}
+	w.Console = c
 	return w, len(w.Resets) > 0
+}
+
+// consoleDisturbed reads the driver domain console's NVMe lines in order:
+// an event fails the next NVMe row whose CHECK follows it (the row it
+// happened in); once the kernel disabled the line, every later NVMe row
+// fails, and so do the NVMe rows the console never reached (the guest's,
+// the after-guest ones): all keyed by check name; later is the reason for
+// those not reached ("" when the line was never disabled).
+func consoleDisturbed(c []byte) (rows map[string]string, later string) {
+	rows = map[string]string{}
+	pending := ""
+	for _, line := range strings.Split(string(c), "\n") {
+		switch {
+		case strings.HasPrefix(line, "@@LAB NVME-IRQ "):
+			if pending == "" {
+				pending = "NVMe interrupt " + strings.TrimSuffix(strings.TrimPrefix(line, "@@LAB NVME-IRQ "), "@@") + " (driver domain console)"
+			}
+		case strings.Contains(line, "] Disabling IRQ #"):
+			later = "the kernel disabled the NVMe's interrupt line (irq nobody cared) before the row: completions polled every 100 ms"
+			if pending == "" {
+				pending = later
+			}
+		case strings.HasPrefix(line, "@@LAB CHECK bench-"):
+			f := strings.Fields(strings.TrimPrefix(line, "@@LAB CHECK "))
+			if len(f) == 0 || !strings.Contains(f[0], "-"+BackingNVMe+"-") {
+				continue
+			}
+			if pending != "" {
+				rows[f[0]] = pending
+			}
+			pending = later
+		}
+	}
+	return rows, later
+}
+
+func consoleHasCheck(c []byte, name string) bool {
+	return bytes.Contains(c, []byte("@@LAB CHECK "+name+" "))
 }
 
 // BenchNVMeConsoleFile is the synthetic file benchBootFiles makes of the
 // driver domain console's NVMe interrupt lines.
 const BenchNVMeConsoleFile = "bench-nvme-console.txt"
 
-// nvmeConsoleLines keeps a console's NVMe interrupt lines.
+// nvmeConsoleLines keeps a console's NVMe interrupt lines and, when it
+// has any, the bench rows' CHECK lines between them (their order matters).
 func nvmeConsoleLines(b []byte) []byte {
 	var out []byte
+	events := false
 	for _, line := range bytes.Split(b, []byte("\n")) {
-		if bytes.HasPrefix(line, []byte("@@LAB NVME-IRQ ")) || bytes.Contains(line, []byte("] Disabling IRQ #")) {
+		ev := bytes.HasPrefix(line, []byte("@@LAB NVME-IRQ ")) || bytes.Contains(line, []byte("] Disabling IRQ #"))
+		if ev || bytes.HasPrefix(line, []byte("@@LAB CHECK bench-")) {
 			out = append(append(out, line...), '\n')
 		}
+		events = events || ev
+	}
+	if !events {
+		return nil
 	}
 	return out
 }
@@ -329,7 +381,17 @@ func applyNVMeWatch(samples []BenchSample, files map[string][]byte, w NVMeWatch)
 		if !s.OK {
 			continue
 		}
-		if why := w.disturbed(from, to); why != "" {
+		why := ""
+		if w.Console != nil {
+			rows, later := consoleDisturbed(w.Console)
+			var seen bool
+			if why, seen = rows[benchCheckName(BenchFileName(s.Path, s.Backing, s.Workload))]; !seen && later != "" && !consoleHasCheck(w.Console, benchCheckName(BenchFileName(s.Path, s.Backing, s.Workload))) {
+				why = later
+			}
+		} else {
+			why = w.disturbed(from, to)
+		}
+		if why != "" {
 			s.OK = false
 			s.Error = "disturbed: " + why
 		}
