@@ -227,6 +227,7 @@ func consoleDisturbed(c []byte) (rows map[string]string, later string) {
 	rows = map[string]string{}
 	pending := ""
 	for _, line := range strings.Split(string(c), "\n") {
+		line = strings.TrimSpace(line) // consoles end lines with \r\n
 		switch {
 		case strings.HasPrefix(line, "@@LAB NVME-IRQ "):
 			if pending == "" {
