@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"drvdom/blkback"
-	"drvdom/evtchn"
-	"drvdom/internal/xensim"
 	"drvdom/internal/xensim/blkfront"
 	"drvdom/internal/xensim/netfront"
 	"drvdom/netback"
@@ -35,17 +32,8 @@ func TestSimMemoryTwoGuests(t *testing.T) {
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	const dd = 1
-	host := xensim.New()
-	defer host.Close()
-	dom0 := host.NewDomain(0).Xenstore()
-	defer dom0.Close()
-	ddom := host.NewDomain(dd)
-	events := func() (evtchn.Handle, error) { return ddom.Evtchn(), nil }
 	mem := netback.NewMemHost()
-	drivers := []xenbus.Driver{
-		&blkback.Driver{Grants: ddom.Mapper(), Events: events, Log: log, JournalDir: t.TempDir()},
-		&netback.Driver{Host: mem, Mapper: ddom.Mapper(), Events: events, Log: log},
-	}
+	host, dom0, ddom, drivers := simDriverDomain(t, dd, mem, "", log)
 	base, rss0 := goMemory(), vmRSS(t)
 	store := ddom.Xenstore()
 	defer store.Close()

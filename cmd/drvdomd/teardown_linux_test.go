@@ -61,18 +61,9 @@ func testWorkerTeardown(t *testing.T, engine string) {
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	const dd = 1
-	host := xensim.New()
-	defer host.Close()
-	dom0 := host.NewDomain(0).Xenstore()
-	defer dom0.Close()
-	ddom := host.NewDomain(dd)
-	events := func() (evtchn.Handle, error) { return ddom.Evtchn(), nil }
 	// As buildDrivers, with the simulator's grant mappers (one per
 	// backend) in place of /dev/xen/gntdev.
-	drivers := []xenbus.Driver{
-		&blkback.Driver{Grants: ddom.Mapper(), Events: events, Log: log.With("drv", "vbd"), JournalDir: t.TempDir(), Engine: engine},
-		&netback.Driver{Host: nshost.Host{R: ns}, Mapper: ddom.Mapper(), Events: events, Log: log.With("drv", "vif")},
-	}
+	host, dom0, ddom, drivers := simDriverDomain(t, dd, nshost.Host{R: ns}, engine, log)
 	store := ddom.Xenstore()
 	defer store.Close()
 	const bridge = "xenbr9"
