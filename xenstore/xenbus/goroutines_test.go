@@ -34,10 +34,15 @@ func TestRunAddsOnlyDeviceGoroutines(t *testing.T) {
 	close(release)
 	<-done
 	m, _ := e.start(vbd, vif)
+	// A leak shows as more goroutines than the baseline; fewer is some
+	// transient goroutine of the baseline (a xenstored connection's
+	// writer, say) that has finished since, which a loaded machine makes
+	// likely (5 runs of 10 failed on "12 goroutines, 13 before Run" while
+	// the race-detected initramfs tests ran alongside).
 	atBase := func(what string) {
 		t.Helper()
 		eventually(t, func() string {
-			if n := runtime.NumGoroutine(); n != base {
+			if n := runtime.NumGoroutine(); n > base {
 				buf := make([]byte, 1<<16)
 				return fmt.Sprintf("%s: %d goroutines, %d before Run:\n%s", what, n, base, buf[:runtime.Stack(buf, true)])
 			}
