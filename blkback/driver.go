@@ -208,18 +208,8 @@ func (drv *Driver) Probe(ctx context.Context, d *xenbus.Dev) (xenbus.Instance, e
 	log = log.With("dev", d.Name())
 	// Every key at once: a restarted worker probes every vbd again, and
 	// each round trip to dom0's xenstored counts while the guest waits.
-	keys := [...]string{"params", "target", "mode", "online", "type", "device-type", "removable", "discard-enable"}
-	var paths [len(keys)]string
-	for i, k := range keys {
-		paths[i] = d.BackPath + "/" + k
-	}
-	vals, errs := d.Store.ReadMany(ctx, paths[:])
-	back := func(i int) (string, error) {
-		if errs[i] != nil {
-			return "", fmt.Errorf("%s: read backend %s: %w", d.Name(), keys[i], errs[i])
-		}
-		return vals[i], nil
-	}
+	vals, errs := d.ReadBackMany(ctx, "params", "target", "mode", "online", "type", "device-type", "removable", "discard-enable")
+	back := func(i int) (string, error) { return vals[i], errs[i] }
 	params, err := back(0)
 	if errors.Is(err, xenstore.ErrNotExist) || (err == nil && params == "") {
 		params, err = back(1)
@@ -343,11 +333,7 @@ func newFrontKeys(d *xenbus.Dev) *frontKeys {
 
 // fetch reads keys at once.
 func (f *frontKeys) fetch(ctx context.Context, keys ...string) {
-	paths := make([]string, len(keys))
-	for i, k := range keys {
-		paths[i] = f.d.FrontPath + "/" + k
-	}
-	vals, errs := f.d.Store.ReadMany(ctx, paths)
+	vals, errs := f.d.ReadFrontMany(ctx, keys...)
 	for i, k := range keys {
 		f.vals[k], f.errs[k] = vals[i], errs[i]
 	}
@@ -359,10 +345,7 @@ func (f *frontKeys) get(ctx context.Context, key string) (string, error) {
 	if !ok {
 		return f.d.ReadFront(ctx, key)
 	}
-	if err := f.errs[key]; err != nil {
-		return "", fmt.Errorf("%s: read frontend %s: %w", f.d.Name(), key, err)
-	}
-	return v, nil
+	return v, f.errs[key]
 }
 
 // readFrontUint reads an optional unsigned frontend key; absent is def.

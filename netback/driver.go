@@ -66,17 +66,7 @@ func (d *Driver) Probe(ctx context.Context, dev *xenbus.Dev) (xenbus.Instance, e
 	log = log.With("dev", dev.Name())
 	// Every key at once: a restarted worker probes every vif again, and
 	// each round trip to dom0's xenstored counts while the guest waits.
-	keys := [...]string{"online", "mac", "bridge", "rate"}
-	var paths [len(keys)]string
-	for i, k := range keys {
-		paths[i] = dev.BackPath + "/" + k
-	}
-	vals, errs := dev.Store.ReadMany(ctx, paths[:])
-	for i, err := range errs {
-		if err != nil {
-			errs[i] = fmt.Errorf("%s: read backend %s: %w", dev.Name(), keys[i], err)
-		}
-	}
+	vals, errs := dev.ReadBackMany(ctx, "online", "mac", "bridge", "rate")
 	if on, err := vals[0], errs[0]; err == nil && on != "1" {
 		return nil, fmt.Errorf("%s: online is %q", dev.Name(), on)
 	}

@@ -50,6 +50,34 @@ func (d *Dev) ReadBack(ctx context.Context, key string) (string, error) {
 	return v, nil
 }
 
+// ReadBackMany reads BackPath/key for every key with the requests in
+// flight at once (xenstore.Client.ReadMany: one round trip, where a
+// restarted backend would otherwise pay one per key); values and errors
+// (wrapped as ReadBack's) in the order of keys.
+func (d *Dev) ReadBackMany(ctx context.Context, keys ...string) ([]string, []error) {
+	return d.readMany(ctx, d.BackPath, "backend", keys)
+}
+
+// ReadFrontMany is ReadBackMany for FrontPath (errors as ReadFront's). The
+// values are frontend-controlled: callers validate them.
+func (d *Dev) ReadFrontMany(ctx context.Context, keys ...string) ([]string, []error) {
+	return d.readMany(ctx, d.FrontPath, "frontend", keys)
+}
+
+func (d *Dev) readMany(ctx context.Context, dir, side string, keys []string) ([]string, []error) {
+	paths := make([]string, len(keys))
+	for i, k := range keys {
+		paths[i] = dir + "/" + k
+	}
+	vals, errs := d.Store.ReadMany(ctx, paths)
+	for i, err := range errs {
+		if err != nil {
+			errs[i] = fmt.Errorf("%s: read %s %s: %w", d.Name(), side, keys[i], err)
+		}
+	}
+	return vals, errs
+}
+
 // ReadFront reads FrontPath/key. The value is frontend-controlled: callers
 // validate it.
 func (d *Dev) ReadFront(ctx context.Context, key string) (string, error) {
