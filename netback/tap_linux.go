@@ -147,16 +147,15 @@ func (h LinuxHost) adoptTap(name, bridge string) (Tap, error) {
 		return nil, nil
 	}
 	t := &linuxTap{name: name, store: h.Store}
-	for i, f := range files {
+	for _, f := range files {
 		got, flags, err := tapIdentity(f)
 		if err != nil || got != name || flags&iffTap == 0 {
 			for _, f := range files {
 				f.Close()
 			}
-			// Not (or no longer) a queue of this TAP (queue i): the old
-			// TAP, if any, goes with the store's copies and a new one is
-			// made under the same name.
-			_ = i
+			// Not (or no longer) a queue of this TAP: the old TAP, if
+			// any, goes with the store's copies and a new one is made
+			// under the same name.
 			h.Store.Release(name, 0)
 			return nil, nil
 		}
