@@ -366,19 +366,17 @@ func (v *Vif) readFront(ctx context.Context) ([]queueConfig, frontFeatures, erro
 	// queue's keys (in the frontend's directory itself); a second for
 	// multi-queue frontends' queue-N directories.
 	queueKeys := [...]string{"tx-ring-ref", "rx-ring-ref", "event-channel-tx", "event-channel-rx", "event-channel"}
-	paths := make([]string, 0, len(flags)+1+len(queueKeys))
+	keys := make([]string, 0, len(flags)+1+len(queueKeys))
 	for _, ff := range flags {
-		paths = append(paths, dev.FrontPath+"/"+ff.key)
+		keys = append(keys, ff.key)
 	}
-	paths = append(paths, dev.FrontPath+"/multi-queue-num-queues")
-	for _, k := range queueKeys {
-		paths = append(paths, dev.FrontPath+"/"+k)
-	}
-	vals, errs := dev.Store.ReadMany(ctx, paths)
+	keys = append(keys, "multi-queue-num-queues")
+	keys = append(keys, queueKeys[:]...)
+	vals, errs := dev.ReadFrontMany(ctx, keys...)
 	var err error
 	for i, ff := range flags {
 		var n uint64
-		if n, err = v.parseFrontUint(paths[i], vals[i], errs[i], 0); err != nil {
+		if n, err = v.parseFrontUint(keys[i], vals[i], errs[i], 0); err != nil {
 			return nil, f, err
 		}
 		*ff.dst = n != 0
@@ -387,22 +385,22 @@ func (v *Vif) readFront(ctx context.Context) ([]queueConfig, frontFeatures, erro
 		return nil, f, fmt.Errorf("%s: frontend does not support rx-copy (flip is not implemented)", dev.Name())
 	}
 	nqAt := len(flags)
-	nq, err := v.parseFrontUint(paths[nqAt], vals[nqAt], errs[nqAt], 1)
+	nq, err := v.parseFrontUint(keys[nqAt], vals[nqAt], errs[nqAt], 1)
 	if err != nil {
 		return nil, f, err
 	}
 	if nq < 1 || nq > uint64(v.drv.maxQueues()) {
 		return nil, f, fmt.Errorf("%s: frontend asked for %d queues, max %d", dev.Name(), nq, v.drv.maxQueues())
 	}
-	qpaths, qvals, qerrs := paths[nqAt+1:], vals[nqAt+1:], errs[nqAt+1:]
+	qkeys, qvals, qerrs := keys[nqAt+1:], vals[nqAt+1:], errs[nqAt+1:]
 	if nq > 1 {
-		qpaths = make([]string, 0, int(nq)*len(queueKeys))
+		qkeys = make([]string, 0, int(nq)*len(queueKeys))
 		for i := range int(nq) {
 			for _, k := range queueKeys {
-				qpaths = append(qpaths, dev.FrontPath+"/queue-"+strconv.Itoa(i)+"/"+k)
+				qkeys = append(qkeys, "queue-"+strconv.Itoa(i)+"/"+k)
 			}
 		}
-		qvals, qerrs = dev.Store.ReadMany(ctx, qpaths)
+		qvals, qerrs = dev.ReadFrontMany(ctx, qkeys...)
 	}
 	cfgs := make([]queueConfig, nq)
 	for i := range cfgs {
@@ -410,7 +408,7 @@ func (v *Vif) readFront(ctx context.Context) ([]queueConfig, frontFeatures, erro
 		c.id, c.front = i, dev.FrontDom
 		at := i * len(queueKeys)
 		key := func(j int, def int64) (uint64, error) {
-			return v.parseFrontUint(qpaths[at+j], qvals[at+j], qerrs[at+j], def)
+			return v.parseFrontUint(qkeys[at+j], qvals[at+j], qerrs[at+j], def)
 		}
 		tx, err := key(0, -1)
 		if err != nil {
@@ -437,18 +435,20 @@ func (v *Vif) readFront(ctx context.Context) ([]queueConfig, frontFeatures, erro
 	return cfgs, f, nil
 }
 
-// parseFrontUint parses a frontend key read as s, err as an unsigned
-// 32-bit number. A missing key is def, or an error if def < 0 (required).
-func (v *Vif) parseFrontUint(path, s string, err error, def int64) (uint64, error) {
+// parseFrontUint parses frontend key (relative to FrontPath), read as s,
+// err by xenbus.Dev.ReadFrontMany, as an unsigned 32-bit number. A missing
+// key is def, or an error if def < 0 (required). Read errors come back as
+// ReadFrontMany wrapped them (device and key named).
+func (v *Vif) parseFrontUint(key, s string, err error, def int64) (uint64, error) {
 	if err != nil {
 		if errors.Is(err, xenstore.ErrNotExist) && def >= 0 {
 			return uint64(def), nil
 		}
-		return 0, fmt.Errorf("%s: read %s: %w", v.dev.Name(), path, err)
+		return 0, err
 	}
 	n, err := strconv.ParseUint(s, 10, 32)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %s = %q: %w", v.dev.Name(), path, s, err)
+		return 0, fmt.Errorf("%s: frontend %s = %q: %w", v.dev.Name(), key, s, err)
 	}
 	return n, nil
 }

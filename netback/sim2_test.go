@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -576,16 +577,17 @@ func TestSimBadFrontendKeys(t *testing.T) {
 	// TX/RX stand for refs of two ring pages the guest really granted,
 	// EV for a port it really offered: each case breaks one thing.
 	cases := []map[string]string{
-		{"tx-ring-ref": "abc", "rx-ring-ref": "RX", "event-channel": "EV"},
-		{"tx-ring-ref": "12345", "rx-ring-ref": "RX", "event-channel": "EV"}, // never granted
-		{"tx-ring-ref": "TX", "rx-ring-ref": "RX"},                           // no event channel
-		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "77"},    // not offered
+		{"tx-ring-ref": "abc", "rx-ring-ref": "RX", "event-channel": "EV", "_err": `frontend tx-ring-ref = "abc"`},
+		{"tx-ring-ref": "12345", "rx-ring-ref": "RX", "event-channel": "EV"},                // never granted
+		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "_err": "read frontend event-channel: "}, // no event channel
+		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "77"},                   // not offered
 		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel-tx": "EV", "event-channel-rx": "EV"},
 		{"multi-queue-num-queues": "99", "tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "EV"},
 		{"multi-queue-num-queues": "0", "tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "EV"},
-		{"multi-queue-num-queues": "2", "queue-0/tx-ring-ref": "TX", "queue-0/rx-ring-ref": "RX", "queue-0/event-channel": "EV"},
+		{"multi-queue-num-queues": "2", "queue-0/tx-ring-ref": "TX", "queue-0/rx-ring-ref": "RX", "queue-0/event-channel": "EV",
+			"_err": "read frontend queue-1/tx-ring-ref: "},
 		{"request-rx-copy": "0", "tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "EV"},
-		{"tx-ring-ref": "-1", "rx-ring-ref": "99999999999", "event-channel": "EV"},
+		{"tx-ring-ref": "-1", "rx-ring-ref": "99999999999", "event-channel": "EV", "_err": `frontend tx-ring-ref = "-1"`},
 		// Control: the same pages and port, published right, connect.
 		{"tx-ring-ref": "TX", "rx-ring-ref": "RX", "event-channel": "EV", "_ok": ""},
 	}
@@ -624,7 +626,9 @@ func TestSimBadFrontendKeys(t *testing.T) {
 		subst := map[string]string{"TX": strconv.Itoa(int(rings.Refs()[0])), "RX": strconv.Itoa(int(rings.Refs()[1])),
 			"EV": strconv.Itoa(int(port))}
 		_, wantOK := keys["_ok"]
+		wantErr := keys["_err"] // the error node names the bad key
 		delete(keys, "_ok")
+		delete(keys, "_err")
 		for k, v := range keys {
 			if r, ok := subst[v]; ok {
 				v = r
@@ -662,6 +666,8 @@ func TestSimBadFrontendKeys(t *testing.T) {
 		errPath := "/local/domain/" + strconv.Itoa(ddID) + "/error/backend/vif/" + strconv.Itoa(int(dom)) + "/0/error"
 		if s, err := e.d0.Read(ctx, errPath); err != nil || s == "" {
 			t.Fatalf("case %d: no error node (%q, %v)", i, s, err)
+		} else if !strings.Contains(s, wantErr) {
+			t.Fatalf("case %d: error node %q does not say %q", i, s, wantErr)
 		}
 		// Only the good vif's two ring pages are mapped.
 		if m := e.host.Grants.Mapped(ddID); m != 2 {
