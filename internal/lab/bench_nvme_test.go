@@ -19,10 +19,7 @@ import (
 // controller is never reset (NVW_DO_RESET unset), and the log sent to the
 // host carries both.
 func TestBenchNVMeWatchFlagsAStorm(t *testing.T) {
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("no bash on this host:", err)
-	}
+	bash := hostBash(t)
 	dir := t.TempDir()
 	intr, stat, reset := filepath.Join(dir, "interrupts"), filepath.Join(dir, "stat"), filepath.Join(dir, "reset")
 	write := func(irqs, ios int) {
@@ -43,9 +40,8 @@ func TestBenchNVMeWatchFlagsAStorm(t *testing.T) {
 	write(100, 100)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	lib := strings.ReplaceAll(LibSh, "export PATH=", "export PATH=$PATH:")
 	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, bash, "-c", lib+benchNVMeWatchSh+"bench_nvmewatch\n")
+	cmd := exec.CommandContext(ctx, bash, "-c", hostLibSh()+benchNVMeWatchSh+"bench_nvmewatch\n")
 	cmd.Env = append(os.Environ(), "DDSTAT_DIR="+dir, "NVW_INTERRUPTS="+intr, "NVW_STAT="+stat, "NVW_RESET="+reset)
 	cmd.Stdout = &out
 	if err := cmd.Start(); err != nil {

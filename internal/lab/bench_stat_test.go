@@ -16,10 +16,7 @@ import (
 // what it sent: snapshots with CPU time, network devices and that
 // process's resident memory.
 func TestBenchDDStatSamplesDrvdomd(t *testing.T) {
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("no bash on this host:", err)
-	}
+	bash := hostBash(t)
 	sleep, err := exec.LookPath("sleep")
 	if err != nil {
 		t.Skip("no sleep on this host:", err)
@@ -40,8 +37,7 @@ func TestBenchDDStatSamplesDrvdomd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { proc.Process.Kill(); proc.Wait() }()
-	lib := strings.ReplaceAll(LibSh, "export PATH=", "export PATH=$PATH:")
-	script := lib + benchDDStatSh + "bench_ddstat 1 2\n"
+	script := hostLibSh() + benchDDStatSh + "bench_ddstat 1 2\n"
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, bash, "-c", script)
 	cmd.Env = append(os.Environ(), "DDSTAT_DIR="+dir)
@@ -135,15 +131,7 @@ func TestBenchDom0PhaseSamplesInTheBackground(t *testing.T) {
 	if !strings.Contains(BenchDom0Phase, "done ) </dev/null >/dev/null 2>&1 &") || !strings.Contains(BenchDom0Phase, "/lab/"+BenchDom0StatFile) {
 		t.Errorf("dom0 sampler:\n%s", BenchDom0Phase)
 	}
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("no bash on this host:", err)
-	}
-	cmd := exec.Command(bash, "-n")
-	cmd.Stdin = strings.NewReader(b.Dom0Script())
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("bash -n: %v\n%s", err, out)
-	}
+	bashSyntax(t, "dom0.sh", b.Dom0Script())
 	snaps := ParseDDStat([]byte("T 10.5 cpu 1 0 1 1 0 0 0 0\nD eth0: 1 2 0 3 0 0 0 0 4 5 0 6 0 0 0 0\n"))
 	if len(snaps) != 1 || snaps[0].Devs["eth0"].RxDrop != 3 {
 		t.Errorf("parse: %+v", snaps)
@@ -225,10 +213,7 @@ func TestBenchVbdStats(t *testing.T) {
 // TestBenchPutPacksAndTheHostUnpacks runs bench_put for real (bash, gzip,
 // base64 of this host) and reads its output back as the bench does.
 func TestBenchPutPacksAndTheHostUnpacks(t *testing.T) {
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("no bash on this host:", err)
-	}
+	bash := hostBash(t)
 	for _, tool := range []string{"gzip", "base64"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("no %s on this host: %v", tool, err)
@@ -240,8 +225,7 @@ func TestBenchPutPacksAndTheHostUnpacks(t *testing.T) {
 	if err := os.WriteFile(src, []byte(strings.Repeat(" ", 4000)+fio), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	lib := strings.ReplaceAll(LibSh, "export PATH=", "export PATH=$PATH:")
-	out, err := exec.Command(bash, "-c", lib+benchPutSh+"bench_put bench-guest-nvme-4k-randread-qd1.json "+src).Output()
+	out, err := exec.Command(bash, "-c", hostLibSh()+benchPutSh+"bench_put bench-guest-nvme-4k-randread-qd1.json "+src).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,10 +249,7 @@ func TestBenchPutPacksAndTheHostUnpacks(t *testing.T) {
 // TestBenchLockedPutDoesNotInterleave runs two background bench_lput of
 // large files at once (bash and flock of this host): both arrive whole.
 func TestBenchLockedPutDoesNotInterleave(t *testing.T) {
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("no bash on this host:", err)
-	}
+	bash := hostBash(t)
 	if _, err := exec.LookPath("flock"); err != nil {
 		t.Skip("no flock on this host:", err)
 	}
@@ -279,8 +260,7 @@ func TestBenchLockedPutDoesNotInterleave(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	lib := strings.ReplaceAll(LibSh, "export PATH=", "export PATH=$PATH:")
-	script := lib + benchLockedPutSh + "cd " + dir + "\nbench_lput a.txt a.txt &\nbench_lput b.txt b.txt &\nwait\n"
+	script := hostLibSh() + benchLockedPutSh + "cd " + dir + "\nbench_lput a.txt a.txt &\nbench_lput b.txt b.txt &\nwait\n"
 	out, err := exec.Command(bash, "-c", script).Output()
 	if err != nil {
 		t.Fatal(err)
