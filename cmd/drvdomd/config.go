@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	"drvdom/xenstore"
 )
@@ -34,6 +35,11 @@ type Config struct {
 	// file backings of guests' disks in the domain's tmpfs; their
 	// allocated bytes are published for dom0 (see scratch.go).
 	Scratch []ScratchFile
+	// CPUProfile, if set, is where the backend worker writes its CPU
+	// profile, one file per CPUProfileWindow (see profile.go); image and
+	// kernel command line only.
+	CPUProfile       string
+	CPUProfileWindow time.Duration
 }
 
 // BaseModules are loaded in every mode; BackendModules only in kernel mode
@@ -57,6 +63,8 @@ func DefaultConfig() Config {
 		LogLevel: slog.LevelInfo,
 		Watchdog: true,
 		WaitNIC:  10,
+
+		CPUProfileWindow: DefaultCPUProfileWindow,
 	}
 }
 
@@ -119,6 +127,18 @@ func (c *Config) Set(key, val string) error {
 			return fmt.Errorf("scratch=%q: %w", val, err)
 		}
 		c.Scratch = files
+	case "cpuprofile":
+		dir, err := parseCPUProfileDir(val)
+		if err != nil {
+			return fmt.Errorf("cpuprofile=%q: %w", val, err)
+		}
+		c.CPUProfile = dir
+	case "cpuprofile-window":
+		d, err := parseCPUProfileWindow(val)
+		if err != nil {
+			return fmt.Errorf("cpuprofile-window=%q: %w", val, err)
+		}
+		c.CPUProfileWindow = d
 	case "waitnic":
 		n, err := strconv.Atoi(val)
 		if err != nil || n < 0 || n > 3600 {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -156,5 +157,44 @@ func TestModuleLoaderWithoutModulesDep(t *testing.T) {
 	}}
 	if _, err := l.Load("bridge"); err == nil {
 		t.Error("no error for a module that cannot be found")
+	}
+}
+
+func TestConfigCPUProfile(t *testing.T) {
+	c := DefaultConfig()
+	if c.CPUProfile != "" || c.CPUProfileWindow != 10*time.Second {
+		t.Fatalf("defaults: cpuprofile=%q window %v, want off and 10s", c.CPUProfile, c.CPUProfileWindow)
+	}
+	if err := c.ApplyFile(strings.NewReader("cpuprofile=/tmp/prof\n"), quiet); err != nil {
+		t.Fatal(err)
+	}
+	c.ApplyCmdline("console=hvc0 drvdom.cpuprofile-window=2m30s", quiet)
+	if c.CPUProfile != "/tmp/prof" || c.CPUProfileWindow != 150*time.Second {
+		t.Errorf("after file and cmdline: cpuprofile=%q window %v", c.CPUProfile, c.CPUProfileWindow)
+	}
+	for _, bad := range []struct{ key, val, want string }{
+		{"cpuprofile-window", "10", `cpuprofile-window="10": want a duration such as 10s`},
+		{"cpuprofile-window", "fast", `cpuprofile-window="fast": want a duration`},
+		{"cpuprofile-window", "500ms", `cpuprofile-window="500ms": 500ms is below the minimum 1s`},
+		{"cpuprofile", "prof", `cpuprofile="prof": want a clean absolute directory`},
+		{"cpuprofile", "/tmp/../prof", `cpuprofile="/tmp/../prof": want a clean absolute directory`},
+	} {
+		err := c.Set(bad.key, bad.val)
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("Set(%q, %q) = %v, want an error with %q", bad.key, bad.val, err, bad.want)
+		}
+	}
+	if c.CPUProfile != "/tmp/prof" || c.CPUProfileWindow != 150*time.Second {
+		t.Errorf("a bad value changed the config: cpuprofile=%q window %v", c.CPUProfile, c.CPUProfileWindow)
+	}
+	if err := c.Set("cpuprofile-window", "1s"); err != nil || c.CPUProfileWindow != time.Second {
+		t.Errorf("the minimum 1s: %v, window %v", err, c.CPUProfileWindow)
+	}
+	c.ApplyCmdline("drvdom.cpuprofile=none", quiet)
+	if c.CPUProfile != "" {
+		t.Errorf("cpuprofile=none left %q", c.CPUProfile)
+	}
+	if slices.Contains(XenstoreKeys, "cpuprofile") || slices.Contains(XenstoreKeys, "cpuprofile-window") {
+		t.Error("cpuprofile must not be settable from xenstore")
 	}
 }

@@ -18,6 +18,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -58,8 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case "config":
 			log := slog.New(slog.NewTextHandler(stderr, nil))
 			cfg := loadConfig(log)
-			fmt.Fprintf(stdout, "backend=%s\nnic=%s\nbridge=%s\nmodules=%s\nloglevel=%s\nwatchdog=%v\nwaitnic=%d\nfaults=%v\nscratch=%s\n",
-				cfg.Backend, cfg.NIC, cfg.Bridge, strings.Join(cfg.Modules, ","), cfg.LogLevel, cfg.Watchdog, cfg.WaitNIC, cfg.Faults, scratchString(cfg.Scratch))
+			fmt.Fprintf(stdout, "backend=%s\nnic=%s\nbridge=%s\nmodules=%s\nloglevel=%s\nwatchdog=%v\nwaitnic=%d\nfaults=%v\nscratch=%s\ncpuprofile=%s\ncpuprofile-window=%v\n",
+				cfg.Backend, cfg.NIC, cfg.Bridge, strings.Join(cfg.Modules, ","), cfg.LogLevel, cfg.Watchdog, cfg.WaitNIC, cfg.Faults, scratchString(cfg.Scratch), cmp.Or(cfg.CPUProfile, "none"), cfg.CPUProfileWindow)
 			return 0
 		case "-h", "-help", "--help", "help":
 			fmt.Fprintln(stdout, "usage: drvdomd [selftest|config|worker]   (no argument: run the driver domain)")
@@ -332,6 +333,14 @@ func worker(ctx context.Context, console io.Writer) int {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel() // runs before wg.Wait
+	if cfg.CPUProfile != "" {
+		prof := &cpuProfiler{Dir: cfg.CPUProfile, Window: cfg.CPUProfileWindow, Keep: CPUProfileKeep, Pid: os.Getpid(), Log: log}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			prof.Run(ctx) // writes the partial window when ctx ends
+		}()
+	}
 	if hb := heartbeatFile(); hb != nil {
 		probe := newStoreProbe(func(ctx context.Context) error {
 			_, err := store.Read(ctx, "domid")
