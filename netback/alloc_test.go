@@ -104,6 +104,41 @@ func (r *rig) reapTx() int {
 	return bad
 }
 
+// txWakeup is one round of the tx benchmarks: send(j) puts packet j < n
+// on the ring, one tx wakeup takes them all, the responses are reaped (the
+// count not okay is returned) and the n frames taken off the TAP.
+func (r *rig) txWakeup(tb testing.TB, n int, send func(j int)) (bad int) {
+	for j := range n {
+		send(j)
+	}
+	if err := r.q.txWork(); err != nil {
+		tb.Fatal(err)
+	}
+	bad = r.reapTx()
+	for range n {
+		f, _ := r.tap.Recv(context.Background())
+		r.tap.Release(f)
+	}
+	return bad
+}
+
+// rxWakeup is one round of the rx benchmarks: n copies of pkt (virtio-net
+// header and frame) wait in the TAP, rx wakeups run until the guest got
+// them all, and the buffers are posted again.
+func (r *rig) rxWakeup(tb testing.TB, pkt []byte, n int) {
+	for range n {
+		r.tap.Inject(context.Background(), pkt)
+	}
+	for got := 0; got < n; {
+		c := r.rxBatch(tb)
+		if c < 0 {
+			tb.Fatal("rx error response")
+		}
+		got += c
+	}
+	r.postRx()
+}
+
 // postRx fills the rx ring with buffers (id = ring index mod size).
 func (r *rig) postRx() {
 	refs := r.rxData.Refs()
@@ -223,18 +258,7 @@ func BenchmarkQueueTx(b *testing.B) {
 			b.SetBytes(int64(size))
 			start := time.Now()
 			for i := 0; i < b.N; i += 64 {
-				n := min(64, b.N-i)
-				for j := 0; j < n; j++ {
-					r.sendTx(frame, TxCsumBlank)
-				}
-				if err := r.q.txWork(); err != nil {
-					b.Fatal(err)
-				}
-				r.reapTx()
-				for j := 0; j < n; j++ {
-					f, _ := r.tap.Recv(context.Background())
-					r.tap.Release(f)
-				}
+				r.txWakeup(b, min(64, b.N-i), func(int) { r.sendTx(frame, TxCsumBlank) })
 			}
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "pkts/s")
 		})
@@ -256,14 +280,7 @@ func BenchmarkQueueRx(b *testing.B) {
 			b.SetBytes(int64(size))
 			start := time.Now()
 			for i := 0; i < b.N; i += 64 {
-				n := min(64, b.N-i)
-				for j := 0; j < n; j++ {
-					r.tap.Inject(context.Background(), pkt)
-				}
-				for got := 0; got < n; {
-					got += r.rxBatch(b)
-				}
-				r.postRx()
+				r.rxWakeup(b, pkt, min(64, b.N-i))
 			}
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "pkts/s")
 		})

@@ -86,18 +86,9 @@ func BenchmarkQueueTxGSO(b *testing.B) {
 	start := time.Now()
 	for i := 0; i < b.N; i += 2 {
 		n := min(2, b.N-i)
-		for j := 0; j < n; j++ {
-			r.sendTxGSO(frame, 66, 0x742, 0x5a0*(j+1), 1448)
-		}
-		if err := r.q.txWork(); err != nil {
-			b.Fatal(err)
-		}
-		if bad := r.reapTx(); bad != n { // the GSO extras' RspNull
+		send := func(j int) { r.sendTxGSO(frame, 66, 0x742, 0x5a0*(j+1), 1448) }
+		if bad := r.txWakeup(b, n, send); bad != n { // the GSO extras' RspNull
 			b.Fatalf("%d tx responses not okay, want the %d extras'", bad, n)
-		}
-		for j := 0; j < n; j++ {
-			f, _ := r.tap.Recv(context.Background())
-			r.tap.Release(f)
 		}
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "pkts/s")
@@ -119,18 +110,7 @@ func BenchmarkQueueRxGSO(b *testing.B) {
 	b.SetBytes(int64(len(frame)))
 	start := time.Now()
 	for i := 0; i < b.N; i += 2 {
-		n := min(2, b.N-i)
-		for j := 0; j < n; j++ {
-			r.tap.Inject(context.Background(), pkt)
-		}
-		for got := 0; got < n; {
-			c := r.rxBatch(b)
-			if c < 0 {
-				b.Fatal("rx error response")
-			}
-			got += c
-		}
-		r.postRx()
+		r.rxWakeup(b, pkt, min(2, b.N-i))
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "pkts/s")
 	m.report(b, b.N)
@@ -154,26 +134,10 @@ func BenchmarkQueueSmallOps(b *testing.B) {
 			for i := 0; i < b.N; i += 64 {
 				n := min(64, b.N-i)
 				if dir == "tx" {
-					for j := 0; j < n; j++ {
-						r.sendTx(frame, TxCsumBlank)
-					}
-					if err := r.q.txWork(); err != nil {
-						b.Fatal(err)
-					}
-					r.reapTx()
-					for j := 0; j < n; j++ {
-						f, _ := r.tap.Recv(context.Background())
-						r.tap.Release(f)
-					}
-					continue
+					r.txWakeup(b, n, func(int) { r.sendTx(frame, TxCsumBlank) })
+				} else {
+					r.rxWakeup(b, pkt, n)
 				}
-				for j := 0; j < n; j++ {
-					r.tap.Inject(context.Background(), pkt)
-				}
-				for got := 0; got < n; {
-					got += r.rxBatch(b)
-				}
-				r.postRx()
 			}
 			m.report(b, b.N)
 			b.ReportMetric(float64(m.calls)/float64(b.N), "copies/pkt")
