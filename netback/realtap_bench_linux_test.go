@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"drvdom/internal/testnet"
 	"drvdom/internal/testnet/nshost"
 	"drvdom/internal/xensim/netfront"
@@ -25,30 +23,9 @@ func BenchmarkRealTapRxSparse(b *testing.B) {
 	e := newEnv(b, func(d *netback.Driver) { d.Host = nshost.Host{R: r} })
 	v := e.attach(b, 2, 0, netfront.Nic{Bridge: "xenbr6"}, netfront.Config{Split: true})
 	r.WaitOperUp(b, "vif2.0")
-	guestMAC := netback.TestGuestMAC
 	guestIP := net.IPv4(169, 254, 9, 2).To4()
-	var conn *net.UDPConn
-	var err error
-	r.Do(func() {
-		br, e1 := netlink.LinkByName("xenbr6")
-		if e1 != nil {
-			err = e1
-			return
-		}
-		addr, _ := netlink.ParseAddr("169.254.9.1/24")
-		if err = netlink.AddrAdd(br, addr); err != nil {
-			return
-		}
-		if err = netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
-			IP: guestIP, HardwareAddr: net.HardwareAddr(guestMAC[:])}); err != nil {
-			return
-		}
-		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(169, 254, 9, 1), Port: 5002})
-	})
-	if err != nil {
-		b.Fatalf("netns setup: %v", err)
-	}
-	defer conn.Close()
+	hostBridge(b, r, "vif2.0", "xenbr6")
+	conn := hostUDP(b, r, 5002)
 	payload := make([]byte, 64)
 	dst := &net.UDPAddr{IP: guestIP, Port: 9}
 	b.ReportAllocs()

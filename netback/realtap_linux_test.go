@@ -5,6 +5,7 @@ package netback_test
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -29,37 +30,9 @@ func TestRealTapBackend(t *testing.T) {
 	v := e.attach(t, 2, 0, netfront.Nic{Bridge: "xenbr5"}, netfront.Config{Queues: 2, Split: true})
 	ctx := ctxT(t)
 	r.WaitOperUp(t, "vif2.0")
-	guestMAC := netback.TestGuestMAC
 	guestIP := net.IPv4(169, 254, 9, 2).To4()
-	var brMAC [6]byte
-	var conn *net.UDPConn
-	var err error
-	r.Do(func() {
-		br, e1 := netlink.LinkByName("xenbr5")
-		tap, e2 := netlink.LinkByName("vif2.0")
-		if e1 != nil || e2 != nil {
-			err = errorsJoin(e1, e2)
-			return
-		}
-		if tap.Attrs().MasterIndex != br.Attrs().Index {
-			t.Errorf("vif2.0 not enslaved to xenbr5")
-		}
-		addr, _ := netlink.ParseAddr("169.254.9.1/24")
-		if err = netlink.AddrAdd(br, addr); err != nil {
-			return
-		}
-		if err = netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
-			IP: guestIP, HardwareAddr: net.HardwareAddr(guestMAC[:])}); err != nil {
-			return
-		}
-		br, _ = netlink.LinkByName("xenbr5")
-		copy(brMAC[:], br.Attrs().HardwareAddr)
-		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(169, 254, 9, 1), Port: 5001})
-	})
-	if err != nil {
-		t.Fatalf("netns setup: %v", err)
-	}
-	defer conn.Close()
+	brMAC := hostBridge(t, r, "vif2.0", "xenbr5")
+	conn := hostUDP(t, r, 5001)
 
 	// Guest -> host, checksum left blank.
 	fr := netback.BuildFrame(netback.FrameOpts{UDP: true, Payload: 300, PartialSum: true, Dst: brMAC, Seed: 5})
@@ -105,6 +78,56 @@ func TestRealTapBackend(t *testing.T) {
 	e.drvStats(t, v, func(s netback.Stats) bool { return s.TxPackets == 2 && s.TxErrors+s.TxDropped == 0 })
 }
 
+// hostBridge readies the host side of a real-TAP test in r's network
+// namespace: vif must be a port of bridge, which gets 169.254.9.1/24 and a
+// permanent neighbour entry for the guest (169.254.9.2 at TestGuestMAC),
+// so the host reaches the guest without ARP through the simulated
+// netfront. It returns the bridge's MAC (a guest frame's destination).
+func hostBridge(tb testing.TB, r *testnet.Runner, vif, bridge string) (brMAC [6]byte) {
+	tb.Helper()
+	var err error
+	r.Do(func() {
+		br, e1 := netlink.LinkByName(bridge)
+		tap, e2 := netlink.LinkByName(vif)
+		if e1 != nil || e2 != nil {
+			err = errorsJoin(e1, e2)
+			return
+		}
+		if tap.Attrs().MasterIndex != br.Attrs().Index {
+			err = fmt.Errorf("%s not enslaved to %s", vif, bridge)
+			return
+		}
+		addr, _ := netlink.ParseAddr("169.254.9.1/24")
+		if err = netlink.AddrAdd(br, addr); err != nil {
+			return
+		}
+		if err = netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
+			IP: net.IPv4(169, 254, 9, 2), HardwareAddr: net.HardwareAddr(netback.TestGuestMAC[:])}); err != nil {
+			return
+		}
+		br, _ = netlink.LinkByName(bridge)
+		copy(brMAC[:], br.Attrs().HardwareAddr)
+	})
+	if err != nil {
+		tb.Fatalf("netns setup: %v", err)
+	}
+	return brMAC
+}
+
+// hostUDP is a UDP socket on 169.254.9.1:port in r's network namespace,
+// closed when the test ends.
+func hostUDP(tb testing.TB, r *testnet.Runner, port int) *net.UDPConn {
+	tb.Helper()
+	var conn *net.UDPConn
+	var err error
+	r.Do(func() { conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(169, 254, 9, 1), Port: port}) })
+	if err != nil {
+		tb.Fatalf("host socket: %v", err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 const (
 	protoUDPNum = 17
 	protoTCPNum = 6
@@ -145,26 +168,7 @@ func TestRealTapBackendTSOToGuest(t *testing.T) {
 	r.WaitOperUp(t, "vif2.0")
 	guestIP := net.IPv4(169, 254, 9, 2).To4()
 	hostIP := net.IPv4(169, 254, 9, 1).To4()
-	var brMAC [6]byte
-	var err error
-	r.Do(func() {
-		br, e1 := netlink.LinkByName("xenbr6")
-		if e1 != nil {
-			err = e1
-			return
-		}
-		addr, _ := netlink.ParseAddr("169.254.9.1/24")
-		if err = netlink.AddrAdd(br, addr); err != nil {
-			return
-		}
-		err = netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
-			IP: guestIP, HardwareAddr: net.HardwareAddr(netback.TestGuestMAC[:])})
-		br, _ = netlink.LinkByName("xenbr6")
-		copy(brMAC[:], br.Attrs().HardwareAddr)
-	})
-	if err != nil {
-		t.Fatalf("netns setup: %v", err)
-	}
+	brMAC := hostBridge(t, r, "vif2.0", "xenbr6")
 	dialed := make(chan error, 1)
 	go r.Do(func() { // the socket must be made in the namespace
 		c, err := net.DialTimeout("tcp4", "169.254.9.2:80", 5*time.Second)
