@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -59,7 +60,8 @@ func parseCPUProfileWindow(val string) (time.Duration, error) {
 // windows: Dir/cpu-<Pid>-<unix seconds at the window's start>.pprof, each
 // written to a hidden temporary name (.cpu-<Pid>.tmp) and renamed at the
 // window's end, so a file with the final name is complete. It keeps the
-// Keep newest files of Pid and never touches other files. Failures (Dir
+// Keep newest files of Pid and touches no other file but the temporary
+// files of dead processes. Failures (Dir
 // cannot be created, another CPU profile runs in the process, a full disk)
 // are logged once and retried at the next window; they never end Run.
 type cpuProfiler struct {
@@ -77,10 +79,41 @@ func cpuProfileName(pid int, start time.Time) string {
 	return fmt.Sprintf("cpu-%d-%d.pprof", pid, start.Unix())
 }
 
+// cpuProfileTemp is the name Pid's current window is written under.
+func cpuProfileTemp(pid int) string {
+	return fmt.Sprintf(".cpu-%d.tmp", pid)
+}
+
+// removeDeadTemps removes the partial windows of workers that died without
+// a graceful stop (killed by the supervisor): their temporary files would
+// otherwise pile up over the restarts of a faults run.
+func (p *cpuProfiler) removeDeadTemps() {
+	ents, err := os.ReadDir(p.Dir)
+	if err != nil {
+		return // begin reports what is wrong with Dir
+	}
+	for _, e := range ents {
+		s, ok := strings.CutPrefix(e.Name(), ".cpu-")
+		if !ok {
+			continue
+		}
+		s, ok = strings.CutSuffix(s, ".tmp")
+		if !ok {
+			continue
+		}
+		pid, err := strconv.Atoi(s)
+		if err != nil || pid <= 0 || pid == p.Pid || !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+			continue
+		}
+		os.Remove(filepath.Join(p.Dir, e.Name()))
+	}
+}
+
 // Run profiles until ctx ends, then writes the partial window and returns.
 func (p *cpuProfiler) Run(ctx context.Context) {
 	p.Log.Info("cpu profiling", "dir", p.Dir, "window", p.Window, "keep", p.Keep)
-	tmp := filepath.Join(p.Dir, fmt.Sprintf(".cpu-%d.tmp", p.Pid))
+	tmp := filepath.Join(p.Dir, cpuProfileTemp(p.Pid))
+	p.removeDeadTemps()
 	t := time.NewTimer(p.Window)
 	defer t.Stop()
 	for {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
@@ -170,7 +171,14 @@ func TestCPUProfilerKeepsTheNewest(t *testing.T) {
 	dir := t.TempDir()
 	pid := os.Getpid()
 	old := []string{cpuProfileName(pid, time.Unix(100, 0)), cpuProfileName(pid, time.Unix(200, 0))}
-	keepOthers := []string{cpuProfileName(pid+1, time.Unix(50, 0)), "notes.txt", "cpu-" + strconv.Itoa(pid) + "-x.pprof"}
+	// A process that is gone: its partial window is removed; a live
+	// one's (the parent's) stays.
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	old = append(old, cpuProfileTemp(gone.Process.Pid))
+	keepOthers := []string{cpuProfileName(pid+1, time.Unix(50, 0)), "notes.txt", "cpu-" + strconv.Itoa(pid) + "-x.pprof", cpuProfileTemp(os.Getppid())}
 	for _, n := range append(slices.Clone(old), keepOthers...) {
 		if err := os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o644); err != nil {
 			t.Fatal(err)
