@@ -411,3 +411,44 @@ func (j *Journal) Close() error {
 	j.unmap, j.mem = nil, nil
 	return err
 }
+
+// Entry is one live journal entry as Inspect reads it.
+type Entry struct {
+	Slot     int    // entry index in the file
+	Answered bool   // a response was written (into ring slot RspIdx), maybe not published
+	ReqIdx   uint32 // ring index the request was taken from
+	RspIdx   uint32 // response slot, when Answered
+	Req      []byte // the journaled request copy (aliases the image)
+}
+
+// Snapshot is what a journal file image says, for diagnostics (a test that
+// finds requests lost reports which ones the journal holds).
+type Snapshot struct {
+	Valid   bool   // bound to a ring
+	Ident   uint64 // the ring it describes
+	ReqCons uint32 // the journaled private req_cons
+	Entries []Entry
+}
+
+// Inspect reads a journal file image (Check must accept it) without
+// changing it. Entries taken at or beyond ReqCons (the commit-before-
+// req_cons window) are included: the caller sees the file as it is.
+func Inspect(b []byte) (Snapshot, error) {
+	if err := Check(b); err != nil {
+		return Snapshot{}, err
+	}
+	le := binary.LittleEndian
+	s := Snapshot{Valid: le.Uint32(b[offValid:]) == 1, Ident: le.Uint64(b[offIdent:]), ReqCons: le.Uint32(b[offReqCons:])}
+	rs, es := int(le.Uint32(b[offRingSize:])), int(le.Uint32(b[offEntrySize:]))
+	stride := Stride(es)
+	for i := 0; i < rs; i++ {
+		e := HeaderSize + i*stride
+		st := le.Uint32(b[e+entState:])
+		if st == stateFree {
+			continue
+		}
+		s.Entries = append(s.Entries, Entry{Slot: i, Answered: st == stateAnswered,
+			ReqIdx: le.Uint32(b[e+entReqIdx:]), RspIdx: le.Uint32(b[e+entRspIdx:]), Req: b[e+entData : e+entData+es]})
+	}
+	return s, nil
+}

@@ -469,3 +469,43 @@ func modelFailsWithoutJournal(seed uint64) (failed bool) {
 	}
 	return false
 }
+
+// Inspect reads back what the protocol wrote, and leaves the image as it is.
+func TestInspect(t *testing.T) {
+	mem := alignedMem(journal.Size(4, 8))
+	j, err := journal.New(mem, 4, 8)
+	require.NoError(t, err)
+	_, err = j.Recover(7, 10)
+	require.NoError(t, err)
+	h0, err := j.Taken(10, req(100))
+	require.NoError(t, err)
+	_, err = j.Taken(11, req(101))
+	require.NoError(t, err)
+	h2, err := j.Taken(12, req(102))
+	require.NoError(t, err)
+	j.Answered(h2, 10)
+	j.Answered(h0, 11)
+	j.Published(11) // retires h2 only
+
+	before := append([]byte(nil), mem...)
+	s, err := journal.Inspect(mem)
+	require.NoError(t, err)
+	require.Equal(t, before, mem)
+	require.True(t, s.Valid)
+	require.Equal(t, uint64(7), s.Ident)
+	require.Equal(t, uint32(13), s.ReqCons)
+	got := map[uint32]journal.Entry{}
+	for _, e := range s.Entries {
+		got[e.ReqIdx] = e
+	}
+	require.Len(t, got, 2)
+	require.True(t, got[10].Answered)
+	require.Equal(t, uint32(11), got[10].RspIdx)
+	require.Equal(t, uint64(100), binary.LittleEndian.Uint64(got[10].Req))
+	require.False(t, got[11].Answered)
+	require.Equal(t, uint64(101), binary.LittleEndian.Uint64(got[11].Req))
+
+	mem[3] ^= 0xff
+	_, err = journal.Inspect(mem)
+	require.ErrorIs(t, err, journal.ErrCorrupt)
+}
