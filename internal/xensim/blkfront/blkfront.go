@@ -8,6 +8,7 @@ package blkfront
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -274,6 +275,16 @@ func (q *fqueue) drain() {
 
 // Ring returns ring q's front end (Manual mode: the caller owns it).
 func (f *Front) Ring(q int) *ring.Front { return f.queues[q].ring }
+
+// RingHeader reads ring q's shared indices as they are in the frontend's
+// mapping of the ring, for the report of a stuck test: req_prod, req_event,
+// rsp_prod, rsp_event. The backend changes them through its own mapping at
+// any time, so the values are a snapshot (each read whole: aligned words).
+func (f *Front) RingHeader(q int) (reqProd, reqEvent, rspProd, rspEvent uint32) {
+	h := f.queues[q].share.Bytes()
+	le := binary.LittleEndian
+	return le.Uint32(h[0:]), le.Uint32(h[4:]), le.Uint32(h[8:]), le.Uint32(h[12:])
+}
 
 // Port returns ring q's local event channel port.
 func (f *Front) Port(q int) evtchn.Port { return f.queues[q].port }
