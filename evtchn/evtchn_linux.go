@@ -59,8 +59,14 @@ type devHandle struct {
 	f      *os.File
 	closed bool
 
-	rmu     sync.Mutex // one Wait at a time; guards rbuf and the ctx watch
+	rmu     sync.Mutex // one Wait at a time; guards rbuf, the read state and the ctx watch
 	rbuf    [maxRead * portSize]byte
+	rc      syscall.RawConn
+	readFn  func(fd uintptr) bool // h.rawRead, bound once: Wait allocates nothing
+	rwant   int                   // rawRead's request and results
+	rn      int
+	rerr    error
+	stale   bool            // a read deadline may be set: clear it before reading
 	done    <-chan struct{} // Done of the ctx being watched
 	unwatch func() bool
 
@@ -82,7 +88,31 @@ func Open() (Handle, error) {
 
 // newDevHandle wraps a non-blocking fd (the device, or a socket in tests).
 func newDevHandle(fd int, name string) *devHandle {
-	return &devHandle{fd: fd, f: os.NewFile(uintptr(fd), name)}
+	h := &devHandle{fd: fd, f: os.NewFile(uintptr(fd), name)}
+	h.readFn = h.rawRead
+	if rc, err := h.f.SyscallConn(); err == nil {
+		h.rc = rc
+	}
+	return h
+}
+
+// rawRead is one read of pending ports, entered with RawSyscall (as Notify
+// and Unmask): the device copies from its ring and never sleeps, and a
+// plain Syscall's entersyscall would hand the P off under a slow hypervisor
+// and wake the runtime's sysmon thread after every idle spell (one futex
+// wake and two context switches per request at queue depth 1). It returns
+// false on EAGAIN, so RawConn.Read parks in the poller.
+func (h *devHandle) rawRead(fd uintptr) bool {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&h.rbuf[0])), uintptr(h.rwant))
+	switch e {
+	case unix.EAGAIN:
+		return false
+	case 0:
+		h.rn, h.rerr = int(n), nil
+	default:
+		h.rn, h.rerr = 0, e
+	}
+	return true
 }
 
 func (h *devHandle) ioctl(op string, req uintptr, arg unsafe.Pointer) (Port, error) {
@@ -179,6 +209,7 @@ func (h *devHandle) watchLocked(ctx context.Context) {
 	}
 	h.unwatchLocked()
 	h.done = done
+	h.stale = true // the previous ctx's AfterFunc may have set a deadline
 	if done != nil {
 		f := h.f
 		h.unwatch = context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(aLongTimeAgo) })
@@ -213,18 +244,23 @@ func (h *devHandle) Wait(ctx context.Context, ports []Port) (int, error) {
 	h.watchLocked(ctx)
 	want := min(len(ports), maxRead) * portSize
 	for {
-		// Clear a deadline a previous ctx left, then look at ctx: its
+		// Clear a deadline a previous ctx left (only then: clearing
+		// costs a poller update per wait), then look at ctx: its
 		// AfterFunc runs only after Err is set, so an end from here on
 		// sets the deadline and wakes the read.
-		if err := h.f.SetReadDeadline(time.Time{}); err != nil {
-			return 0, h.readErr(err)
+		if h.stale {
+			if err := h.f.SetReadDeadline(time.Time{}); err != nil {
+				return 0, h.readErr(err)
+			}
+			h.stale = false
 		}
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		n, err := h.f.Read(h.rbuf[:want])
+		n, err := h.read(want)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				h.stale = true
 				continue // ctx ended (checked above) or a stale wake-up
 			}
 			return 0, h.readErr(err)
@@ -237,6 +273,27 @@ func (h *devHandle) Wait(ctx context.Context, ports []Port) (int, error) {
 			return n, nil
 		}
 	}
+}
+
+// read reads up to want bytes of pending ports into rbuf, parking in the
+// poller until some are pending (or the read deadline passes).
+func (h *devHandle) read(want int) (int, error) {
+	if h.rc == nil {
+		return h.f.Read(h.rbuf[:want])
+	}
+	h.rwant, h.rn, h.rerr = want, 0, nil
+	if err := h.rc.Read(h.readFn); err != nil {
+		if h.isClosed() {
+			// RawConn reports a closed file as internal/poll's
+			// ErrFileClosing, which os.File.Read maps to os.ErrClosed.
+			return 0, os.ErrClosed
+		}
+		return 0, err
+	}
+	if h.rerr != nil {
+		return 0, os.NewSyscallError("read", h.rerr)
+	}
+	return h.rn, nil
 }
 
 func (h *devHandle) readErr(err error) error {
