@@ -40,6 +40,10 @@ type Config struct {
 	// kernel command line only.
 	CPUProfile       string
 	CPUProfileWindow time.Duration
+	// BlkGrantCopy makes blkback move data with grant copy through local
+	// bounce pages instead of mapping the frontends' pages (blkgrants=copy;
+	// default map, with persistent grants).
+	BlkGrantCopy bool
 }
 
 // BaseModules are loaded in every mode; BackendModules only in kernel mode
@@ -127,6 +131,15 @@ func (c *Config) Set(key, val string) error {
 			return fmt.Errorf("scratch=%q: %w", val, err)
 		}
 		c.Scratch = files
+	case "blkgrants":
+		switch val {
+		case "map":
+			c.BlkGrantCopy = false
+		case "copy":
+			c.BlkGrantCopy = true
+		default:
+			return fmt.Errorf("blkgrants=%q: want map or copy", val)
+		}
 	case "cpuprofile":
 		dir, err := parseCPUProfileDir(val)
 		if err != nil {
@@ -211,4 +224,12 @@ func (c *Config) ApplyXenstore(ctx context.Context, s interface {
 			log.Warn("config from xenstore", "key", base+k, "err", err)
 		}
 	}
+}
+
+// blkGrantsString is the blkgrants= value of a configuration.
+func blkGrantsString(copy bool) string {
+	if copy {
+		return "copy"
+	}
+	return "map"
 }

@@ -198,3 +198,27 @@ func TestConfigCPUProfile(t *testing.T) {
 		t.Error("cpuprofile must not be settable from xenstore")
 	}
 }
+
+func TestConfigBlkGrants(t *testing.T) {
+	c := DefaultConfig()
+	if c.BlkGrantCopy {
+		t.Fatal("default: blkgrants=copy, want map")
+	}
+	c.ApplyCmdline("console=hvc0 drvdom.blkgrants=copy", quiet)
+	if !c.BlkGrantCopy {
+		t.Error("drvdom.blkgrants=copy on the command line left map")
+	}
+	err := c.Set("blkgrants", "persistent")
+	if err == nil || !strings.Contains(err.Error(), `blkgrants="persistent": want map or copy`) {
+		t.Errorf("Set(blkgrants, persistent) = %v", err)
+	}
+	if !c.BlkGrantCopy {
+		t.Error("a bad value changed the config")
+	}
+	if err := c.Set("blkgrants", "map"); err != nil || c.BlkGrantCopy {
+		t.Errorf("blkgrants=map: %v, copy %v", err, c.BlkGrantCopy)
+	}
+	if slices.Contains(XenstoreKeys, "blkgrants") {
+		t.Error("blkgrants must not be settable from xenstore")
+	}
+}
