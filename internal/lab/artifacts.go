@@ -95,7 +95,10 @@ func (b *Builder) pkgRoot(ctx context.Context, pkg, version string) (string, err
 		b.Progress.Printf("%s %s: installed on the host, using its files", pkg, version)
 		return "/", nil
 	}
-	dir, _, err := b.cached("deb-"+pkg, 20*time.Second, map[string]string{"pkg": pkg, "version": version}, func(dir string) error {
+	// "depmod": extracted kernel packages get the modules.dep their
+	// postinst would have made (the key's change rebuilds entries cached
+	// without it).
+	dir, _, err := b.cached("deb-"+pkg, 20*time.Second, map[string]string{"pkg": pkg, "version": version, "depmod": "1"}, func(dir string) error {
 		if err := b.run(ctx, dir, "apt-get", "download", pkg+"="+version); err != nil {
 			if err2 := b.run(ctx, dir, "apt-get", "update", "-q"); err2 != nil {
 				return err2
@@ -108,7 +111,10 @@ func (b *Builder) pkgRoot(ctx context.Context, pkg, version string) (string, err
 		if len(debs) != 1 {
 			return fmt.Errorf("apt-get download %s: %d .deb files", pkg, len(debs))
 		}
-		return b.run(ctx, dir, "dpkg-deb", "-x", debs[0], filepath.Join(dir, "root"))
+		if err := b.run(ctx, dir, "dpkg-deb", "-x", debs[0], filepath.Join(dir, "root")); err != nil {
+			return err
+		}
+		return depmodExtracted(ctx, filepath.Join(dir, "root"))
 	})
 	return filepath.Join(dir, "root"), err
 }

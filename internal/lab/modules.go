@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,6 +98,32 @@ func copyFile(src, dst string) error {
 	}
 	if err := out.Close(); err != nil {
 		return fmt.Errorf("copy: %w", err)
+	}
+	return nil
+}
+
+// depmodExtracted runs depmod for every module tree under root/lib/modules
+// that has no modules.dep: a kernel package unpacked with dpkg-deb -x
+// (a kernel not installed on the host) lacks the files its postinst makes,
+// and modprobe --show-depends and the image's module loader need them.
+func depmodExtracted(ctx context.Context, root string) error {
+	ents, err := os.ReadDir(filepath.Join(root, "lib", "modules"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("depmod: %w", err)
+	}
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(root, "lib", "modules", e.Name(), "modules.dep")); err == nil {
+			continue
+		}
+		if b, err := exec.CommandContext(ctx, "depmod", "-b", root, e.Name()).CombinedOutput(); err != nil {
+			return fmt.Errorf("depmod -b %s %s: %w: %s", root, e.Name(), err, b)
+		}
 	}
 	return nil
 }
