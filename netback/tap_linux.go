@@ -403,6 +403,7 @@ type linuxTapQueue struct {
 	rc     syscall.RawConn
 	rcErr  error
 	tryFn  func(fd uintptr) bool
+	readFn func(fd uintptr) bool // Read's: as tryFn, but waits on EAGAIN
 	tryBuf []byte
 	tryN   int
 	tryErr syscall.Errno
@@ -426,6 +427,11 @@ func newTapQueue(f *os.File) *linuxTapQueue {
 		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&q.tryBuf[0])), uintptr(len(q.tryBuf)))
 		q.tryN, q.tryErr = int(n), e
 		return true // never wait for readiness
+	}
+	q.readFn = func(fd uintptr) bool {
+		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&q.tryBuf[0])), uintptr(len(q.tryBuf)))
+		q.tryN, q.tryErr = int(n), e
+		return e != unix.EAGAIN // nothing queued: wait in the poller
 	}
 	q.wFn = func(fd uintptr) bool {
 		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&q.wBuf[0])), uintptr(len(q.wBuf)))
@@ -456,7 +462,7 @@ func (q *linuxTapQueue) Read(ctx context.Context, b []byte) (int, error) {
 		})
 	}
 	for {
-		n, err := q.f.Read(b)
+		n, err := q.read(b)
 		if err == nil {
 			return n, nil
 		}
@@ -470,6 +476,37 @@ func (q *linuxTapQueue) Read(ctx context.Context, b []byte) (int, error) {
 			return 0, ErrTapClosed
 		}
 		return 0, fmt.Errorf("netback: tap read: %w", err)
+	}
+}
+
+// read is one blocking read of a frame: read(2) entered with RawSyscall
+// through the raw conn (parking in the poller while the TAP is empty), as
+// TryRead and Write. os.File.Read enters through entersyscall, which wakes
+// Go's sysmon after every idle spell, and sysmon then retakes the P from
+// every system call that outlasts its 20 µs tick (all of them in the lab's
+// driver domain): two thread switches and a futex wake per wake-up (see
+// evtchn's Wait, where the same change halved the CPU per request).
+func (q *linuxTapQueue) read(b []byte) (int, error) {
+	if q.rcErr != nil || len(b) == 0 {
+		return q.f.Read(b)
+	}
+	for {
+		q.tryBuf = b
+		err := q.rc.Read(q.readFn)
+		q.tryBuf = nil
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return 0, err
+		case err != nil:
+			// A closed file is internal/poll's ErrFileClosing here;
+			// os.File.Read reports it as os.ErrClosed, which Read maps.
+			return q.f.Read(b)
+		case q.tryErr == unix.EINTR:
+			continue
+		case q.tryErr != 0:
+			return 0, q.tryErr
+		}
+		return q.tryN, nil
 	}
 }
 

@@ -5,6 +5,7 @@ package netback
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -210,6 +211,9 @@ func TestRealTap(t *testing.T) {
 		}
 		if err := tap.Close(); err != nil {
 			t.Errorf("close: %v", err)
+		}
+		if _, err := tap.Queue(0).Read(context.Background(), rb); !errors.Is(err, ErrTapClosed) {
+			t.Errorf("read of a closed TAP: %v, want ErrTapClosed", err)
 		}
 		if _, err := netlink.LinkByName("vif9.0"); err == nil {
 			t.Error("tap still exists after Close")
