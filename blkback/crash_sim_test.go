@@ -140,7 +140,7 @@ func crashKillRun(t *testing.T, mode string, kills, total int, stuckAfter time.D
 	tl := newTimeline(64)
 	k.drv.Store(e.crashDriver(dir, mode, &slow, logs.logger(0)))
 	e.drv = k.drv.Load()
-	e.crashManager(logs.logger(0))
+	e.startManagerLog(logs.logger(0))
 	path := tempDisk(t, blocks*4096)
 	f, vbd := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: "x86_64-abi", Manual: true, Persistent: persistent})
 	// A lost request is what stuckAfter catches (no progress at all). The
@@ -230,7 +230,7 @@ func crashKillRun(t *testing.T, mode string, kills, total int, stuckAfter time.D
 			e.drv = e.crashDriver(dir, mode, &slow, logs.logger(n))
 			k.drv.Store(e.drv)
 			tl.add(timelineEvent{what: evStart, a: uint32(n)})
-			e.crashManager(logs.logger(n))
+			e.startManagerLog(logs.logger(n))
 			k.killed.Add(1)
 		}
 		k.phase.Store("done: every kill happened")
@@ -577,8 +577,9 @@ type stuckReq struct {
 	block int
 }
 
-// crashManager is startManager with the backend process's logger.
-func (e *env) crashManager(log *slog.Logger) {
+// startManagerLog starts the driver domain's xenbus manager, logging to
+// log (startManager's quiet one, or a crash test's backend process log).
+func (e *env) startManagerLog(log *slog.Logger) {
 	ddStore := e.dd.Xenstore()
 	mgr := xenbus.NewManager(ddStore, ddID, log, e.drv)
 	ctx, cancel := context.WithCancel(context.Background())

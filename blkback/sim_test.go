@@ -88,16 +88,7 @@ func newEnv(t testing.TB, tune func(*blkback.Driver)) *env {
 // startManager runs the driver domain's daemon: a Manager with blkback on
 // a fresh xenstore connection.
 func (e *env) startManager() {
-	ddStore := e.dd.Xenstore()
-	mgr := xenbus.NewManager(ddStore, ddID, quietLog(), e.drv)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	e.cancel, e.done = cancel, done
-	go func() {
-		defer close(done)
-		defer ddStore.Close()
-		mgr.Run(ctx)
-	}()
+	e.startManagerLog(quietLog())
 }
 
 // stop stops the daemon as a crash would look to the guest: xenstore is left
