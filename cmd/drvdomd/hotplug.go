@@ -55,10 +55,17 @@ type kernelHotplug struct {
 	vifGoneWait time.Duration
 	diskWait    time.Duration
 	resync      time.Duration
+	// removeGrace is how long a Closed, offline backend directory stays
+	// before this removes it. The toolstack in dom0 waits for state 6 by a
+	// watch and reads the node when the watch fires; removed before that
+	// read, it fails the detach ("wanted state 6 but it was removed"). It
+	// then waits LIBXL_DESTROY_TIMEOUT (10 s) for the removal, so the grace
+	// must stay well below that.
+	removeGrace time.Duration
 
 	mu       sync.Mutex
 	devs     map[string]*hpDev // by backend path
-	removing map[string]bool   // vif backends waiting for their netdev to go
+	removing map[string]bool   // gone backends waiting for their removal (grace, netdev)
 	wg       sync.WaitGroup
 }
 
@@ -72,8 +79,8 @@ func newKernelHotplug(store *xenstore.Client, self uint16, bridge string, log *s
 	return &kernelHotplug{
 		store: store, self: self, bridge: bridge, log: log, ops: ops,
 		vifWait: 30 * time.Second, vifGoneWait: 20 * time.Second, diskWait: 30 * time.Second,
-		resync: 10 * time.Second,
-		devs:   map[string]*hpDev{}, removing: map[string]bool{},
+		resync: 10 * time.Second, removeGrace: 2 * time.Second,
+		devs: map[string]*hpDev{}, removing: map[string]bool{},
 	}
 }
 
@@ -200,12 +207,15 @@ func (h *kernelHotplug) check(ctx context.Context, typ, fd, id string) {
 		return strings.TrimSpace(v)
 	}
 	online, state, hs := read("online"), read("state"), read("hotplug-status")
-	gone := false
-	if fp := read("frontend"); fp != "" {
-		_, err := h.store.Read(ctx, fp+"/state")
-		gone = err != nil && ctx.Err() == nil
-	}
-	if online == "0" && state == "6" || gone && state != "" && state != "1" {
+	gone := h.frontendGone(ctx, read)
+	if isGone(online, state, gone) {
+		h.mu.Lock()
+		busy := h.removing[bp]
+		h.removing[bp] = true
+		h.mu.Unlock()
+		if busy {
+			return // released already; its removal is pending
+		}
 		h.log.Info("hotplug: device gone", "backend", bp, "online", online, "state", state, "frontend_gone", gone)
 		if d == nil && typ == "vbd" && hs == "connected" {
 			// Set up by a previous drvdomd: its loop device is ours.
@@ -216,36 +226,22 @@ func (h *kernelHotplug) check(ctx context.Context, typ, fd, id string) {
 		if d != nil {
 			h.release(bp, d)
 		}
+		name := ""
 		if typ == "vif" {
 			// netback frees vifF.N asynchronously; a vif re-attached with
 			// the same id before it is gone fails to create its interface.
-			name := read("vifname")
-			if name == "" {
+			if name = read("vifname"); name == "" {
 				name = "vif" + fd + "." + id
 			}
-			h.mu.Lock()
-			busy := h.removing[bp]
-			h.removing[bp] = true
-			h.mu.Unlock()
-			if busy {
-				return
-			}
-			h.wg.Add(1)
-			go func() {
-				defer h.wg.Done()
-				if err := h.ops.waitLinkGone(ctx, name, h.vifGoneWait); err != nil && ctx.Err() == nil {
-					h.log.Warn("hotplug: vif still there, removing its backend anyway", "vif", name, "err", err)
-				}
-				if ctx.Err() == nil {
-					h.removeNodes(ctx, bp)
-				}
-				h.mu.Lock()
-				delete(h.removing, bp)
-				h.mu.Unlock()
-			}()
-			return
 		}
-		h.removeNodes(ctx, bp)
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			h.removeLater(ctx, bp, name)
+			h.mu.Lock()
+			delete(h.removing, bp)
+			h.mu.Unlock()
+		}()
 		return
 	}
 	if d != nil || online != "1" || gone {
@@ -293,6 +289,60 @@ func (h *kernelHotplug) check(ctx context.Context, typ, fd, id string) {
 			h.setupVIF(vctx, bp, name, bridge)
 		}()
 	}
+}
+
+// isGone says a backend directory's device is finished with: offline and
+// Closed (a detach), or its frontend vanished (a destroyed guest) once set up.
+func isGone(online, state string, frontendGone bool) bool {
+	return online == "0" && state == "6" || frontendGone && state != "" && state != "1"
+}
+
+// frontendGone says the frontend named by the backend's frontend node no
+// longer has a state node.
+func (h *kernelHotplug) frontendGone(ctx context.Context, read func(string) string) bool {
+	fp := read("frontend")
+	if fp == "" {
+		return false
+	}
+	_, err := h.store.Read(ctx, fp+"/state")
+	return err != nil && ctx.Err() == nil
+}
+
+// removeLater removes a gone device's backend directory after the grace
+// the toolstack needs to see its final state and, for a vif, once netback
+// has freed the netdev. It removes nothing if the toolstack removed the
+// directory itself or brought the device back meanwhile.
+func (h *kernelHotplug) removeLater(ctx context.Context, bp, vifName string) {
+	start := time.Now()
+	if vifName != "" {
+		if err := h.ops.waitLinkGone(ctx, vifName, h.vifGoneWait); err != nil && ctx.Err() == nil {
+			h.log.Warn("hotplug: vif still there, removing its backend anyway", "vif", vifName, "err", err)
+		}
+	}
+	if rest := h.removeGrace - time.Since(start); rest > 0 {
+		t := time.NewTimer(rest)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if _, err := h.store.Directory(ctx, bp); errors.Is(err, xenstore.ErrNotExist) {
+		return
+	}
+	read := func(k string) string {
+		v, _ := h.store.Read(ctx, bp+"/"+k)
+		return strings.TrimSpace(v)
+	}
+	if !isGone(read("online"), read("state"), h.frontendGone(ctx, read)) {
+		h.log.Info("hotplug: device back before its removal, keeping it", "backend", bp)
+		return
+	}
+	h.removeNodes(ctx, bp)
 }
 
 // removeNodes deletes a gone device's backend directory and the frontend

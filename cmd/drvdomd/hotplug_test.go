@@ -150,6 +150,7 @@ func newHPEnv(t *testing.T, vifWait time.Duration, tune ...func(*kernelHotplug))
 	e.h = newKernelHotplug(e.ddc, 1, "xenbr0", quiet, e.ops)
 	e.h.vifWait = vifWait
 	e.h.diskWait = 200 * time.Millisecond
+	e.h.removeGrace = 20 * time.Millisecond
 	for _, f := range tune {
 		f(e.h) // before Run: its goroutines read these
 	}
@@ -292,6 +293,102 @@ func TestHotplugVBDOfflineClosed(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// The toolstack reads the backend's state when its watch fires; the
+// directory must outlive that read (removed at once, libxl failed the detach
+// with "wanted state 6 but it was removed"), and go once the grace is over.
+func TestHotplugVBDRemovalWaitsForToolstack(t *testing.T) {
+	const grace = 400 * time.Millisecond
+	e := newHPEnv(t, 2*time.Second, func(h *kernelHotplug) { h.removeGrace = grace })
+	e.ops.files["/srv/a.img"] = true
+	bp := e.add("vbd", "51712", "params", "/srv/a.img")
+	e.waitKey(bp+"/hotplug-status", "connected")
+	w, err := e.dom0.Watch(e.ctx, bp+"/state", "libxl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	<-w.Events() // the watch's first event
+	closed := time.Now()
+	if err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
+		if err := tx.Write(e.ctx, bp+"/online", "0"); err != nil {
+			return err
+		}
+		return tx.Write(e.ctx, bp+"/state", "6")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	<-w.Events()
+	// The loop device goes at once (the kernel backend let it go) ...
+	eventually(t, func() string {
+		if _, det, _ := e.ops.snapshot(); len(det) != 1 {
+			return "loop not detached after online=0 + Closed"
+		}
+		return ""
+	})
+	// ... the state node stays for the toolstack to read ...
+	for time.Since(closed) < grace/2 {
+		if got := e.read(bp + "/state"); got != "6" {
+			t.Fatalf("%v after Closed: state %q, want 6 still there", time.Since(closed), got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// ... and the directory goes after the grace.
+	eventually(t, func() string {
+		if _, err := e.dom0.Directory(e.ctx, bp); !errors.Is(err, xenstore.ErrNotExist) {
+			return fmt.Sprintf("backend still there after the grace (%v)", err)
+		}
+		return ""
+	})
+	if d := time.Since(closed); d < grace {
+		t.Errorf("backend removed %v after Closed, before the %v grace", d, grace)
+	}
+	if _, det, _ := e.ops.snapshot(); len(det) != 1 {
+		t.Errorf("loop detached %d times, want once", len(det))
+	}
+}
+
+// A device the toolstack brings back (online=1 again) during the grace is
+// not removed under it.
+func TestHotplugVBDBackDuringGrace(t *testing.T) {
+	e := newHPEnv(t, 2*time.Second, func(h *kernelHotplug) { h.removeGrace = 300 * time.Millisecond })
+	e.ops.files["/srv/a.img"] = true
+	bp := e.add("vbd", "51712", "params", "/srv/a.img")
+	e.waitKey(bp+"/hotplug-status", "connected")
+	if err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
+		if err := tx.Write(e.ctx, bp+"/online", "0"); err != nil {
+			return err
+		}
+		return tx.Write(e.ctx, bp+"/state", "6")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() string {
+		if _, det, _ := e.ops.snapshot(); len(det) != 1 {
+			return "loop not detached after online=0 + Closed"
+		}
+		return ""
+	})
+	if err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
+		if err := tx.Write(e.ctx, bp+"/online", "1"); err != nil {
+			return err
+		}
+		if err := tx.Write(e.ctx, bp+"/state", "1"); err != nil {
+			return err
+		}
+		return tx.Rm(e.ctx, bp+"/hotplug-status")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitKey(bp+"/hotplug-status", "connected") // set up again
+	time.Sleep(500 * time.Millisecond)           // past the first removal's grace
+	if _, err := e.dom0.Directory(e.ctx, bp); err != nil {
+		t.Fatalf("backend brought back was removed: %v", err)
+	}
+	if got := e.read(bp + "/hotplug-status"); got != "connected" {
+		t.Errorf("hotplug-status %q after the grace, want connected", got)
+	}
 }
 
 func TestHotplugFrontendVanished(t *testing.T) {
