@@ -160,9 +160,10 @@ type Supervisor struct {
 	// restarts (filestore.go).
 	Files *fileStore
 
-	starts int
-	mu     sync.Mutex
-	cur    *os.Process // the running worker
+	starts    int
+	lastDelay time.Duration // the wait before the latest restart
+	mu        sync.Mutex
+	cur       *os.Process // the running worker
 }
 
 // Signal sends sig to the running worker (fault injection).
@@ -173,6 +174,14 @@ func (s *Supervisor) Signal(sig os.Signal) error {
 		return errors.New("no worker running")
 	}
 	return s.cur.Signal(sig)
+}
+
+// LastDelay returns how long the supervisor waited before the latest
+// restart (0: at once).
+func (s *Supervisor) LastDelay() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastDelay
 }
 
 // Starts returns how many times the worker was started.
@@ -209,6 +218,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			delay = s.Backoff.Next(ran)
 		}
 		s.Log.Warn("worker exited; restarting", "code", code, "ran", ran.Round(time.Millisecond), "after", delay)
+		s.mu.Lock()
+		s.lastDelay = delay
+		s.mu.Unlock()
 		t := time.NewTimer(delay)
 	wait:
 		for {
