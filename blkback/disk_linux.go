@@ -46,7 +46,6 @@ type fileDisk struct {
 	gran     uint32
 	size     atomic.Int64 // block devices: cached, refreshed by Size
 	fallback atomic.Bool  // logged the first O_DIRECT refusal
-	limits   ioLimits     // block devices: what one bio may carry
 }
 
 // OpenBacking opens a raw file or block device, with O_DIRECT where the
@@ -123,7 +122,6 @@ func (d *fileDisk) probe(o OpenOptions) error {
 		if g := sysfsUint(st.Rdev, "queue/discard_granularity"); g >= uint64(d.logical) && g <= 1<<30 {
 			d.gran = uint32(g)
 		}
-		d.limits = readIOLimits(func(attr string) (uint64, bool) { return sysfsAttr(st.Rdev, attr) })
 	case unix.S_IFREG:
 		d.logical = SectorSize
 		if o.LogicalBlock != 0 {
@@ -149,19 +147,12 @@ func (d *fileDisk) probe(o OpenOptions) error {
 }
 
 func sysfsUint(rdev uint64, attr string) uint64 {
-	v, _ := sysfsAttr(rdev, attr)
-	return v
-}
-
-// sysfsAttr reads a number from the block device's sysfs directory; false
-// if the attribute is missing or not a number.
-func sysfsAttr(rdev uint64, attr string) (uint64, bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/%s", unix.Major(rdev), unix.Minor(rdev), attr))
 	if err != nil {
-		return 0, false
+		return 0
 	}
-	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	return v, err == nil
+	v, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return v
 }
 
 func (d *fileDisk) Size() (int64, error) {
@@ -359,6 +350,3 @@ func mapFile(path string, size int) ([]byte, func() error, error) {
 	}
 	return b, func() error { return unix.Munmap(b) }, nil
 }
-
-// ioLimits is what one bio of the block device may carry (zero for a file).
-func (d *fileDisk) ioLimits() ioLimits { return d.limits }

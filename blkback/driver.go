@@ -114,9 +114,6 @@ type Stats struct {
 	PersistentPurged, PersistentOverflow                 atomic.Uint64
 	// Retries counts backing I/O retried after a transient error.
 	Retries atomic.Uint64
-	// URingSplit counts transfers io_uring got in pieces (ioLimits), and
-	// URingPieces those pieces.
-	URingSplit, URingPieces atomic.Uint64
 }
 
 // StatsSnapshot is Stats at one moment, as written to drvdom-stats.
@@ -137,8 +134,6 @@ type StatsSnapshot struct {
 	PersistentPurged   uint64 `json:"persistent_purged"`
 	PersistentOverflow uint64 `json:"persistent_overflow"`
 	Retries            uint64 `json:"retries"`
-	URingSplit         uint64 `json:"uring_split"`
-	URingPieces        uint64 `json:"uring_pieces"`
 	Sectors            uint64 `json:"sectors"`
 	Queues             int    `json:"queues"`
 	// AllocatedBytes is what a file backing occupies on its filesystem
@@ -692,7 +687,6 @@ func (dev *Device) Stats() StatsSnapshot {
 		BytesWritten: s.BytesWritten.Load(), Errors: s.Errors.Load(), NotSupported: s.NotSupported.Load(),
 		InFlight: s.InFlight.Load(), PersistentHits: s.PersistentHits.Load(), PersistentMisses: s.PersistentMisses.Load(),
 		PersistentPurged: s.PersistentPurged.Load(), PersistentOverflow: s.PersistentOverflow.Load(), Retries: s.Retries.Load(),
-		URingSplit: s.URingSplit.Load(), URingPieces: s.URingPieces.Load(),
 		Sectors: dev.sectors.Load(), Queues: nq, AllocatedBytes: allocatedBytes(dev.file),
 	}
 }

@@ -43,12 +43,7 @@ type slot struct {
 	npg    int
 	m      grant.Mapping // this request's non-persistent mapping, if any
 	io     IO
-	uid    uint64       // io_uring user_data
-	pieces []piece      // io_uring: the transfer's pieces (ioLimits.split)
-	pend   atomic.Int32 // io_uring: pieces not reaped yet
-	got    int64        // io_uring: bytes the reaped pieces transferred (reaper only)
-	failed bool         // io_uring: a piece failed or came short (reaper only)
-	piece0 [1]piece
+	uid    uint64 // io_uring user_data
 	bytes  uint64
 	status int16
 }

@@ -151,16 +151,6 @@ var modes = []struct {
 	{"map+uring", false, func(d *blkback.Driver) { d.Engine = blkback.EngineURing }},
 	{"persistent+uring", true, func(d *blkback.Driver) { d.Engine = blkback.EngineURing }},
 	{"grant-copy+uring", true, func(d *blkback.Driver) { d.GrantCopy, d.Engine = true, blkback.EngineURing }},
-	// io_uring submitting each transfer in pieces that fit a block device's
-	// limits (an NVMe's: 127 segments, 512 KiB), scaled down so that
-	// 11-segment requests are cut too, and 256-segment ones are cut into
-	// 8 pieces (persistent) or sent whole as needing more (grant copy).
-	{"persistent+uring+split", true, func(d *blkback.Driver) {
-		d.Engine, d.Open = blkback.EngineURing, blkback.OpenWithIOLimits(128<<10, 32, blkback.PageSize-1)
-	}},
-	{"grant-copy+uring+split", true, func(d *blkback.Driver) {
-		d.GrantCopy, d.Engine, d.Open = true, blkback.EngineURing, blkback.OpenWithIOLimits(8<<10, 3, blkback.PageSize-1)
-	}},
 }
 
 var abis = []struct {
@@ -302,37 +292,6 @@ func TestIndirect256(t *testing.T) {
 				}
 			})
 		}
-	}
-}
-
-// TestURingSplit: a transfer larger than the backing's queue limits goes
-// to io_uring in pieces that fit them (each issued as one bio from the
-// submitting call on a real block device), and the data lands whole.
-func TestURingSplit(t *testing.T) {
-	e := newEnv(t, func(d *blkback.Driver) {
-		d.Engine, d.Open = blkback.EngineURing, blkback.OpenWithIOLimits(128<<10, 32, blkback.PageSize-1)
-	})
-	path := tempDisk(t, 4<<20)
-	f, d := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: abis[1].proto, Persistent: true})
-	ctx := ctxT(t)
-	data := pattern(256*4096, 11)
-	if err := f.Write(ctx, 0, 8, data); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(data))
-	if err := f.Read(ctx, 0, 8, got); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, data) || !bytes.Equal(readFile(t, path)[8*512:8*512+len(data)], data) {
-		t.Fatal("data differs after a split transfer")
-	}
-	// 4 KiB within every limit: one piece, not counted.
-	if err := f.Read(ctx, 0, 0, got[:4096]); err != nil {
-		t.Fatal(err)
-	}
-	st := waitStats(t, e, d, func(s blkback.StatsSnapshot) bool { return s.Reads >= 2 })
-	if st.URingSplit != 2 || st.URingPieces != 16 {
-		t.Fatalf("split %d transfers into %d pieces, want 2 into 16 (256 pages at 32 per piece)", st.URingSplit, st.URingPieces)
 	}
 }
 

@@ -194,26 +194,6 @@ func (u *uring) queue(op uint8, fd int, iov *unix.Iovec, n int, off int64, user 
 	return nil
 }
 
-// queueN adds one SQE per piece of a transfer over iov, all or none.
-func (u *uring) queueN(op uint8, fd int, iov []unix.Iovec, pieces []piece, off int64, user uint64) error {
-	u.mu.Lock()
-	tail := *u.sqTail
-	free := u.sqMask + 1 - (tail - atomic.LoadUint32(u.sqHead))
-	u.mu.Unlock()
-	if uint32(len(pieces)) > free {
-		return fmt.Errorf("io_uring: submission queue full")
-	}
-	// Only the submitting goroutine of this engine's rings queues while
-	// holding the queue's batch, and the kernel only consumes: the space
-	// seen above stays.
-	for _, p := range pieces {
-		if err := u.queue(op, fd, &iov[p.from], p.to-p.from, off+p.off, user); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // flush submits the queued SQEs with one io_uring_enter.
 func (u *uring) flush() error {
 	u.mu.Lock()
@@ -357,7 +337,6 @@ type uringExec struct {
 	dev    *Device
 	u      *uring
 	fd     int
-	lim    ioLimits
 	slots  []*slot // user_data -> slot
 	queues []*queue
 	side   *poolExec
@@ -371,12 +350,8 @@ func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error)
 		return nil, fmt.Errorf("backing has no file descriptor for io_uring")
 	}
 	fd, _ := rf.uringFD()
-	var lim ioLimits
-	if l, ok := dev.backing.(interface{ ioLimits() ioLimits }); ok {
-		lim = l.ioLimits()
-	}
 	entries := uint32(1)
-	for int(entries) < len(slots)*maxPieces+1 {
+	for int(entries) < len(slots)+1 {
 		entries <<= 1
 	}
 	u, err := newURing(entries)
@@ -386,7 +361,7 @@ func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error)
 	for i, s := range slots {
 		s.uid = uint64(i)
 	}
-	x := &uringExec{dev: dev, u: u, fd: fd, lim: lim, slots: slots, queues: queues, side: newPoolExec(dev, 2, len(slots)), done: make(chan struct{})}
+	x := &uringExec{dev: dev, u: u, fd: fd, slots: slots, queues: queues, side: newPoolExec(dev, 2, len(slots)), done: make(chan struct{})}
 	go func() {
 		defer close(x.done)
 		if err := u.reap(x.completed, x.pushAll); err != nil {
@@ -411,29 +386,9 @@ func (x *uringExec) submit(s *slot) {
 	}
 	s.io.Bufs, s.io.Off = s.bufs, int64(s.req.Sector)*SectorSize
 	iov, n := s.io.fillIovecs()
-	iovs := unsafe.Slice(iov, n)
-	if s.pieces == nil {
-		s.pieces = s.piece0[:0]
-		if x.lim != (ioLimits{}) {
-			s.pieces = make([]piece, 0, maxPieces) // once per slot
-		}
-	}
-	if x.lim == (ioLimits{}) {
-		s.pieces = append(s.pieces[:0], piece{0, n, 0})
-	} else {
-		s.pieces = x.lim.split(s.pieces, n,
-			func(i int) uint64 { return uint64(uintptr(unsafe.Pointer(iovs[i].Base))) },
-			func(i int) int { return int(iovs[i].Len) })
-	}
-	if len(s.pieces) > 1 {
-		x.dev.stats.URingSplit.Add(1)
-		x.dev.stats.URingPieces.Add(uint64(len(s.pieces)))
-	}
-	s.got, s.failed = 0, false
-	s.pend.Store(int32(len(s.pieces))) // before the SQEs: the reaper's Add orders after it
 	x.ops.Add(1)
 	x.dev.stats.InFlight.Add(1)
-	if err := x.u.queueN(op, x.fd, iovs, s.pieces, s.io.Off, s.uid); err != nil {
+	if err := x.u.queue(op, x.fd, iov, n, s.io.Off, s.uid); err != nil {
 		x.ops.Done()
 		x.dev.stats.InFlight.Add(-1)
 		x.dev.log.Warn("blkback: io_uring submit, running on a worker", "err", err)
@@ -451,19 +406,10 @@ func (x *uringExec) completed(user uint64, res int32) bool {
 		return true
 	}
 	s := x.slots[user]
-	left := s.pend.Add(-1) // first: it orders the submitter's writes before ours
-	if res < 0 {
-		s.failed = true
-	} else {
-		s.got += int64(res)
-	}
-	if left > 0 {
-		return true // more pieces to come
-	}
 	x.dev.stats.InFlight.Add(-1)
 	var err error
 	switch {
-	case !s.failed && uint64(s.got) == s.bytes:
+	case res >= 0 && uint64(res) == s.bytes:
 		if s.op == OpRead && x.dev.pool != nil {
 			err = s.q.copyOut(s)
 		}
