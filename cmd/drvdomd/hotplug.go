@@ -202,10 +202,7 @@ func (h *kernelHotplug) check(ctx context.Context, typ, fd, id string) {
 		}
 		return
 	}
-	read := func(k string) string {
-		v, _ := h.store.Read(ctx, bp+"/"+k)
-		return strings.TrimSpace(v)
-	}
+	read := h.backendReader(ctx, bp)
 	online, state, hs := read("online"), read("state"), read("hotplug-status")
 	gone := h.frontendGone(ctx, read)
 	if isGone(online, state, gone) {
@@ -291,6 +288,15 @@ func (h *kernelHotplug) check(ctx context.Context, typ, fd, id string) {
 	}
 }
 
+// backendReader reads keys of the backend directory bp, trimmed; "" for a
+// missing key.
+func (h *kernelHotplug) backendReader(ctx context.Context, bp string) func(string) string {
+	return func(k string) string {
+		v, _ := h.store.Read(ctx, bp+"/"+k)
+		return strings.TrimSpace(v)
+	}
+}
+
 // isGone says a backend directory's device is finished with: offline and
 // Closed (a detach), or its frontend vanished (a destroyed guest) once set up.
 func isGone(online, state string, frontendGone bool) bool {
@@ -334,10 +340,7 @@ func (h *kernelHotplug) removeLater(ctx context.Context, bp, vifName string) {
 	if _, err := h.store.Directory(ctx, bp); errors.Is(err, xenstore.ErrNotExist) {
 		return
 	}
-	read := func(k string) string {
-		v, _ := h.store.Read(ctx, bp+"/"+k)
-		return strings.TrimSpace(v)
-	}
+	read := h.backendReader(ctx, bp)
 	if !isGone(read("online"), read("state"), h.frontendGone(ctx, read)) {
 		h.log.Info("hotplug: device back before its removal, keeping it", "backend", bp)
 		return

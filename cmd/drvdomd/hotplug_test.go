@@ -200,6 +200,40 @@ func (e *hpEnv) add(typ, id string, kv ...string) string {
 	return bp
 }
 
+// writeKeys writes key, value pairs under bp in one transaction, as the
+// toolstack does; an empty value removes the key.
+func (e *hpEnv) writeKeys(bp string, kv ...string) {
+	e.t.Helper()
+	err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
+		for i := 0; i+1 < len(kv); i += 2 {
+			var err error
+			if kv[i+1] == "" {
+				err = tx.Rm(e.ctx, bp+"/"+kv[i])
+			} else {
+				err = tx.Write(e.ctx, bp+"/"+kv[i], kv[i+1])
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// waitDetached waits until n loop devices were detached.
+func (e *hpEnv) waitDetached(n int) {
+	e.t.Helper()
+	eventually(e.t, func() string {
+		if _, det, _ := e.ops.snapshot(); len(det) != n {
+			return fmt.Sprintf("loops detached %v, want %d after online=0 + Closed", det, n)
+		}
+		return ""
+	})
+}
+
 func (e *hpEnv) read(p string) string {
 	v, err := e.dom0.Read(e.ctx, p)
 	if err != nil {
@@ -311,22 +345,10 @@ func TestHotplugVBDRemovalWaitsForToolstack(t *testing.T) {
 	defer w.Close()
 	<-w.Events() // the watch's first event
 	closed := time.Now()
-	if err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
-		if err := tx.Write(e.ctx, bp+"/online", "0"); err != nil {
-			return err
-		}
-		return tx.Write(e.ctx, bp+"/state", "6")
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.writeKeys(bp, "online", "0", "state", "6") // the toolstack detaches; the kernel backend Closed
 	<-w.Events()
 	// The loop device goes at once (the kernel backend let it go) ...
-	eventually(t, func() string {
-		if _, det, _ := e.ops.snapshot(); len(det) != 1 {
-			return "loop not detached after online=0 + Closed"
-		}
-		return ""
-	})
+	e.waitDetached(1)
 	// ... the state node stays for the toolstack to read ...
 	for time.Since(closed) < grace/2 {
 		if got := e.read(bp + "/state"); got != "6" {
@@ -356,33 +378,11 @@ func TestHotplugVBDBackDuringGrace(t *testing.T) {
 	e.ops.files["/srv/a.img"] = true
 	bp := e.add("vbd", "51712", "params", "/srv/a.img")
 	e.waitKey(bp+"/hotplug-status", "connected")
-	if err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
-		if err := tx.Write(e.ctx, bp+"/online", "0"); err != nil {
-			return err
-		}
-		return tx.Write(e.ctx, bp+"/state", "6")
-	}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, func() string {
-		if _, det, _ := e.ops.snapshot(); len(det) != 1 {
-			return "loop not detached after online=0 + Closed"
-		}
-		return ""
-	})
-	if err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
-		if err := tx.Write(e.ctx, bp+"/online", "1"); err != nil {
-			return err
-		}
-		if err := tx.Write(e.ctx, bp+"/state", "1"); err != nil {
-			return err
-		}
-		return tx.Rm(e.ctx, bp+"/hotplug-status")
-	}); err != nil {
-		t.Fatal(err)
-	}
-	e.waitKey(bp+"/hotplug-status", "connected") // set up again
-	time.Sleep(500 * time.Millisecond)           // past the first removal's grace
+	e.writeKeys(bp, "online", "0", "state", "6") // the toolstack detaches; the kernel backend Closed
+	e.waitDetached(1)
+	e.writeKeys(bp, "online", "1", "state", "1", "hotplug-status", "") // attached again
+	e.waitKey(bp+"/hotplug-status", "connected")                       // set up again
+	time.Sleep(500 * time.Millisecond)                                 // past the first removal's grace
 	if _, err := e.dom0.Directory(e.ctx, bp); err != nil {
 		t.Fatalf("backend brought back was removed: %v", err)
 	}
@@ -498,14 +498,7 @@ func TestHotplugVIFRemovalWaitsForNetdev(t *testing.T) {
 	e.ops.mu.Unlock()
 	bp := e.add("vif", "0")
 	e.waitKey(bp+"/hotplug-status", "connected")
-	if err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
-		if err := tx.Write(e.ctx, bp+"/online", "0"); err != nil {
-			return err
-		}
-		return tx.Write(e.ctx, bp+"/state", "6")
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.writeKeys(bp, "online", "0", "state", "6") // the toolstack detaches; the kernel backend Closed
 	time.Sleep(150 * time.Millisecond)
 	if _, err := e.dom0.Directory(e.ctx, bp); err != nil {
 		t.Fatalf("backend removed while vif2.0 still exists: %v", err)
