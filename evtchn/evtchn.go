@@ -38,3 +38,17 @@ type Handle interface {
 	Wait(ctx context.Context, ports []Port) (int, error)
 	Close() error
 }
+
+// Poller is implemented by handles whose pending ports can be waited for by
+// polling a file descriptor (from io_uring, say) instead of with Wait: the
+// device's on Linux and the simulator's. Use one or the other on a handle,
+// not both.
+type Poller interface {
+	// PollFD returns a descriptor that polls readable while a port is
+	// pending (and after Close). It stays owned by the handle.
+	PollFD() (int, error)
+	// ReadPending fills ports with pending ports without blocking and
+	// returns how many (0: none). A delivered port stays masked until
+	// Unmask, as with Wait. ErrClosed after Close.
+	ReadPending(ports []Port) (int, error)
+}

@@ -275,6 +275,46 @@ func (h *devHandle) Wait(ctx context.Context, ports []Port) (int, error) {
 	}
 }
 
+// PollFD returns the device's descriptor (Poller): it polls readable while
+// a port is pending. The handle keeps owning it.
+func (h *devHandle) PollFD() (int, error) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.closed {
+		return -1, ErrClosed
+	}
+	return h.fd, nil
+}
+
+// ReadPending reads the pending ports without blocking (Poller), with
+// RawSyscall as rawRead.
+func (h *devHandle) ReadPending(ports []Port) (int, error) {
+	if len(ports) == 0 {
+		return 0, fmt.Errorf("evtchn: read with no room for ports: %w", syscall.EINVAL)
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.closed {
+		return 0, ErrClosed
+	}
+	h.rmu.Lock()
+	defer h.rmu.Unlock()
+	want := min(len(ports), maxRead) * portSize
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(h.fd), uintptr(unsafe.Pointer(&h.rbuf[0])), uintptr(want))
+	switch e {
+	case 0:
+	case unix.EAGAIN:
+		return 0, nil
+	default:
+		return 0, h.readErr(os.NewSyscallError("read", e))
+	}
+	k := int(n) / portSize
+	for i := range k {
+		ports[i] = Port(binary.LittleEndian.Uint32(h.rbuf[i*portSize:]))
+	}
+	return k, nil
+}
+
 // read reads up to want bytes of pending ports into rbuf, parking in the
 // poller until some are pending (or the read deadline passes).
 func (h *devHandle) read(want int) (int, error) {

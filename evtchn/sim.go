@@ -54,7 +54,7 @@ func (s *Sim) dom(id uint16) *simDom {
 func (s *Sim) Open(dom uint16) Handle {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	h := &simHandle{sim: s, dom: dom, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	h := &simHandle{sim: s, dom: dom, wake: make(chan struct{}, 1), done: make(chan struct{}), efd: -1}
 	s.dom(dom).handles[h] = struct{}{}
 	return h
 }
@@ -145,6 +145,7 @@ func (s *Sim) deliverLocked(p *simPort, port Port) {
 	p.masked = true
 	h := p.owner
 	h.ready = append(h.ready, port)
+	h.signalLocked()
 	select {
 	case h.wake <- struct{}{}:
 	default:
@@ -183,6 +184,7 @@ func (s *Sim) closeHandleLocked(h *simHandle) {
 		}
 		delete(d.handles, h)
 	}
+	h.signalLocked() // a poller wakes and reads ErrClosed
 	close(h.done)
 }
 
@@ -193,6 +195,7 @@ type simHandle struct {
 	ready  []Port
 	wake   chan struct{}
 	done   chan struct{}
+	efd    int // PollFD's eventfd, made on first use (-1: none)
 }
 
 func (h *simHandle) dropReady(port Port) {
@@ -330,9 +333,30 @@ func (h *simHandle) Close() error {
 	s := h.sim
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// PollFD's descriptor is released here, by the owner, even after
+	// DestroyDomain closed the handle: a poller may still hold its number.
+	h.closeFDLocked()
 	if h.closed {
 		return ErrClosed
 	}
 	s.closeHandleLocked(h)
 	return nil
+}
+
+// ReadPending is Wait without the wait (Poller).
+func (h *simHandle) ReadPending(ports []Port) (int, error) {
+	s := h.sim
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h.closed {
+		return 0, ErrClosed
+	}
+	h.drainFDLocked() // before taking: a port delivered after it signals again
+	n := copy(ports, h.ready)
+	rest := copy(h.ready, h.ready[n:])
+	h.ready = h.ready[:rest]
+	if rest > 0 {
+		h.signalLocked() // more than ports holds: still readable
+	}
+	return n, nil
 }
