@@ -58,6 +58,7 @@ func (e *env) crashDriver(dir string, mode string, slow *atomic.Pointer[slowBack
 		MaxQueues:      1,
 		Workers:        8,
 		Engine:         engineFor(mode),
+		RingThreads:    mode == "uring-rings",
 		NoPersistent:   !persistent,
 		ResizeInterval: -1,
 		StatsInterval:  -1,
@@ -69,7 +70,7 @@ func (e *env) crashDriver(dir string, mode string, slow *atomic.Pointer[slowBack
 			}
 			sb := &slowBacking{Backing: b}
 			slow.Store(sb)
-			if mode == "uring" {
+			if strings.HasPrefix(mode, "uring") {
 				return b, nil // io_uring needs the file itself
 			}
 			return sb, nil
@@ -88,7 +89,7 @@ func (e *env) crashDriver(dir string, mode string, slow *atomic.Pointer[slowBack
 // indices, the frontend's last pushes and notifications around the kills,
 // the backend's goroutines and its last log lines.
 func TestCrashOnlyRandomKills(t *testing.T) {
-	for _, mode := range []string{"mapped", "persistent", "grantcopy", "uring"} {
+	for _, mode := range []string{"mapped", "persistent", "grantcopy", "uring", "uring-rings"} {
 		t.Run(mode, func(t *testing.T) {
 			for round := range 3 {
 				t.Run(fmt.Sprint(round), func(t *testing.T) {
@@ -366,7 +367,7 @@ func crashKillRun(t *testing.T, mode string, kills, total int, stuckAfter time.D
 		t.Errorf("only %d of %d kills happened", n, kills)
 	}
 	delayed += slowDelayed(&slow)
-	if delayed == 0 && mode != "uring" {
+	if delayed == 0 && !strings.HasPrefix(mode, "uring") {
 		t.Error("no request was delayed: completion was in order")
 	}
 	t.Logf("%d requests, %d backend kills, %d delayed (out of order) transfers", total, k.killed.Load(), delayed)
@@ -424,7 +425,7 @@ func TestStalledRing(t *testing.T) {
 // "uring" mode (io_uring completes out of order by itself and publishes a
 // batch at a time).
 func engineFor(mode string) string {
-	if mode == "uring" {
+	if strings.HasPrefix(mode, "uring") {
 		return blkback.EngineURing
 	}
 	return blkback.EnginePool

@@ -21,6 +21,10 @@ func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error)
 
 func preferURing(Backing) bool { return false }
 
+func newRingLoops(dev *Device, queues []*queue) ([]ringRunner, error) {
+	return nil, fmt.Errorf("io_uring is Linux only")
+}
+
 func mapFile(path string, size int) ([]byte, func() error, error) {
 	return nil, nil, fmt.Errorf("the journal needs Linux")
 }

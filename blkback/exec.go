@@ -1,6 +1,9 @@
 package blkback
 
-import "sync"
+import (
+	"context"
+	"sync"
+)
 
 // executor runs validated, mapped requests and completes them.
 type executor interface {
@@ -10,6 +13,15 @@ type executor interface {
 	// stop returns once every submitted request has completed; the rings
 	// must have stopped submitting.
 	stop()
+}
+
+// ringRunner is an executor that also serves its ring's loop on a thread of
+// its own (ringLoop): queue.run hands over to it, and a barrier drains
+// through it.
+type ringRunner interface {
+	executor
+	run(ctx context.Context) error
+	drain()
 }
 
 // Engines for Driver.Engine.

@@ -13,7 +13,7 @@ import (
 // io_uring_enter) wakes for a completion submitted after it parked, with
 // GOMAXPROCS 1 as in a one-vCPU driver domain.
 func TestURingReaperWaitsOnTheNetpoller(t *testing.T) {
-	u, err := newURing(8)
+	u, err := newURing(8, true)
 	if err != nil {
 		t.Skip("io_uring not available here:", err)
 	}

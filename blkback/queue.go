@@ -72,7 +72,8 @@ type queue struct {
 	pg    *pgrantTable // nil without persistent grants
 	log   *slog.Logger
 	slots []slot
-	exec  executor // the device's I/O engine
+	exec  executor   // the device's I/O engine
+	loop  ringRunner // the ring's own thread and io_uring (exec too), or nil
 
 	mu       sync.Mutex // the ring's private indices and responses; inflight
 	drained  *sync.Cond
@@ -152,6 +153,9 @@ func (q *queue) run(ctx context.Context) error {
 			q.exec.flush()
 		}
 		q.pushInline()
+	}
+	if q.loop != nil {
+		return q.loop.run(ctx)
 	}
 	for {
 		if err := q.service(ctx); err != nil {
@@ -428,6 +432,10 @@ func (q *queue) releaseGrants(s *slot) {
 // drain waits until this request is the only one in flight on the ring
 // (WRITE_BARRIER).
 func (q *queue) drain() {
+	if q.loop != nil {
+		q.loop.drain()
+		return
+	}
 	if q.exec != nil {
 		q.exec.flush() // what the batch queued so far must start to finish
 	}

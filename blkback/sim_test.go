@@ -150,6 +150,7 @@ var modes = []struct {
 	{"grant-copy", true, func(d *blkback.Driver) { d.GrantCopy = true }},
 	{"map+uring", false, func(d *blkback.Driver) { d.Engine = blkback.EngineURing }},
 	{"persistent+uring", true, func(d *blkback.Driver) { d.Engine = blkback.EngineURing }},
+	{"persistent+uring-rings", true, func(d *blkback.Driver) { d.Engine, d.RingThreads = blkback.EngineURing, true }},
 	{"grant-copy+uring", true, func(d *blkback.Driver) { d.GrantCopy, d.Engine = true, blkback.EngineURing }},
 }
 
@@ -379,60 +380,76 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 
 // TestMultiQueueMultiPage: 3 queues of 4-page rings, concurrent I/O on each.
 func TestMultiQueueMultiPage(t *testing.T) {
+	engines := []struct {
+		name, want string // want: StatsSnapshot.Engine
+		tune       func(*blkback.Driver)
+	}{
+		{"pool", "pool", func(d *blkback.Driver) { d.Engine = blkback.EnginePool }},
+		{"uring", "uring", func(d *blkback.Driver) { d.Engine = blkback.EngineURing }},
+		{"uring-rings", "uring-rings", func(d *blkback.Driver) { d.Engine, d.RingThreads = blkback.EngineURing, true }},
+	}
 	for _, abi := range abis[1:] {
-		t.Run(abi.name, func(t *testing.T) {
-			e := newEnv(t, nil)
-			path := tempDisk(t, 16<<20)
-			f, d := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: abi.proto, Queues: 3, RingPageOrder: 2, Persistent: true})
-			ctx := ctxT(t)
-			if f.Queues() != 3 {
-				t.Fatalf("queues %d", f.Queues())
-			}
-			if n := f.Ring(0).Size(); n != 128 {
-				t.Fatalf("4-page ring has %d entries, want 128", n)
-			}
-			for _, k := range []string{"queue-0/ring-ref0", "queue-2/ring-ref3", "queue-1/event-channel", "ring-page-order", "multi-queue-num-queues"} {
-				if _, err := e.d0.Read(ctx, d.FrontPath()+"/"+k); err != nil {
-					t.Fatalf("frontend key %s: %v", k, err)
+		for _, eng := range engines {
+			t.Run(abi.name+"/"+eng.name, func(t *testing.T) {
+				testMultiQueueMultiPage(t, abi.proto, eng.tune, eng.want)
+			})
+		}
+	}
+}
+
+// testMultiQueueMultiPage: three rings of four pages each, 40 writers per
+// ring, each reading its data back through another ring.
+func testMultiQueueMultiPage(t *testing.T, proto string, tune func(*blkback.Driver), engine string) {
+	e := newEnv(t, tune)
+	path := tempDisk(t, 16<<20)
+	f, d := e.attach(t, 51712, path, "w", blkfront.Config{Protocol: proto, Queues: 3, RingPageOrder: 2, Persistent: true})
+	ctx := ctxT(t)
+	if f.Queues() != 3 {
+		t.Fatalf("queues %d", f.Queues())
+	}
+	if n := f.Ring(0).Size(); n != 128 {
+		t.Fatalf("4-page ring has %d entries, want 128", n)
+	}
+	for _, k := range []string{"queue-0/ring-ref0", "queue-2/ring-ref3", "queue-1/event-channel", "ring-page-order", "multi-queue-num-queues"} {
+		if _, err := e.d0.Read(ctx, d.FrontPath()+"/"+k); err != nil {
+			t.Fatalf("frontend key %s: %v", k, err)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 3*40)
+	for q := 0; q < 3; q++ {
+		for w := 0; w < 40; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sector := uint64((q*40 + w) * 16)
+				data := pattern(8192, sector+1)
+				if err := f.Write(ctx, q, sector, data); err != nil {
+					errs <- err
+					return
 				}
-			}
-			var wg sync.WaitGroup
-			errs := make(chan error, 3*40)
-			for q := 0; q < 3; q++ {
-				for w := 0; w < 40; w++ {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						sector := uint64((q*40 + w) * 16)
-						data := pattern(8192, sector+1)
-						if err := f.Write(ctx, q, sector, data); err != nil {
-							errs <- err
-							return
-						}
-						got := make([]byte, 8192)
-						if err := f.Read(ctx, (q+1)%3, sector, got); err != nil {
-							errs <- err
-							return
-						}
-						if !bytes.Equal(got, data) {
-							errs <- fmt.Errorf("queue %d sector %d differs", q, sector)
-						}
-					}()
+				got := make([]byte, 8192)
+				if err := f.Read(ctx, (q+1)%3, sector, got); err != nil {
+					errs <- err
+					return
 				}
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Fatal(err)
-			}
-			st := waitStats(t, e, d, func(s blkback.StatsSnapshot) bool { return s.Reads == 120 })
-			if st.Queues != 3 || st.Writes != 120 || st.Errors != 0 {
-				t.Fatalf("stats %+v", st)
-			}
-			if err := f.Close(ctx); err != nil {
-				t.Fatal(err)
-			}
-		})
+				if !bytes.Equal(got, data) {
+					errs <- fmt.Errorf("queue %d sector %d differs", q, sector)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st := waitStats(t, e, d, func(s blkback.StatsSnapshot) bool { return s.Reads == 120 })
+	if st.Queues != 3 || st.Writes != 120 || st.Errors != 0 || st.Engine != engine {
+		t.Fatalf("stats %+v, want engine %s", st, engine)
+	}
+	if err := f.Close(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -586,9 +603,20 @@ func TestResize(t *testing.T) {
 // TestTeardownNoLeaks: after I/O, closing the frontend and removing the disk
 // leave no mapped grant, bound port, goroutine or file descriptor.
 func TestTeardownNoLeaks(t *testing.T) {
+	for _, engine := range []string{blkback.EnginePool, blkback.EngineURing, "uring-rings"} {
+		t.Run(engine, func(t *testing.T) { testTeardownNoLeaks(t, engine) })
+	}
+}
+
+func testTeardownNoLeaks(t *testing.T, engine string) {
 	fdsBefore := countFDs(t)
 	gBefore := runtime.NumGoroutine()
-	e := newEnv(t, nil)
+	e := newEnv(t, func(d *blkback.Driver) {
+		d.Engine = engine
+		if engine == "uring-rings" {
+			d.Engine, d.RingThreads = blkback.EngineURing, true
+		}
+	})
 	ctx := ctxT(t)
 	var disks []blkfront.Disk
 	var fronts []*blkfront.Front
@@ -645,8 +673,9 @@ func countFDs(t testing.TB) int {
 	}
 	n := 0
 	for _, e := range ents {
-		// Backing files, and io_uring instances (anon_inode:[io_uring]).
-		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && (filepath.Base(l) == "disk.img" || strings.Contains(l, "io_uring")) {
+		// Backing files, io_uring instances (anon_inode:[io_uring]) and
+		// eventfds (ring threads' stop, polled event channels).
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && (filepath.Base(l) == "disk.img" || strings.Contains(l, "io_uring") || strings.Contains(l, "eventfd")) {
 			n++
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -36,6 +37,7 @@ const (
 	uringOffSqes   = 0x10000000
 
 	uringFeatSingleMmap = 1 << 0
+	uringFeatExtArg     = 1 << 8 // IORING_FEAT_EXT_ARG (Linux 5.11)
 
 	sqeSize        = 64
 	sqeOffOpcode   = 0
@@ -50,11 +52,20 @@ const (
 	cqeOffUserData = 0
 	cqeOffRes      = 8
 
-	uringOpNop    = 0
-	uringOpReadv  = 1
-	uringOpWritev = 2
+	uringOpNop     = 0
+	uringOpReadv   = 1
+	uringOpWritev  = 2
+	uringOpPollAdd = 6 // poll32_events in the op-flags word
+
+	pollIn = 0x1 // POLLIN
 
 	uringEnterGetEvents = 1 << 0
+	uringEnterExtArg    = 1 << 3 // IORING_ENTER_EXT_ARG
+
+	// struct io_uring_getevents_arg { u64 sigmask; u32 sigmask_sz;
+	// u32 pad; u64 ts; }
+	geteventsArgSize = 24
+	geteventsArgTs   = 16
 
 	uringRegisterEventfd = 4 // IORING_REGISTER_EVENTFD
 )
@@ -75,6 +86,7 @@ type uring struct {
 	cqMask  uint32
 	cqes    []byte
 	single  bool
+	extArg  bool   // IORING_FEAT_EXT_ARG: waits can time out
 	pending uint32 // queued, not yet entered (under mu)
 
 	// efd is signalled by the kernel for every completion posted: the
@@ -98,7 +110,10 @@ type uring struct {
 	mu sync.Mutex // submission side
 }
 
-func newURing(entries uint32) (*uring, error) {
+// newURing sets up a ring of entries SQEs. With eventfd, completions also
+// signal an eventfd in Go's netpoller (for reap); without, the owner waits
+// in io_uring_enter itself (enterWait).
+func newURing(entries uint32, eventfd bool) (*uring, error) {
 	var p [uringParamsSize]byte
 	fd, _, e := unix.Syscall(unix.SYS_IO_URING_SETUP, uintptr(entries), uintptr(unsafe.Pointer(&p[0])), 0)
 	if e != 0 {
@@ -122,6 +137,7 @@ func newURing(entries uint32) (*uring, error) {
 		return fail("sq", err)
 	}
 	u.single = single
+	u.extArg = le(uparFeatures)&uringFeatExtArg != 0
 	if single {
 		u.cqMem = u.sqMem
 	} else if u.cqMem, err = unix.Mmap(u.fd, uringOffCqRing, cqSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
@@ -140,7 +156,9 @@ func newURing(entries uint32) (*uring, error) {
 	u.cqMask = *u32(u.cqMem, le(uparCqOff+ringOffMask))
 	off := le(uparCqOff + cqOffCqes)
 	u.cqes = u.cqMem[off : off+cqEntries*cqeSize]
-	u.efd = registerEventfd(u.fd)
+	if eventfd {
+		u.efd = registerEventfd(u.fd)
+	}
 	if u.efd != nil {
 		if u.efdRC, err = u.efd.SyscallConn(); err != nil {
 			u.efd.Close()
@@ -173,6 +191,15 @@ func registerEventfd(ringFD int) *os.File {
 // queue adds one SQE; flush hands every queued SQE to the kernel. iov
 // points at n iovecs that must stay valid until the completion.
 func (u *uring) queue(op uint8, fd int, iov *unix.Iovec, n int, off int64, user uint64) error {
+	return u.queueSQE(op, fd, uintptr(unsafe.Pointer(iov)), uint32(n), uint64(off), 0, user)
+}
+
+// queuePoll adds a one-shot poll of fd for events.
+func (u *uring) queuePoll(fd int, events uint32, user uint64) error {
+	return u.queueSQE(uringOpPollAdd, fd, 0, 0, 0, events, user)
+}
+
+func (u *uring) queueSQE(op uint8, fd int, addr uintptr, n uint32, off uint64, opFlags uint32, user uint64) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	tail := *u.sqTail // only we write it
@@ -184,9 +211,10 @@ func (u *uring) queue(op uint8, fd int, iov *unix.Iovec, n int, off int64, user 
 	clear(sqe)
 	sqe[sqeOffOpcode] = op
 	*(*int32)(unsafe.Pointer(&sqe[sqeOffFd])) = int32(fd)
-	*(*uint64)(unsafe.Pointer(&sqe[sqeOffOff])) = uint64(off)
-	*(*uint64)(unsafe.Pointer(&sqe[sqeOffAddr])) = uint64(uintptr(unsafe.Pointer(iov)))
-	*(*uint32)(unsafe.Pointer(&sqe[sqeOffLen])) = uint32(n)
+	*(*uint64)(unsafe.Pointer(&sqe[sqeOffOff])) = off
+	*(*uint64)(unsafe.Pointer(&sqe[sqeOffAddr])) = uint64(addr)
+	*(*uint32)(unsafe.Pointer(&sqe[sqeOffLen])) = n
+	*(*uint32)(unsafe.Pointer(&sqe[sqeOffOpFlags])) = opFlags
 	*(*uint64)(unsafe.Pointer(&sqe[sqeOffUserData])) = user
 	u.sqArray[idx] = idx
 	atomic.StoreUint32(u.sqTail, tail+1) // release: the SQE before the tail
@@ -216,6 +244,69 @@ func (u *uring) flush() error {
 		u.pending -= uint32(r)
 	}
 	return nil
+}
+
+// enterWait submits the queued SQEs and waits for at least one completion
+// in the same io_uring_enter. It blocks, so it is a plain Syscall: the
+// runtime may give the P to another thread meanwhile. Completions of
+// requests this thread submitted are posted by task work that runs on this
+// thread, inside this wait. EINTR returns nil (the caller looks at the CQ
+// and waits again).
+func (u *uring) enterWait() error {
+	return u.enter(false, 0)
+}
+
+// enterWaitRaw is enterWait entered with RawSyscall, keeping the P, and
+// bounded by timeout (IORING_FEAT_EXT_ARG; the caller checks u.extArg).
+// The runtime does not know the goroutine waits: the P's other goroutines
+// wait too, until sysmon preempts it (10 ms; its signal interrupts the
+// wait), and the bound keeps that short.
+func (u *uring) enterWaitRaw(timeout time.Duration) error {
+	return u.enter(true, timeout)
+}
+
+func (u *uring) enter(raw bool, timeout time.Duration) error {
+	u.mu.Lock()
+	n := u.pending
+	u.mu.Unlock()
+	var r uintptr
+	var e syscall.Errno
+	if raw {
+		ts := unix.NsecToTimespec(int64(timeout))
+		var arg [geteventsArgSize]byte
+		*(*uint64)(unsafe.Pointer(&arg[geteventsArgTs])) = uint64(uintptr(unsafe.Pointer(&ts)))
+		r, _, e = unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(u.fd), uintptr(n), 1,
+			uringEnterGetEvents|uringEnterExtArg, uintptr(unsafe.Pointer(&arg[0])), geteventsArgSize)
+		runtime.KeepAlive(&ts)
+	} else {
+		r, _, e = unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(u.fd), uintptr(n), 1, uringEnterGetEvents, 0, 0)
+	}
+	if e != 0 && e != unix.ETIME && e != unix.EINTR && e != unix.EAGAIN && e != unix.EBUSY {
+		return fmt.Errorf("io_uring_enter(submit %d, wait): %w", n, e)
+	}
+	if e == 0 && r > 0 {
+		u.mu.Lock()
+		u.pending -= uint32(r)
+		u.mu.Unlock()
+	}
+	return nil
+}
+
+// each calls fn for every completion posted so far, without waiting, and
+// returns how many there were.
+func (u *uring) each(fn func(user uint64, res int32)) int {
+	head := *u.cqHead
+	tail := atomic.LoadUint32(u.cqTail) // acquire: CQEs below tail are written
+	n := 0
+	for ; head != tail; head++ {
+		c := u.cqes[(head&u.cqMask)*cqeSize:]
+		user := *(*uint64)(unsafe.Pointer(&c[cqeOffUserData]))
+		res := *(*int32)(unsafe.Pointer(&c[cqeOffRes]))
+		atomic.StoreUint32(u.cqHead, head+1)
+		fn(user, res)
+		n++
+	}
+	return n
 }
 
 // submit queues one SQE and flushes.
@@ -354,7 +445,7 @@ func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error)
 	for int(entries) < len(slots)+1 {
 		entries <<= 1
 	}
-	u, err := newURing(entries)
+	u, err := newURing(entries, true)
 	if err != nil {
 		return nil, err
 	}
@@ -372,6 +463,16 @@ func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error)
 }
 
 func (x *uringExec) submit(s *slot) {
+	x.ops.Add(1) // before the queue: another ring's flush may submit it
+	if !queueSlot(x.u, x.fd, s, s.uid, x.side) {
+		x.ops.Done()
+	}
+}
+
+// queueSlot queues s's read or write on u with user as its user_data and
+// reports whether it did: flushes, discards, transfers without data, and
+// any the ring has no room for, go to side instead.
+func queueSlot(u *uring, fd int, s *slot, user uint64, side *poolExec) bool {
 	var op uint8
 	switch {
 	case s.req.Operation == OpDiscard || len(s.bufs) == 0:
@@ -381,19 +482,20 @@ func (x *uringExec) submit(s *slot) {
 		op = uringOpWritev
 	}
 	if op == uringOpNop {
-		x.side.submit(s)
-		return
+		side.submit(s)
+		return false
 	}
 	s.io.Bufs, s.io.Off = s.bufs, int64(s.req.Sector)*SectorSize
 	iov, n := s.io.fillIovecs()
-	x.ops.Add(1)
-	x.dev.stats.InFlight.Add(1)
-	if err := x.u.queue(op, x.fd, iov, n, s.io.Off, s.uid); err != nil {
-		x.ops.Done()
-		x.dev.stats.InFlight.Add(-1)
-		x.dev.log.Warn("blkback: io_uring submit, running on a worker", "err", err)
-		x.side.submit(s)
+	st := &s.q.dev.stats
+	st.InFlight.Add(1)
+	if err := u.queue(op, fd, iov, n, s.io.Off, user); err != nil {
+		st.InFlight.Add(-1)
+		s.q.log.Warn("blkback: io_uring submit, running on a worker", "err", err)
+		side.submit(s)
+		return false
 	}
+	return true
 }
 
 // completed runs on the reaper for each CQE.

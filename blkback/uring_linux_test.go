@@ -45,7 +45,7 @@ func TestURingLayout(t *testing.T) {
 
 // TestURingReadWrite drives the ring directly against a file.
 func TestURingReadWrite(t *testing.T) {
-	u, err := newURing(8)
+	u, err := newURing(8, true)
 	if err != nil {
 		t.Skip("io_uring not available here:", err) // a kernel or sysctl without io_uring
 	}

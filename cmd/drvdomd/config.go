@@ -44,6 +44,10 @@ type Config struct {
 	// bounce pages instead of mapping the frontends' pages (blkgrants=copy;
 	// default map, with persistent grants).
 	BlkGrantCopy bool
+	// BlkRingThreads serves each io_uring ring of blkback from a thread
+	// of its own (blkrings=threads; default shared: one reaper per
+	// device; see blkback.Driver.RingThreads).
+	BlkRingThreads bool
 }
 
 // BaseModules are loaded in every mode; BackendModules only in kernel mode
@@ -140,6 +144,15 @@ func (c *Config) Set(key, val string) error {
 		default:
 			return fmt.Errorf("blkgrants=%q: want map or copy", val)
 		}
+	case "blkrings":
+		switch val {
+		case "shared":
+			c.BlkRingThreads = false
+		case "threads":
+			c.BlkRingThreads = true
+		default:
+			return fmt.Errorf("blkrings=%q: want shared or threads", val)
+		}
 	case "cpuprofile":
 		dir, err := parseCPUProfileDir(val)
 		if err != nil {
@@ -224,6 +237,14 @@ func (c *Config) ApplyXenstore(ctx context.Context, s interface {
 			log.Warn("config from xenstore", "key", base+k, "err", err)
 		}
 	}
+}
+
+// blkRingsString is the blkrings= value of a configuration.
+func blkRingsString(threads bool) string {
+	if threads {
+		return "threads"
+	}
+	return "shared"
 }
 
 // blkGrantsString is the blkgrants= value of a configuration.

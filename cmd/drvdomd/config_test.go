@@ -222,3 +222,27 @@ func TestConfigBlkGrants(t *testing.T) {
 		t.Error("blkgrants must not be settable from xenstore")
 	}
 }
+
+func TestConfigBlkRings(t *testing.T) {
+	c := DefaultConfig()
+	if c.BlkRingThreads {
+		t.Fatal("default: blkrings=threads, want shared")
+	}
+	c.ApplyCmdline("console=hvc0 drvdom.blkrings=threads", quiet)
+	if !c.BlkRingThreads {
+		t.Error("drvdom.blkrings=threads on the command line left shared")
+	}
+	err := c.Set("blkrings", "1")
+	if err == nil || !strings.Contains(err.Error(), `blkrings="1": want shared or threads`) {
+		t.Errorf("Set(blkrings, 1) = %v", err)
+	}
+	if !c.BlkRingThreads {
+		t.Error("a bad value changed the config")
+	}
+	if err := c.Set("blkrings", "shared"); err != nil || c.BlkRingThreads {
+		t.Errorf("blkrings=shared: %v, threads %v", err, c.BlkRingThreads)
+	}
+	if blkRingsString(true) != "threads" || blkRingsString(false) != "shared" {
+		t.Error("blkRingsString does not print what Set reads")
+	}
+}

@@ -64,7 +64,8 @@ func buildDrivers(env driverEnv) ([]xenbus.Driver, func(), error) {
 	drivers := []xenbus.Driver{
 		// Crash-only: each ring's journal lives in the domain's tmpfs, so a
 		// restarted worker replays what the dead one left unanswered.
-		&blkback.Driver{Grants: blkMapper, Events: events, Log: env.Log.With("drv", "vbd"), JournalDir: journal.DefaultDir, GrantCopy: env.Cfg.BlkGrantCopy},
+		&blkback.Driver{Grants: blkMapper, Events: events, Log: env.Log.With("drv", "vbd"), JournalDir: journal.DefaultDir, GrantCopy: env.Cfg.BlkGrantCopy,
+			RingThreads: env.Cfg.BlkRingThreads},
 		&netback.Driver{Host: netback.LinuxHost{Store: env.TapStore}, Mapper: netMapper, Events: events, Log: env.Log.With("drv", "vif")},
 	}
 	return drivers, cleanup, nil
