@@ -291,6 +291,9 @@ func TestNonReadingClientDropped(t *testing.T) {
 	defer s.Close()
 	lazy := dialRaw(t, s, 0)
 	lazy.send(xenstore.MsgWatch, 1, 0, "/flood\x00"+strings.Repeat("t", 200)+"\x00")
+	// The watch is registered when the server has read it; flooding before
+	// that found no watch and counted it dropped after one write (a CI run).
+	require.Eventually(t, func() bool { return s.WatchCount() == 1 }, 10*time.Second, time.Millisecond, "watch never registered")
 	w := dialRaw(t, s, 0)
 	payload := "/flood/" + strings.Repeat("x", 200) + "\x00v"
 	dropped := false
