@@ -112,7 +112,7 @@ type uring struct {
 
 // newURing sets up a ring of entries SQEs. With eventfd, completions also
 // signal an eventfd in Go's netpoller (for reap); without, the owner waits
-// in io_uring_enter itself (enterWait).
+// in io_uring_enter itself (enter).
 func newURing(entries uint32, eventfd bool) (*uring, error) {
 	var p [uringParamsSize]byte
 	fd, _, e := unix.Syscall(unix.SYS_IO_URING_SETUP, uintptr(entries), uintptr(unsafe.Pointer(&p[0])), 0)
@@ -246,25 +246,17 @@ func (u *uring) flush() error {
 	return nil
 }
 
-// enterWait submits the queued SQEs and waits for at least one completion
-// in the same io_uring_enter. It blocks, so it is a plain Syscall: the
-// runtime may give the P to another thread meanwhile. Completions of
-// requests this thread submitted are posted by task work that runs on this
-// thread, inside this wait. EINTR returns nil (the caller looks at the CQ
-// and waits again).
-func (u *uring) enterWait() error {
-	return u.enter(false, 0)
-}
-
-// enterWaitRaw is enterWait entered with RawSyscall, keeping the P, and
-// bounded by timeout (IORING_FEAT_EXT_ARG; the caller checks u.extArg).
-// The runtime does not know the goroutine waits: the P's other goroutines
-// wait too, until sysmon preempts it (10 ms; its signal interrupts the
-// wait), and the bound keeps that short.
-func (u *uring) enterWaitRaw(timeout time.Duration) error {
-	return u.enter(true, timeout)
-}
-
+// enter submits the queued SQEs and waits for at least one completion in
+// the same io_uring_enter. Completions of requests this thread submitted
+// are posted by task work that runs on this thread, inside this wait.
+// EINTR and ETIME return nil (the caller looks at the CQ and waits again).
+//
+// Without raw it is a plain Syscall, since it blocks: the runtime may give
+// the P to another thread meanwhile. With raw it is a RawSyscall, keeping
+// the P, bounded by timeout (IORING_FEAT_EXT_ARG; the caller checks
+// u.extArg): the runtime does not know the goroutine waits, so the P's
+// other goroutines wait too until sysmon preempts it (10 ms; its signal
+// interrupts the wait), and the bound keeps that short.
 func (u *uring) enter(raw bool, timeout time.Duration) error {
 	u.mu.Lock()
 	n := u.pending
@@ -299,14 +291,19 @@ func (u *uring) each(fn func(user uint64, res int32)) int {
 	tail := atomic.LoadUint32(u.cqTail) // acquire: CQEs below tail are written
 	n := 0
 	for ; head != tail; head++ {
-		c := u.cqes[(head&u.cqMask)*cqeSize:]
-		user := *(*uint64)(unsafe.Pointer(&c[cqeOffUserData]))
-		res := *(*int32)(unsafe.Pointer(&c[cqeOffRes]))
-		atomic.StoreUint32(u.cqHead, head+1)
-		fn(user, res)
+		fn(u.take(head))
 		n++
 	}
 	return n
+}
+
+// take reads the CQE at head and hands its slot back to the kernel.
+func (u *uring) take(head uint32) (user uint64, res int32) {
+	c := u.cqes[(head&u.cqMask)*cqeSize:]
+	user = *(*uint64)(unsafe.Pointer(&c[cqeOffUserData]))
+	res = *(*int32)(unsafe.Pointer(&c[cqeOffRes]))
+	atomic.StoreUint32(u.cqHead, head+1)
+	return user, res
 }
 
 // submit queues one SQE and flushes.
@@ -341,11 +338,7 @@ func (u *uring) reap(fn func(user uint64, res int32) bool, end func()) error {
 		}
 		more := true
 		for ; head != tail && more; head++ {
-			c := u.cqes[(head&u.cqMask)*cqeSize:]
-			user := *(*uint64)(unsafe.Pointer(&c[cqeOffUserData]))
-			res := *(*int32)(unsafe.Pointer(&c[cqeOffRes]))
-			atomic.StoreUint32(u.cqHead, head+1)
-			more = fn(user, res)
+			more = fn(u.take(head))
 		}
 		if end != nil {
 			end()
@@ -507,24 +500,30 @@ func (x *uringExec) completed(user uint64, res int32) bool {
 		x.dev.log.Error("blkback: io_uring completion for an unknown request", "user", user)
 		return true
 	}
-	s := x.slots[user]
-	x.dev.stats.InFlight.Add(-1)
+	transferDone(x.slots[user], res) // published by pushAll after the batch
+	x.ops.Done()
+	return true
+}
+
+// transferDone completes s, whose io_uring transfer returned res, without
+// publishing the response (the engine pushes a batch at a time).
+func transferDone(s *slot, res int32) {
+	d := s.q.dev
+	d.stats.InFlight.Add(-1)
 	var err error
 	switch {
 	case res >= 0 && uint64(res) == s.bytes:
-		if s.op == OpRead && x.dev.pool != nil {
+		if s.op == OpRead && d.pool != nil {
 			err = s.q.copyOut(s)
 		}
 	default:
 		// Short, refused by O_DIRECT, or failed: the synchronous path
 		// retries it whole (and reports a real error).
-		err = x.dev.execute(s)
+		err = d.execute(s)
 	}
 	s.io.Bufs = nil
 	s.status = StatusOf(err)
-	s.q.complete(s, false) // published by pushAll after the batch
-	x.ops.Done()
-	return true
+	s.q.complete(s, false)
 }
 
 // flush enters the kernel once for the SQEs a ring's batch queued.

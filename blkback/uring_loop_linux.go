@@ -197,11 +197,8 @@ func (l *ringLoop) run(ctx context.Context) (err error) {
 // times out with nothing done makes the ring idle, and an idle ring waits
 // with Syscall, without a bound.
 func (l *ringLoop) wait() error {
-	if l.hot && l.u.extArg {
-		if err := l.u.enterWaitRaw(rawWaitTimeout); err != nil {
-			return err
-		}
-	} else if err := l.u.enterWait(); err != nil {
+	raw := l.hot && l.u.extArg
+	if err := l.u.enter(raw, rawWaitTimeout); err != nil {
 		return err
 	}
 	l.hot = l.u.each(l.completed) > 0
@@ -224,17 +221,7 @@ func (l *ringLoop) completed(user uint64, res int32) {
 		return
 	}
 	l.inring--
-	s := &q.slots[user]
-	q.dev.stats.InFlight.Add(-1)
-	var err error
-	if res < 0 || uint64(res) != s.bytes {
-		// Short, refused by O_DIRECT, or failed: the synchronous path
-		// retries it whole (and reports a real error).
-		err = q.dev.execute(s)
-	}
-	s.io.Bufs = nil
-	s.status = StatusOf(err)
-	q.complete(s, false) // published by wait after the batch
+	transferDone(&q.slots[user], res) // published by wait after the batch
 }
 
 // finish reaps what the ring still has in io_uring.

@@ -265,10 +265,7 @@ func (h *devHandle) Wait(ctx context.Context, ports []Port) (int, error) {
 			}
 			return 0, h.readErr(err)
 		}
-		n /= portSize
-		for i := range n {
-			ports[i] = Port(binary.LittleEndian.Uint32(h.rbuf[i*portSize:]))
-		}
+		n = h.decode(ports, n)
 		if n > 0 {
 			return n, nil
 		}
@@ -287,7 +284,7 @@ func (h *devHandle) PollFD() (int, error) {
 }
 
 // ReadPending reads the pending ports without blocking (Poller), with
-// RawSyscall as rawRead.
+// rawRead.
 func (h *devHandle) ReadPending(ports []Port) (int, error) {
 	if len(ports) == 0 {
 		return 0, fmt.Errorf("evtchn: read with no room for ports: %w", syscall.EINVAL)
@@ -299,20 +296,24 @@ func (h *devHandle) ReadPending(ports []Port) (int, error) {
 	}
 	h.rmu.Lock()
 	defer h.rmu.Unlock()
-	want := min(len(ports), maxRead) * portSize
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(h.fd), uintptr(unsafe.Pointer(&h.rbuf[0])), uintptr(want))
-	switch e {
-	case 0:
-	case unix.EAGAIN:
-		return 0, nil
-	default:
-		return 0, h.readErr(os.NewSyscallError("read", e))
+	h.rwant = min(len(ports), maxRead) * portSize
+	if !h.rawRead(uintptr(h.fd)) {
+		return 0, nil // EAGAIN: none pending
 	}
-	k := int(n) / portSize
-	for i := range k {
+	if h.rerr != nil {
+		return 0, h.readErr(os.NewSyscallError("read", h.rerr))
+	}
+	return h.decode(ports, h.rn), nil
+}
+
+// decode fills ports from the first n bytes read into rbuf and returns how
+// many ports they hold.
+func (h *devHandle) decode(ports []Port, n int) int {
+	n /= portSize
+	for i := range n {
 		ports[i] = Port(binary.LittleEndian.Uint32(h.rbuf[i*portSize:]))
 	}
-	return k, nil
+	return n
 }
 
 // read reads up to want bytes of pending ports into rbuf, parking in the

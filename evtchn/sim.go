@@ -313,9 +313,7 @@ func (h *simHandle) Wait(ctx context.Context, ports []Port) (int, error) {
 			return 0, ErrClosed
 		}
 		if len(h.ready) > 0 {
-			n := copy(ports, h.ready)
-			rest := copy(h.ready, h.ready[n:])
-			h.ready = h.ready[:rest]
+			n := h.takeReadyLocked(ports)
 			s.mu.Unlock()
 			return n, nil
 		}
@@ -352,11 +350,17 @@ func (h *simHandle) ReadPending(ports []Port) (int, error) {
 		return 0, ErrClosed
 	}
 	h.drainFDLocked() // before taking: a port delivered after it signals again
-	n := copy(ports, h.ready)
-	rest := copy(h.ready, h.ready[n:])
-	h.ready = h.ready[:rest]
-	if rest > 0 {
+	n := h.takeReadyLocked(ports)
+	if len(h.ready) > 0 {
 		h.signalLocked() // more than ports holds: still readable
 	}
 	return n, nil
+}
+
+// takeReadyLocked moves delivered ports to ports, oldest first.
+func (h *simHandle) takeReadyLocked(ports []Port) int {
+	n := copy(ports, h.ready)
+	rest := copy(h.ready, h.ready[n:])
+	h.ready = h.ready[:rest]
+	return n
 }
