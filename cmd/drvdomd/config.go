@@ -136,23 +136,9 @@ func (c *Config) Set(key, val string) error {
 		}
 		c.Scratch = files
 	case "blkgrants":
-		switch val {
-		case "map":
-			c.BlkGrantCopy = false
-		case "copy":
-			c.BlkGrantCopy = true
-		default:
-			return fmt.Errorf("blkgrants=%q: want map or copy", val)
-		}
+		return setChoice(&c.BlkGrantCopy, key, val, blkGrants)
 	case "blkrings":
-		switch val {
-		case "shared":
-			c.BlkRingThreads = false
-		case "threads":
-			c.BlkRingThreads = true
-		default:
-			return fmt.Errorf("blkrings=%q: want shared or threads", val)
-		}
+		return setChoice(&c.BlkRingThreads, key, val, blkRings)
 	case "cpuprofile":
 		dir, err := parseCPUProfileDir(val)
 		if err != nil {
@@ -239,18 +225,31 @@ func (c *Config) ApplyXenstore(ctx context.Context, s interface {
 	}
 }
 
-// blkRingsString is the blkrings= value of a configuration.
-func blkRingsString(threads bool) string {
-	if threads {
-		return "threads"
+// A choice is a key's two values: [0] for false, [1] for true.
+type choice [2]string
+
+var (
+	blkGrants = choice{"map", "copy"}
+	blkRings  = choice{"shared", "threads"}
+)
+
+// setChoice sets *b from val, one of ch's values.
+func setChoice(b *bool, key, val string, ch choice) error {
+	switch val {
+	case ch[0]:
+		*b = false
+	case ch[1]:
+		*b = true
+	default:
+		return fmt.Errorf("%s=%q: want %s or %s", key, val, ch[0], ch[1])
 	}
-	return "shared"
+	return nil
 }
 
-// blkGrantsString is the blkgrants= value of a configuration.
-func blkGrantsString(copy bool) string {
-	if copy {
-		return "copy"
+// name is the value standing for b.
+func (ch choice) name(b bool) string {
+	if b {
+		return ch[1]
 	}
-	return "map"
+	return ch[0]
 }

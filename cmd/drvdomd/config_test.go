@@ -199,50 +199,43 @@ func TestConfigCPUProfile(t *testing.T) {
 	}
 }
 
-func TestConfigBlkGrants(t *testing.T) {
-	c := DefaultConfig()
-	if c.BlkGrantCopy {
-		t.Fatal("default: blkgrants=copy, want map")
-	}
-	c.ApplyCmdline("console=hvc0 drvdom.blkgrants=copy", quiet)
-	if !c.BlkGrantCopy {
-		t.Error("drvdom.blkgrants=copy on the command line left map")
-	}
-	err := c.Set("blkgrants", "persistent")
-	if err == nil || !strings.Contains(err.Error(), `blkgrants="persistent": want map or copy`) {
-		t.Errorf("Set(blkgrants, persistent) = %v", err)
-	}
-	if !c.BlkGrantCopy {
-		t.Error("a bad value changed the config")
-	}
-	if err := c.Set("blkgrants", "map"); err != nil || c.BlkGrantCopy {
-		t.Errorf("blkgrants=map: %v, copy %v", err, c.BlkGrantCopy)
-	}
-	if slices.Contains(XenstoreKeys, "blkgrants") {
-		t.Error("blkgrants must not be settable from xenstore")
-	}
-}
-
-func TestConfigBlkRings(t *testing.T) {
-	c := DefaultConfig()
-	if c.BlkRingThreads {
-		t.Fatal("default: blkrings=threads, want shared")
-	}
-	c.ApplyCmdline("console=hvc0 drvdom.blkrings=threads", quiet)
-	if !c.BlkRingThreads {
-		t.Error("drvdom.blkrings=threads on the command line left shared")
-	}
-	err := c.Set("blkrings", "1")
-	if err == nil || !strings.Contains(err.Error(), `blkrings="1": want shared or threads`) {
-		t.Errorf("Set(blkrings, 1) = %v", err)
-	}
-	if !c.BlkRingThreads {
-		t.Error("a bad value changed the config")
-	}
-	if err := c.Set("blkrings", "shared"); err != nil || c.BlkRingThreads {
-		t.Errorf("blkrings=shared: %v, threads %v", err, c.BlkRingThreads)
-	}
-	if blkRingsString(true) != "threads" || blkRingsString(false) != "shared" {
-		t.Error("blkRingsString does not print what Set reads")
+// The two-valued keys: off by default, on from the kernel command line, a
+// bad value refused by name and leaving the config as it was, not
+// settable from xenstore, and printed as Set reads them.
+func TestConfigChoices(t *testing.T) {
+	for _, tc := range []struct {
+		key, bad, wantErr string
+		ch                choice
+		field             func(*Config) bool
+	}{
+		{"blkgrants", "persistent", `blkgrants="persistent": want map or copy`, blkGrants, func(c *Config) bool { return c.BlkGrantCopy }},
+		{"blkrings", "1", `blkrings="1": want shared or threads`, blkRings, func(c *Config) bool { return c.BlkRingThreads }},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			c := DefaultConfig()
+			if tc.field(&c) {
+				t.Fatalf("default: %s=%s, want %s", tc.key, tc.ch[1], tc.ch[0])
+			}
+			c.ApplyCmdline("console=hvc0 drvdom."+tc.key+"="+tc.ch[1], quiet)
+			if !tc.field(&c) {
+				t.Errorf("drvdom.%s=%s on the command line left %s", tc.key, tc.ch[1], tc.ch[0])
+			}
+			err := c.Set(tc.key, tc.bad)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("Set(%s, %s) = %v", tc.key, tc.bad, err)
+			}
+			if !tc.field(&c) {
+				t.Error("a bad value changed the config")
+			}
+			if err := c.Set(tc.key, tc.ch[0]); err != nil || tc.field(&c) {
+				t.Errorf("%s=%s: %v, still %s", tc.key, tc.ch[0], err, tc.ch[1])
+			}
+			if slices.Contains(XenstoreKeys, tc.key) {
+				t.Errorf("%s must not be settable from xenstore", tc.key)
+			}
+			if tc.ch.name(true) != tc.ch[1] || tc.ch.name(false) != tc.ch[0] {
+				t.Errorf("%s: name does not print what Set reads", tc.key)
+			}
+		})
 	}
 }
