@@ -66,10 +66,15 @@ func TestRunAddsOnlyDeviceGoroutines(t *testing.T) {
 	e.waitBack("vbd", 51712, InitWait)
 	e.front("vbd", 51712, Initialised)
 	e.waitBack("vbd", 51712, Connected)
-	if err := e.dom0.Rm(e.ctx, frontPath("vbd", 51712)); err != nil {
+	// libxl's order: online=0 while the backend is there, then the
+	// frontend goes. The other way round raced: a backend removed for its
+	// vanished frontend before the write was made anew by it (a xenstore
+	// write creates its parents), holding only online=0, and the test
+	// read that as the directory not removed.
+	if err := e.dom0.Write(e.ctx, backPath("vbd", 51712)+"/online", "0"); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.dom0.Write(e.ctx, backPath("vbd", 51712)+"/online", "0"); err != nil {
+	if err := e.dom0.Rm(e.ctx, frontPath("vbd", 51712)); err != nil {
 		t.Fatal(err)
 	}
 	e.waitRemoved(m, "vbd", 51712)
