@@ -67,6 +67,14 @@ func (b *Backoff) Next(ran time.Duration) time.Duration {
 // within Stale. Until the supervisor arms it (boot: modules, network) it is
 // healthy; once armed, the first worker has StartGrace to send its first
 // heartbeat. Safe for concurrent use.
+//
+// A turn of the supervision loop more than Stale/2 after the one before
+// is a stall of the whole domain, not of the worker: the supervisor did
+// not run either (a PV console write holds the domain's only vCPU in the
+// kernel until dom0's xenconsoled drains it, seen in the lab for 21-65 s;
+// or the domain was paused). The worker's heartbeat (or its start grace)
+// is then judged from the end of the stall, so a stall is never taken for
+// a hung worker and answered with a SIGQUIT and a restart.
 type Health struct {
 	Stale      time.Duration
 	StartGrace time.Duration
@@ -76,6 +84,7 @@ type Health struct {
 	armed    time.Time
 	lastBeat time.Time
 	lastLoop time.Time
+	resumed  time.Time // end of the latest stall
 	beats    uint64
 }
 
@@ -100,11 +109,18 @@ func (h *Health) Beat() {
 	h.mu.Unlock()
 }
 
-// Loop records a turn of the supervision loop.
-func (h *Health) Loop() {
+// Loop records a turn of the supervision loop. It returns how long the
+// domain stalled before this turn (0: it did not; see Health).
+func (h *Health) Loop() (stalled time.Duration) {
 	h.mu.Lock()
-	h.lastLoop = h.now()
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	now := h.now()
+	if gap := now.Sub(h.lastLoop); !h.lastLoop.IsZero() && gap > h.Stale/2 {
+		h.resumed = now
+		stalled = gap
+	}
+	h.lastLoop = now
+	return stalled
 }
 
 // Beats returns the number of heartbeats received.
@@ -119,14 +135,22 @@ func (h *Health) Check() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := h.now()
+	// The worker is judged from its last beat, its start or the end of
+	// the latest stall, whichever came last.
+	since := func(t time.Time) time.Duration {
+		if h.resumed.After(t) {
+			t = h.resumed
+		}
+		return now.Sub(t)
+	}
 	switch {
 	case h.armed.IsZero():
 		return nil // booting: the parent itself is making progress
-	case h.lastBeat.IsZero() && now.Sub(h.armed) <= h.StartGrace:
+	case h.lastBeat.IsZero() && since(h.armed) <= h.StartGrace:
 		return nil // the first worker is starting
 	case h.lastBeat.IsZero():
 		return fmt.Errorf("no worker heartbeat %v after the supervisor started", now.Sub(h.armed).Round(time.Millisecond))
-	case now.Sub(h.lastBeat) > h.Stale:
+	case since(h.lastBeat) > h.Stale:
 		return fmt.Errorf("worker heartbeat %v old", now.Sub(h.lastBeat).Round(time.Millisecond))
 	case now.Sub(h.lastLoop) > h.Stale:
 		return fmt.Errorf("supervision loop stuck for %v", now.Sub(h.lastLoop).Round(time.Millisecond))
@@ -308,7 +332,9 @@ loop:
 		case werr = <-exited:
 			break loop
 		case <-tick.C:
-			s.Health.Loop()
+			if d := s.Health.Loop(); d > 0 {
+				s.Log.Warn("the domain stalled: the supervision loop ran late; the worker's heartbeat is judged from now", "gap", d.Round(time.Millisecond))
+			}
 			// A worker without heartbeats for QuitAfter is hung: SIGQUIT
 			// makes the Go runtime print every goroutine's stack on its
 			// console (stderr) and exit, and it is restarted.

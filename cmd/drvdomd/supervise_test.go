@@ -94,17 +94,25 @@ func TestHealthCheck(t *testing.T) {
 	now := time.Unix(1000, 0)
 	h := NewHealth(5*time.Second, 10*time.Second)
 	h.now = func() time.Time { return now }
+	// run lets d pass with the supervision loop turning every second, as
+	// the supervisor's does.
+	run := func(d time.Duration) {
+		for end := now.Add(d); now.Before(end); {
+			now = now.Add(time.Second)
+			if s := h.Loop(); s != 0 {
+				t.Fatalf("a stall of %v reported with the loop turning every second", s)
+			}
+		}
+	}
 	if err := h.Check(); err != nil {
 		t.Fatalf("booting (unarmed): %v", err)
 	}
 	h.Arm()
-	now = now.Add(9 * time.Second)
-	h.Loop()
+	run(9 * time.Second)
 	if err := h.Check(); err != nil {
 		t.Fatalf("first worker starting: %v", err)
 	}
-	now = now.Add(2 * time.Second)
-	h.Loop()
+	run(2 * time.Second)
 	if err := h.Check(); err == nil {
 		t.Fatal("healthy with no heartbeat after the start grace")
 	}
@@ -112,9 +120,15 @@ func TestHealthCheck(t *testing.T) {
 	if err := h.Check(); err != nil {
 		t.Fatalf("after a beat: %v", err)
 	}
-	now = now.Add(6 * time.Second)
+	run(6 * time.Second)
 	if err := h.Check(); err == nil || !strings.Contains(err.Error(), "heartbeat") {
 		t.Fatalf("stale heartbeat: %v", err)
+	}
+	h.Beat()
+	run(time.Second)
+	now = now.Add(6 * time.Second) // the loop does not turn
+	if err := h.Check(); err == nil || !strings.Contains(err.Error(), "heartbeat") {
+		t.Fatalf("stale heartbeat, loop stuck: %v", err)
 	}
 	h.Beat()
 	if err := h.Check(); err == nil || !strings.Contains(err.Error(), "supervision loop") {
@@ -123,6 +137,65 @@ func TestHealthCheck(t *testing.T) {
 	h.Loop()
 	if err := h.Check(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHealthStall: a turn of the loop long after the one before is a
+// stall of the whole domain (the lab's console writes held its vCPU for
+// 21 s): the worker, which could not run either, gets Stale from the end
+// of the stall to beat again, and only then is hung.
+func TestHealthStall(t *testing.T) {
+	now := time.Unix(1000, 0)
+	h := NewHealth(5*time.Second, 10*time.Second)
+	h.now = func() time.Time { return now }
+	h.Arm()
+	now = now.Add(time.Second)
+	h.Loop()
+	h.Beat()
+	now = now.Add(2 * time.Second)
+	if s := h.Loop(); s != 0 {
+		t.Fatalf("a 2 s turn taken for a stall of %v", s)
+	}
+	now = now.Add(20 * time.Second)
+	if s := h.Loop(); s != 20*time.Second {
+		t.Fatalf("stall reported as %v, want 20s", s)
+	}
+	if err := h.Check(); err != nil {
+		t.Fatalf("right after a stall: %v", err)
+	}
+	for i := 0; i < 5; i++ {
+		now = now.Add(time.Second)
+		h.Loop()
+	}
+	if err := h.Check(); err != nil {
+		t.Fatalf("Stale after the stall: %v", err)
+	}
+	now = now.Add(time.Second)
+	h.Loop()
+	if err := h.Check(); err == nil || !strings.Contains(err.Error(), "worker heartbeat 28s old") {
+		t.Fatalf("no beat for Stale after the stall: %v", err)
+	}
+	h.Beat()
+	if err := h.Check(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The first worker's start grace counts from the stall's end as well.
+	now = time.Unix(2000, 0)
+	h = NewHealth(5*time.Second, 10*time.Second)
+	h.now = func() time.Time { return now }
+	h.Arm()
+	now = now.Add(30 * time.Second)
+	h.Loop()
+	if err := h.Check(); err != nil {
+		t.Fatalf("start grace after a stall: %v", err)
+	}
+	for i := 0; i < 11; i++ {
+		now = now.Add(time.Second)
+		h.Loop()
+	}
+	if err := h.Check(); err == nil || !strings.Contains(err.Error(), "no worker heartbeat") {
+		t.Fatalf("start grace over: %v", err)
 	}
 }
 
