@@ -211,10 +211,17 @@ func daemon(ctx context.Context, console io.Writer) int {
 		if err != nil {
 			exe = "/proc/self/exe"
 		}
+		var workerOut io.Writer = console
+		if w, stop, err := workerConsole(console, 2*time.Second, log); err != nil {
+			log.Warn("workers write to the console directly", "err", err)
+		} else {
+			defer stop()
+			workerOut = w // see console.go
+		}
 		sup := &Supervisor{
 			Command: func() *exec.Cmd {
 				cmd := exec.Command(exe, "worker")
-				cmd.Stdout, cmd.Stderr = console, console
+				cmd.Stdout, cmd.Stderr = workerOut, workerOut
 				cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
 				return cmd
 			},

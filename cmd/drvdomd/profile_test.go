@@ -203,15 +203,18 @@ func TestCPUProfilerKeepsTheNewest(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log sink for a goroutine's slog.
+// lockedBuffer is a log sink for a goroutine's slog (or the console of
+// workerConsole's copier), counting the writes it is given.
 type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu     sync.Mutex
+	b      bytes.Buffer
+	writes int
 }
 
 func (l *lockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.writes++
 	return l.b.Write(p)
 }
 
