@@ -96,10 +96,13 @@ lab_wait_log() { lab_wait "$3" grep -q -- "$2" "$1"; }
 //
 // A domU's console write holds its vCPU in the kernel (interrupts off,
 // polling) until dom0's xenconsoled has drained the 2 KiB ring, and now
-// and then xenconsoled stops draining one for a minute: a driver domain
-// sending 60 KB files with cat stalled on its 12th and Xen's watchdog
-// restarted it (/tmp/s17/fl/c1), which then lost its NVMe's interrupt
-// line. So a domU's lab_put is paced (LibSh).
+// and then xenconsoled stops draining one for a minute. A driver domain
+// sending a 60 KB file every 4-15 s with cat while its guest ran fio
+// stalled on 2 of 17 sends, each time until Xen's watchdog restarted it
+// (and the restarted one lost its NVMe's interrupt line); paced as below,
+// 60 sends in two boots, none stalled (about 4.5 s per 60 KB). This was
+// the "NVMe INTx failure" of a third of stop 16's measuring boots, whose
+// driver domains sent samples with cat. So a domU's lab_put is paced.
 const domUCommon = `set -u
 . /lab/lib.sh
 export LAB_PUT_PACE=0.05 LAB_PUT_CHUNK=1024
