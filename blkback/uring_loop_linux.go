@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -127,6 +128,11 @@ func newRingLoops(dev *Device, queues []*queue) ([]ringRunner, error) {
 	return loops, nil
 }
 
+// testStopWriteDelay delays the stop eventfd's write by this many ns
+// (tests: TestRingThreadLateStopWrite widens the window in which a late
+// write could reach a closed and reused descriptor). 0 in production.
+var testStopWriteDelay atomic.Int64
+
 // run is the ring's service loop (queue.run after its prelude).
 func (l *ringLoop) run(ctx context.Context) (err error) {
 	runtime.LockOSThread() // the thread that submits is the one that waits
@@ -137,11 +143,24 @@ func (l *ringLoop) run(ctx context.Context) (err error) {
 		addProcs(1)
 		defer addProcs(-1)
 	}
+	wrote := make(chan struct{})
 	unwatch := context.AfterFunc(ctx, func() {
+		defer close(wrote)
+		if d := testStopWriteDelay.Load(); d > 0 {
+			time.Sleep(time.Duration(d))
+		}
 		one := uint64(1)
 		unix.Write(l.stopf, (*[8]byte)(unsafe.Pointer(&one))[:])
 	})
-	defer unwatch()
+	defer func() {
+		// A write already started must land before stopf is closed: its
+		// number is reused at once (the next ring's stop eventfd, a
+		// disk's descriptor). A late write to a reused stopf stopped the
+		// next process's ring in the crash test (the CI check of 2b3630a).
+		if !unwatch() {
+			<-wrote
+		}
+	}()
 	defer func() {
 		// Every request the ring submitted completes before the
 		// connection unmaps its pages.
