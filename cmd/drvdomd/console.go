@@ -14,8 +14,9 @@ import (
 
 // A PV domain's console write does not return until dom0's xenconsoled has
 // taken the bytes out of the 2 KiB console ring: Linux's hvc_xen polls the
-// ring with interrupts off, so while xenconsoled is slow the domain's only
-// vCPU runs nothing else, and now and then xenconsoled stops draining a
+// ring in the kernel without scheduling (the lab logged soft lockups of
+// 21-65 s in cat), so while xenconsoled is slow the domain's only vCPU
+// runs nothing else, and now and then xenconsoled stops draining a
 // domain that wrote a burst for a minute (in the lab a driver domain
 // sending 60 KB at once stalled on its 12th send and Xen's watchdog
 // restarted it). drvdomd's own logs are a line now and then; the burst to

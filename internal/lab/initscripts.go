@@ -94,8 +94,8 @@ lab_wait_log() { lab_wait "$3" grep -q -- "$2" "$1"; }
 
 // domUCommon mounts what every domU script needs.
 //
-// A domU's console write holds its vCPU in the kernel (interrupts off,
-// polling) until dom0's xenconsoled has drained the 2 KiB ring, and now
+// A domU's console write holds its vCPU in the kernel (polling, nothing
+// else scheduled) until dom0's xenconsoled has drained the 2 KiB ring, and now
 // and then xenconsoled stops draining one for a minute. A driver domain
 // sending a 60 KB file every 4-15 s with cat while its guest ran fio
 // stalled on 2 of 19 sends (the 12th of one boot, the 7th of another),
