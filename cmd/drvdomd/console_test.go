@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-		"testing"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
