@@ -18,8 +18,8 @@ import (
 // 21-65 s in cat), so while xenconsoled is slow the domain's only vCPU
 // runs nothing else, and now and then xenconsoled stops draining a
 // domain that wrote a burst for a minute (in the lab a driver domain
-// sending 60 KB at once stalled on its 12th send and Xen's watchdog
-// restarted it). drvdomd's own logs are a line now and then; the burst to
+// sending 60 KB at once stalled on its 12th send until Xen's watchdog
+// fired). drvdomd's own logs are a line now and then; the burst to
 // fear is a worker's goroutine dump (SIGQUIT from the supervisor, or a
 // crash), tens of KB at once. So the workers write to a pipe, not to the
 // console, and the supervisor passes their output on through a pacedWriter:

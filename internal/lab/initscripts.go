@@ -99,11 +99,11 @@ lab_wait_log() { lab_wait "$3" grep -q -- "$2" "$1"; }
 // and then xenconsoled stops draining one for a minute. A driver domain
 // sending a 60 KB file every 4-15 s with cat while its guest ran fio
 // stalled on 2 of 19 sends (the 12th of one boot, the 7th of another),
-// each time until Xen's watchdog restarted it (and the restarted one lost
-// its NVMe's interrupt line); paced as below, 59 sends in two boots, none
-// stalled (about 4.5 s per 60 KB). This was
-// the "NVMe INTx failure" of a third of stop 16's measuring boots, whose
-// driver domains sent samples with cat. So a domU's lab_put is paced.
+// each time until Xen's watchdog destroyed it (no on_watchdog outside the
+// fault scenarios), leaving its NVMe's interrupt line to nobody; paced as
+// below, 59 sends in two boots, none stalled (about 4.5 s per 60 KB). This
+// was the "NVMe INTx failure" of a third of stop 16's measuring boots,
+// whose driver domains sent samples with cat. So a domU's lab_put is paced.
 const domUCommon = `set -u
 . /lab/lib.sh
 export LAB_PUT_PACE=0.05 LAB_PUT_CHUNK=1024
