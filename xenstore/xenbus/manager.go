@@ -107,6 +107,11 @@ type Manager struct {
 	running atomic.Bool
 	seq     atomic.Uint64
 	devWG   sync.WaitGroup
+	// again asks Run's loop for a rescan: a device that let go of its key
+	// for a directory still there (brought online again, or replaced)
+	// must be probed afresh without waiting for the next watch event or
+	// the periodic resync.
+	again chan struct{}
 
 	mu      sync.Mutex
 	devs    map[devKey]*device
@@ -131,6 +136,15 @@ func NewManager(store *xenstore.Client, self uint16, log *slog.Logger, drivers .
 		drivers: drivers,
 		devs:    make(map[devKey]*device),
 		exiting: make(map[devKey]chan struct{}),
+		again:   make(chan struct{}, 1),
+	}
+}
+
+// rescanSoon asks Run's loop to rescan every tree once more.
+func (m *Manager) rescanSoon() {
+	select {
+	case m.again <- struct{}{}:
+	default:
 	}
 }
 
@@ -225,10 +239,11 @@ func (m *Manager) serve(ctx context.Context, watches []typeWatch) error {
 	defer tick.Stop()
 	// One select over a set of watches known only at run time: rare
 	// events, so reflect.Select's cost does not matter.
-	const firstWatch = 2
+	const firstWatch = 3
 	cases := make([]reflect.SelectCase, firstWatch, firstWatch+len(watches))
 	cases[0] = reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}
 	cases[1] = reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(tick.C)}
+	cases[2] = reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(m.again)}
 	for _, tw := range watches {
 		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(tw.w.Events())})
 	}
@@ -237,7 +252,7 @@ func (m *Manager) serve(ctx context.Context, watches []typeWatch) error {
 		switch i {
 		case 0:
 			return ctx.Err()
-		case 1:
+		case 1, 2:
 			for _, tw := range watches {
 				m.rescan(ctx, tw.drv, tw.base)
 			}
@@ -649,6 +664,18 @@ func (d *device) removeNodes(ctx context.Context) {
 	log.Info("xenbus: removed")
 }
 
+// replaced reports whether the backend directory is no longer the one this
+// device probed: its state node reads Initialising, which only a toolstack
+// creating a device writes (the backend moves to InitWait at probe and
+// never writes Initialising; libxl's detach writes Closing, not this).
+func (d *device) replaced(ctx context.Context) bool {
+	if d.state == Unknown || d.state == Initialising {
+		return false // not probed yet: the directory is the one being probed
+	}
+	bs, err := d.dev.BackState(ctx)
+	return err == nil && bs == Initialising
+}
+
 // step looks at xenstore as it is now (level-triggered: watch events may be
 // coalesced) and moves the device. It reports whether the device is gone.
 func (d *device) step(ctx context.Context) bool {
@@ -671,6 +698,18 @@ func (d *device) step(ctx context.Context) bool {
 		return false
 	}
 	isOnline := strings.TrimSpace(online) == "1"
+	if d.replaced(ctx) {
+		// Removed and written anew between two looks (a toolstack that
+		// detaches and attaches the same device id at once): the new
+		// directory may name another disk or frontend, so this instance
+		// must not serve it. Leave its xenstore nodes alone (they are
+		// the new device's) and let a new probe take it.
+		d.dev.logger().Info("xenbus: backend directory replaced; probing afresh")
+		d.m.forget(d)
+		d.teardown()
+		d.m.rescanSoon()
+		return true
+	}
 
 	fs, ferr := d.dev.FrontState(ctx)
 	unreadable := false
@@ -707,6 +746,7 @@ func (d *device) step(ctx context.Context) bool {
 			// Brought back online: a new probe takes it from here.
 			d.dev.logger().Info("xenbus: online again before removal; probing afresh")
 			d.m.forget(d)
+			d.m.rescanSoon()
 			return true
 		}
 		if !frontGone && time.Since(d.closedAt) < d.m.RemoveGrace {

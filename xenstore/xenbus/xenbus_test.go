@@ -134,6 +134,7 @@ type fakeDriver struct {
 	missingProbes int
 	open          int // instances probed and not closed
 	connected     int
+	params        []string // what each successful Probe read
 }
 
 func (f *fakeDriver) Type() string { return f.typ }
@@ -159,9 +160,13 @@ func (f *fakeDriver) Probe(ctx context.Context, d *Dev) (Instance, error) {
 	if missing {
 		return nil, fmt.Errorf("open /dev/nvme0n1: %w", fs.ErrNotExist)
 	}
-	if _, err := d.ReadBack(ctx, "params"); err != nil {
+	params, err := d.ReadBack(ctx, "params")
+	if err != nil {
 		return nil, err
 	}
+	f.mu.Lock()
+	f.params = append(f.params, params)
+	f.mu.Unlock()
 	if err := d.WriteBack(ctx, "hotplug-status", "connected"); err != nil {
 		return nil, err
 	}
@@ -263,6 +268,7 @@ type env struct {
 	removeNodes bool
 	probeWait   time.Duration
 	removeGrace time.Duration
+	resync      time.Duration // Manager.Resync; 0: 50 ms
 }
 
 func newEnv(t *testing.T) *env {
@@ -295,36 +301,41 @@ func frontPath(typ string, id uint32) string {
 // by the driver domain.
 func (e *env) addDevice(typ string, id uint32) {
 	e.t.Helper()
-	ctx := e.ctx
-	bp, fp := backPath(typ, id), frontPath(typ, id)
-	err := e.dom0.Transaction(ctx, func(tx *xenstore.Tx) error {
-		for _, kv := range [][2]string{
-			{bp + "/frontend", fp}, {bp + "/frontend-id", strconv.Itoa(guest)}, {bp + "/online", "1"},
-			{bp + "/state", "1"}, {bp + "/params", "/disk.img"},
-			{fp + "/backend", bp}, {fp + "/backend-id", strconv.Itoa(dd)}, {fp + "/state", "1"},
-		} {
-			if err := tx.Write(ctx, kv[0], kv[1]); err != nil {
-				return err
-			}
-		}
-		if err := tx.SetPerms(ctx, bp, []xenstore.Perm{{Domid: dd, Access: xenstore.PermNone}, {Domid: guest, Access: xenstore.PermRead}}); err != nil {
-			return err
-		}
-		for _, k := range []string{"frontend", "frontend-id", "online", "state", "params"} {
-			if err := tx.SetPerms(ctx, bp+"/"+k, []xenstore.Perm{{Domid: dd, Access: xenstore.PermNone}, {Domid: guest, Access: xenstore.PermRead}}); err != nil {
-				return err
-			}
-		}
-		for _, p := range []string{fp, fp + "/backend", fp + "/backend-id", fp + "/state"} {
-			if err := tx.SetPerms(ctx, p, []xenstore.Perm{{Domid: guest, Access: xenstore.PermNone}, {Domid: dd, Access: xenstore.PermRead}}); err != nil {
-				return err
-			}
-		}
-		return nil
+	err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
+		return e.addDeviceTx(tx, typ, id, "/disk.img")
 	})
 	if err != nil {
 		e.t.Fatalf("add device: %v", err)
 	}
+}
+
+// addDeviceTx writes a new device's backend and frontend directories in tx.
+func (e *env) addDeviceTx(tx *xenstore.Tx, typ string, id uint32, params string) error {
+	ctx := e.ctx
+	bp, fp := backPath(typ, id), frontPath(typ, id)
+	for _, kv := range [][2]string{
+		{bp + "/frontend", fp}, {bp + "/frontend-id", strconv.Itoa(guest)}, {bp + "/online", "1"},
+		{bp + "/state", "1"}, {bp + "/params", params},
+		{fp + "/backend", bp}, {fp + "/backend-id", strconv.Itoa(dd)}, {fp + "/state", "1"},
+	} {
+		if err := tx.Write(ctx, kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	if err := tx.SetPerms(ctx, bp, []xenstore.Perm{{Domid: dd, Access: xenstore.PermNone}, {Domid: guest, Access: xenstore.PermRead}}); err != nil {
+		return err
+	}
+	for _, k := range []string{"frontend", "frontend-id", "online", "state", "params"} {
+		if err := tx.SetPerms(ctx, bp+"/"+k, []xenstore.Perm{{Domid: dd, Access: xenstore.PermNone}, {Domid: guest, Access: xenstore.PermRead}}); err != nil {
+			return err
+		}
+	}
+	for _, p := range []string{fp, fp + "/backend", fp + "/backend-id", fp + "/state"} {
+		if err := tx.SetPerms(ctx, p, []xenstore.Perm{{Domid: guest, Access: xenstore.PermNone}, {Domid: dd, Access: xenstore.PermRead}}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (e *env) front(typ string, id uint32, s State) {
@@ -402,6 +413,9 @@ func (e *env) start(drivers ...Driver) (*Manager, func()) {
 	e.t.Helper()
 	m := NewManager(e.ddc, dd, slog.New(slog.NewTextHandler(io.Discard, nil)), drivers...)
 	m.Resync = 50 * time.Millisecond
+	if e.resync > 0 {
+		m.Resync = e.resync
+	}
 	m.RemoveNodes = e.removeNodes
 	m.ProbeWait = e.probeWait
 	m.RemoveGrace = e.removeGrace
@@ -615,6 +629,51 @@ func TestFrontendVanished(t *testing.T) {
 	// The sibling is untouched and the frontend-domain directory stays.
 	if got := e.read(backPath("vbd", 51728) + "/state"); got != "2" {
 		t.Errorf("sibling state = %q, want 2", got)
+	}
+}
+
+// TestBackendDirReplaced: the toolstack removes a connected device and writes
+// it anew, with another disk, in one transaction (a detach and attach of
+// the same id with no look in between). The old instance must not serve the
+// new directory: it is closed and a new probe reads the new disk.
+func TestBackendDirReplaced(t *testing.T) {
+	e := newEnv(t)
+	drv := &fakeDriver{typ: "vbd"}
+	e.resync = time.Hour // the replacement alone must bring the new probe
+	m, _ := e.start(drv)
+	const id = 51712
+	e.addDevice("vbd", id)
+	e.handshake("vbd", id)
+	err := e.dom0.Transaction(e.ctx, func(tx *xenstore.Tx) error {
+		for _, p := range []string{backPath("vbd", id), frontPath("vbd", id)} {
+			if err := tx.Rm(e.ctx, p); err != nil {
+				return err
+			}
+		}
+		return e.addDeviceTx(tx, "vbd", id, "/other.img")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitBack("vbd", id, InitWait)
+	eventually(t, func() string {
+		drv.mu.Lock()
+		defer drv.mu.Unlock()
+		if len(drv.params) != 2 || drv.params[1] != "/other.img" {
+			return fmt.Sprintf("probes read params %q, want a second probe of /other.img", drv.params)
+		}
+		if drv.open != 1 || drv.connected != 0 {
+			return fmt.Sprintf("open %d connected %d, want the old instance closed and the new one waiting", drv.open, drv.connected)
+		}
+		return ""
+	})
+	if got := e.read(backPath("vbd", id) + "/hotplug-status"); got != "connected" {
+		t.Errorf("hotplug-status = %q after the new probe", got)
+	}
+	e.front("vbd", id, Initialised)
+	e.waitBack("vbd", id, Connected)
+	if m.Devices() != 1 {
+		t.Errorf("devices = %d, want 1", m.Devices())
 	}
 }
 
