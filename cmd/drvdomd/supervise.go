@@ -253,11 +253,19 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				t.Stop()
 				return nil
 			case <-tick.C:
-				s.Health.Loop()
+				s.turn()
 			case <-t.C:
 				break wait
 			}
 		}
+	}
+}
+
+// turn records a turn of the supervision loop, whether a worker runs or the
+// supervisor waits out a restart's backoff, and logs a stall of the domain.
+func (s *Supervisor) turn() {
+	if d := s.Health.Loop(); d > 0 {
+		s.Log.Warn("the domain stalled: the supervision loop ran late; heartbeats are judged from now", "gap", d.Round(time.Millisecond))
 	}
 }
 
@@ -332,9 +340,7 @@ loop:
 		case werr = <-exited:
 			break loop
 		case <-tick.C:
-			if d := s.Health.Loop(); d > 0 {
-				s.Log.Warn("the domain stalled: the supervision loop ran late; the worker's heartbeat is judged from now", "gap", d.Round(time.Millisecond))
-			}
+			s.turn()
 			// A worker without heartbeats for QuitAfter is hung: SIGQUIT
 			// makes the Go runtime print every goroutine's stack on its
 			// console (stderr) and exit, and it is restarted.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -241,6 +242,32 @@ func TestSupervisorRestartsWorker(t *testing.T) {
 	// 5+10+20+40 ms of backoff at least before the fifth start.
 	if el := time.Since(start); el < 75*time.Millisecond {
 		t.Errorf("5 starts in %v: backoff not applied", el)
+	}
+}
+
+// TestSupervisorStallDuringBackoff: a stall of the domain while the
+// supervisor waits out a restart's backoff is logged as one while a worker
+// runs is (both turns go through Supervisor.turn).
+func TestSupervisorStallDuringBackoff(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(time.Unix(1000, 0).UnixNano())
+	s := newSup(fakeCommand("exit:1", nil))
+	s.Health.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	s.Backoff = Backoff{Min: time.Hour, Max: time.Hour, ResetAfter: time.Hour}
+	logs := &lockedBuffer{}
+	s.Log = slog.New(slog.NewTextHandler(logs, nil))
+	runSup(t, s)
+	waitFor(t, "the worker's exit", func() bool { return strings.Contains(logs.String(), "worker exited; restarting") })
+	if strings.Contains(logs.String(), "stalled") {
+		t.Fatalf("a stall logged before any: %s", logs)
+	}
+	clock.Add(int64(20 * time.Second))
+	waitFor(t, "the stall logged", func() bool { return strings.Contains(logs.String(), "the domain stalled") })
+	if !strings.Contains(logs.String(), "gap=20s") {
+		t.Errorf("stall logged without its gap: %s", logs)
+	}
+	if n := s.Starts(); n != 1 {
+		t.Errorf("%d starts, want 1 (still in the backoff)", n)
 	}
 }
 
