@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"drvdom/evtchn"
+	"drvdom/internal/uring"
 )
 
 // ringLoop serves one ring from one locked OS thread that owns an io_uring
@@ -45,7 +46,7 @@ import (
 // pool (which complete and notify from its workers).
 type ringLoop struct {
 	q     *queue
-	u     *uring
+	u     *uring.Ring
 	fd    int // the backing
 	side  *poolExec
 	ev    evtchn.Poller
@@ -113,13 +114,13 @@ func newRingLoops(dev *Device, queues []*queue) ([]ringRunner, error) {
 		for int(entries) < len(q.slots)+2 {
 			entries <<= 1
 		}
-		u, err := newURing(entries, false)
+		u, err := uring.New(entries, false)
 		if err != nil {
 			return fail(fmt.Errorf("queue %d: %w", q.idx, err))
 		}
 		stopf, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 		if err != nil {
-			u.close()
+			u.Close()
 			return fail(fmt.Errorf("queue %d: eventfd: %w", q.idx, err))
 		}
 		loops = append(loops, &ringLoop{q: q, u: u, fd: fd, ev: ev, evfd: evfd, stopf: stopf,
@@ -137,7 +138,7 @@ var testStopWriteDelay atomic.Int64
 func (l *ringLoop) run(ctx context.Context) (err error) {
 	runtime.LockOSThread() // the thread that submits is the one that waits
 	defer runtime.UnlockOSThread()
-	if l.u.extArg {
+	if l.u.ExtArg() {
 		// The loop keeps a P of its own while it waits with RawSyscall
 		// (see wait): the rest of the process gets another.
 		addProcs(1)
@@ -169,7 +170,7 @@ func (l *ringLoop) run(ctx context.Context) (err error) {
 		}
 	}()
 	q := l.q
-	if err := l.u.queuePoll(l.stopf, pollIn, loopStop); err != nil {
+	if err := l.u.QueuePoll(l.stopf, uring.PollIn, loopStop); err != nil {
 		return fmt.Errorf("queue %d: %w", q.idx, err)
 	}
 	l.evt = true // requests may be waiting already; arms the poll
@@ -188,7 +189,7 @@ func (l *ringLoop) run(ctx context.Context) (err error) {
 					return fmt.Errorf("queue %d: unmask: %w", q.idx, err)
 				}
 			}
-			if err := l.u.queuePoll(l.evfd, pollIn, loopEvtchn); err != nil {
+			if err := l.u.QueuePoll(l.evfd, uring.PollIn, loopEvtchn); err != nil {
 				return fmt.Errorf("queue %d: %w", q.idx, err)
 			}
 			if err := q.service(ctx); err != nil {
@@ -216,11 +217,11 @@ func (l *ringLoop) run(ctx context.Context) (err error) {
 // times out with nothing done makes the ring idle, and an idle ring waits
 // with Syscall, without a bound.
 func (l *ringLoop) wait() error {
-	raw := l.hot && l.u.extArg
-	if err := l.u.enter(raw, rawWaitTimeout); err != nil {
+	raw := l.hot && l.u.ExtArg()
+	if err := l.u.Enter(raw, rawWaitTimeout); err != nil {
 		return err
 	}
-	l.hot = l.u.each(l.completed) > 0
+	l.hot = l.u.Each(l.completed) > 0
 	l.q.pushInline()
 	return nil
 }
@@ -292,6 +293,6 @@ func (l *ringLoop) stop() {
 }
 
 func (l *ringLoop) close() {
-	l.u.close()
+	l.u.Close()
 	unix.Close(l.stopf)
 }
