@@ -38,6 +38,7 @@ type txPkt struct {
 	flags            uint16
 	gso              ExtraInfo
 	hasGSO           bool
+	status           int16 // flushTx: RspOkay while the frame is to be sent
 }
 
 type txState struct {
@@ -49,6 +50,8 @@ type txState struct {
 	segs     []grant.CopySeg
 	pkts     []txPkt
 	rsps     []txRsp
+	frames   [][]byte // flushTx: the batch's frames to send
+	sendErrs []error  // flushTx: frames[i]'s write error
 	waitRate time.Duration
 	ports    [4]evtchn.Port
 }
@@ -58,6 +61,8 @@ func (q *queue) initTx() {
 	q.segs = make([]grant.CopySeg, 0, txMaxSegs)
 	q.pkts = make([]txPkt, 0, txMaxSegs)
 	q.rsps = make([]txRsp, 0, int(q.tx.Size())+maxChainSlots)
+	q.frames = make([][]byte, 0, txMaxSegs)
+	q.sendErrs = make([]error, txMaxSegs)
 }
 
 // serveTx is the tx goroutine. It owns the queue's event channel handle.
@@ -255,7 +260,8 @@ func txCrossings(start int, reqs []TxRequest) int {
 }
 
 // flushTx copies the batch's packets out of the guest, sends them to the
-// TAP, writes every queued response in ring order and notifies.
+// TAP (with one system call for the lot when the TAP queue is a
+// BatchWriter), writes every queued response in ring order and notifies.
 func (q *queue) flushTx() {
 	if len(q.rsps) == 0 {
 		return
@@ -264,14 +270,38 @@ func (q *queue) flushTx() {
 	if len(q.segs) > 0 {
 		batchErr = q.mapper.Copy(q.segs)
 	}
+	q.frames = q.frames[:0]
 	for i := range q.pkts {
 		p := &q.pkts[i]
-		status := q.sendPacket(p, batchErr)
+		var frame []byte
+		if p.status, frame = q.preparePacket(p, batchErr); p.status == RspOkay {
+			q.frames = append(q.frames, frame)
+		}
+	}
+	errs := q.sendErrs[:len(q.frames)]
+	if bw, ok := q.tap.(BatchWriter); ok && len(q.frames) > 1 {
+		bw.WriteBatch(q.frames, errs)
+	} else {
+		for i, f := range q.frames {
+			_, errs[i] = q.tap.Write(f)
+		}
+	}
+	sent := 0
+	for i := range q.pkts {
+		p := &q.pkts[i]
+		if p.status == RspOkay {
+			p.status = q.packetSent(p, errs[sent])
+			errs[sent] = nil
+			sent++
+		}
 		for j := p.rspStart; j < p.rspEnd; j++ {
 			if !q.rsps[j].extra {
-				q.rsps[j].status = status
+				q.rsps[j].status = p.status
 			}
 		}
+	}
+	for i := range q.frames {
+		q.frames[i] = nil
 	}
 	for _, r := range q.rsps {
 		TxResponse{ID: r.id, Status: r.status}.Encode(q.tx.Response())
@@ -289,17 +319,17 @@ func (q *queue) flushTx() {
 	q.used = 0
 }
 
-// sendPacket checks a packet's copy, builds its header and writes it to the
-// TAP; it returns the status for its slots.
-func (q *queue) sendPacket(p *txPkt, batchErr error) int16 {
+// preparePacket checks a packet's copy and builds its header; it returns
+// RspOkay and the frame to write to the TAP, or the status for its slots.
+func (q *queue) preparePacket(p *txPkt, batchErr error) (int16, []byte) {
 	if batchErr != nil {
 		q.stats.txErrors.Add(1)
-		return RspError
+		return RspError, nil
 	}
 	for _, s := range q.segs[p.segStart:p.segEnd] {
 		if s.Status != 0 {
 			q.stats.txErrors.Add(1)
-			return RspError // a bad grant
+			return RspError, nil // a bad grant
 		}
 	}
 	buf := q.arena[p.off : p.off+VnetHdrSize+p.n]
@@ -310,10 +340,16 @@ func (q *queue) sendPacket(p *txPkt, batchErr error) int16 {
 	h, err := txVnetHdr(buf[VnetHdrSize:], p.flags, gso)
 	if err != nil {
 		q.stats.txDropped.Add(1)
-		return RspDropped
+		return RspDropped, nil
 	}
 	h.Encode(buf)
-	if _, err := q.tap.Write(buf); err != nil {
+	return RspOkay, buf
+}
+
+// packetSent counts a frame the TAP took (err nil) or refused, and returns
+// the status for its slots.
+func (q *queue) packetSent(p *txPkt, err error) int16 {
+	if err != nil {
 		q.stats.txDropped.Add(1)
 		return RspDropped
 	}
