@@ -112,25 +112,8 @@ func TestRealTap(t *testing.T) {
 			t.Errorf("offload: %v", err)
 			return
 		}
-		addr, _ := netlink.ParseAddr("169.254.9.1/24")
-		if err := netlink.AddrAdd(br, addr); err != nil {
-			t.Errorf("addr: %v", err)
-			return
-		}
-		lo, _ := netlink.LinkByName("lo")
-		netlink.LinkSetUp(lo)
-		if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
-			IP: net.IP(testIP4Src[:]), HardwareAddr: net.HardwareAddr(TestGuestMAC[:])}); err != nil {
-			t.Errorf("neigh: %v", err)
-			return
-		}
-		br, _ = netlink.LinkByName("xenbr9")
-		var brMAC [6]byte
-		copy(brMAC[:], br.Attrs().HardwareAddr)
-
-		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IP(testIP4Dst[:]), Port: 5001})
-		if err != nil {
-			t.Errorf("listen: %v", err)
+		brMAC, conn, ok := hostEnd(t, br)
+		if !ok {
 			return
 		}
 		defer conn.Close()
@@ -222,6 +205,46 @@ func TestRealTap(t *testing.T) {
 			t.Error("enslaving lo to a bridge should fail")
 		}
 	})
+}
+
+// hostEnd makes br the host's end of the test's guest link: it has
+// testIP4Dst, a UDP socket listens there on port 5001, and the guest's
+// address resolves to TestGuestMAC. It waits until the bridge is up (the
+// kernel's link watch takes up to a second to see a port's new carrier,
+// and the bridge forwards nothing from it before) and returns the
+// bridge's MAC and the socket.
+func hostEnd(t *testing.T, br netlink.Link) (brMAC [6]byte, conn *net.UDPConn, ok bool) {
+	t.Helper()
+	addr, _ := netlink.ParseAddr("169.254.9.1/24")
+	if err := netlink.AddrAdd(br, addr); err != nil {
+		t.Errorf("addr: %v", err)
+		return brMAC, nil, false
+	}
+	lo, _ := netlink.LinkByName("lo")
+	netlink.LinkSetUp(lo)
+	if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
+		IP: net.IP(testIP4Src[:]), HardwareAddr: net.HardwareAddr(TestGuestMAC[:])}); err != nil {
+		t.Errorf("neigh: %v", err)
+		return brMAC, nil, false
+	}
+	name := br.Attrs().Name
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		l, err := netlink.LinkByName(name)
+		if err == nil && l.Attrs().OperState == netlink.OperUp {
+			copy(brMAC[:], l.Attrs().HardwareAddr)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("bridge %s not up: %v", name, err)
+			return brMAC, nil, false
+		}
+	}
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IP(testIP4Dst[:]), Port: 5001})
+	if err != nil {
+		t.Errorf("listen: %v", err)
+		return brMAC, nil, false
+	}
+	return brMAC, conn, true
 }
 
 // TestEnsureBridge creates a bridge with an uplink (a persistent TAP
@@ -482,34 +505,8 @@ func TestRealTapWriteBatch(t *testing.T) {
 			t.Errorf("bridge: %v", err)
 			return
 		}
-		addr, _ := netlink.ParseAddr("169.254.9.1/24")
-		if err := netlink.AddrAdd(br, addr); err != nil {
-			t.Errorf("addr: %v", err)
-			return
-		}
-		if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, State: netlink.NUD_PERMANENT,
-			IP: net.IP(testIP4Src[:]), HardwareAddr: net.HardwareAddr(TestGuestMAC[:])}); err != nil {
-			t.Errorf("neigh: %v", err)
-			return
-		}
-		// The bridge forwards from the TAP once the kernel's link watch
-		// has seen its carrier (up to a second later): until then the
-		// bridge itself stays down.
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			br, err = netlink.LinkByName("xenbr9")
-			if err == nil && br.Attrs().OperState == netlink.OperUp {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("bridge not up: %v", err)
-				return
-			}
-		}
-		var brMAC [6]byte
-		copy(brMAC[:], br.Attrs().HardwareAddr)
-		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IP(testIP4Dst[:]), Port: 5001})
-		if err != nil {
-			t.Errorf("listen: %v", err)
+		brMAC, conn, ok := hostEnd(t, br)
+		if !ok {
 			return
 		}
 		defer conn.Close()
