@@ -300,9 +300,6 @@ func (q *queue) flushTx() {
 			}
 		}
 	}
-	for i := range q.frames {
-		q.frames[i] = nil
-	}
 	for _, r := range q.rsps {
 		TxResponse{ID: r.id, Status: r.status}.Encode(q.tx.Response())
 	}
