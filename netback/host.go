@@ -56,6 +56,21 @@ type BatchWriter interface {
 	WriteBatch(frames [][]byte, errs []error)
 }
 
+// BatchReader is an optional TapQueue extension: the frames waiting in
+// the queue read with one system call (io_uring on Linux) instead of one
+// read(2) each plus one that finds the queue empty. The rx path uses it
+// for every wakeup.
+type BatchReader interface {
+	// ReadBatch blocks until a frame is waiting (or ctx ends: ctx.Err(),
+	// or the device is closed: ErrTapClosed), then reads up to len(bufs)
+	// of the frames waiting, in order, the i-th into bufs[i] with its
+	// length (header included) in ns[i] (len(ns) >= len(bufs)), and
+	// returns how many. It may swap entries of bufs (a frame lands in the
+	// buffer its read was given). A frame read is never lost: an error
+	// after some frames returns them and shows again on the next call.
+	ReadBatch(ctx context.Context, bufs [][]byte, ns []int) (int, error)
+}
+
 // ErrTapClosed is returned by TapQueue methods after the Tap was closed.
 var ErrTapClosed = errors.New("netback: tap closed")
 

@@ -24,19 +24,24 @@ const (
 	// rxMaxSlots is the most slots one packet can take: 17 data pages + the
 	// GSO extra.
 	rxMaxSlots = (rxBufSize+PageSize-1)/PageSize + 1
-	// rxArenaSize holds one wakeup's batch of frames: another frame is
-	// read while a maximal one still fits, so at least two maximal ones,
-	// or ~36 of 1500 bytes (about 150 KiB per queue), with room for the
-	// page alignment of rxNextAt.
-	rxArenaSize = 2*rxBufSize + 4*PageSize
-	// rxFirstAt is where a wakeup's first frame is read: its virtio-net
-	// header just below a page boundary, so the frame itself starts on a
-	// page (the arena is page aligned: the Go allocator gives objects
-	// larger than 32 KiB whole pages).
+	// rxFirstAt is where a frame buffer of the arena starts: its
+	// virtio-net header just below a page boundary, so the frame itself
+	// starts on a page (the arena is page aligned: the Go allocator gives
+	// objects larger than 32 KiB whole pages). The kernel's grant copy
+	// (gntdev) splits every segment at the pages of its local side and
+	// hands Xen 16 ops per hypercall, so a 4 KiB guest slot filled from a
+	// frame that does not start on a page would cost two copy ops and two
+	// page pins.
 	rxFirstAt = PageSize - VnetHdrSize
-	// rxSmallMax is the largest frame rxNextAt packs behind a small one
-	// without aligning it: a standard Ethernet frame with a VLAN tag.
-	rxSmallMax = 1518
+	// rxStride is the distance between two frame buffers of the arena.
+	rxStride = (rxBufSize + PageSize - 1) / PageSize * PageSize
+	// rxReadMax is the most frames one wakeup reads (and the arena's
+	// buffers: 1.1 MiB per queue, of which a stream of small frames
+	// touches a page per buffer); rxReadMin the fewest it asks for.
+	rxReadMax = 16
+	rxReadMin = 4
+	// rxArenaSize holds rxReadMax frame buffers.
+	rxArenaSize = rxFirstAt + rxReadMax*rxStride
 	// rxBatchMax bounds the packets delivered per grant copy batch.
 	rxBatchMax = 64
 	// rxMaxOut bounds the response slots of one batch.
@@ -44,12 +49,41 @@ const (
 )
 
 // tryReader is implemented by TAP queues that can read a frame without
-// blocking; the rx goroutine then batches every frame already waiting into
-// one grant copy and one notification.
+// blocking; readOneByOne then takes every frame already waiting.
 type tryReader interface {
 	// TryRead reads one frame if one is waiting: (n, true, nil); (0, false,
 	// nil) if none.
 	TryRead(b []byte) (int, bool, error)
+}
+
+// readBatch is BatchReader.ReadBatch for any TAP queue: its own if it has
+// one, else readOneByOne.
+func readBatch(ctx context.Context, tq TapQueue, bufs [][]byte, ns []int) (int, error) {
+	if br, ok := tq.(BatchReader); ok {
+		return br.ReadBatch(ctx, bufs, ns)
+	}
+	tr, _ := tq.(tryReader)
+	return readOneByOne(ctx, tq, tr, bufs, ns)
+}
+
+// readOneByOne reads a batch with a blocking Read, then (with tr) a TryRead
+// per frame already waiting.
+func readOneByOne(ctx context.Context, tq TapQueue, tr tryReader, bufs [][]byte, ns []int) (int, error) {
+	n, err := tq.Read(ctx, bufs[0])
+	if err != nil {
+		return 0, err
+	}
+	ns[0] = n
+	k := 1
+	for tr != nil && k < len(bufs) {
+		m, ok, err := tr.TryRead(bufs[k])
+		if err != nil || !ok {
+			break // an error shows again on the next call
+		}
+		ns[k] = m
+		k++
+	}
+	return k, nil
 }
 
 // rxOut is one rx ring slot of the current batch, in ring order.
@@ -70,6 +104,9 @@ type rxPkt struct {
 
 type rxState struct {
 	rxArena []byte
+	rxBufs  [][]byte // the arena's frame buffers (ReadBatch may swap them)
+	rxNs    []int
+	rxWant  int // buffers the next wakeup reads into
 	rxSegs  []grant.CopySeg
 	rxOuts  []rxOut
 	rxPkts  []rxPkt
@@ -77,6 +114,13 @@ type rxState struct {
 
 func (q *queue) initRx() {
 	q.rxArena = make([]byte, rxArenaSize)
+	q.rxBufs = make([][]byte, rxReadMax)
+	for i := range q.rxBufs {
+		at := rxFirstAt + i*rxStride
+		q.rxBufs[i] = q.rxArena[at : at+rxBufSize : at+rxBufSize]
+	}
+	q.rxNs = make([]int, rxReadMax)
+	q.rxWant = rxReadMin
 	q.rxSegs = make([]grant.CopySeg, 0, rxMaxOut)
 	q.rxOuts = make([]rxOut, 0, rxMaxOut)
 	q.rxPkts = make([]rxPkt, 0, rxBatchMax)
@@ -84,16 +128,8 @@ func (q *queue) initRx() {
 
 // serveRx is the rx goroutine. It owns the TAP queue's reads and the rx ring.
 func (q *queue) serveRx(ctx context.Context) error {
-	tr, _ := q.tap.(tryReader)
 	for {
-		n, err := q.tap.Read(ctx, q.rxArena[rxFirstAt:rxFirstAt+rxBufSize])
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("queue %d: tap: %w", q.id, err)
-		}
-		if err := q.rxBatch(ctx, tr, n); err != nil {
+		if err := q.rxWakeup(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -102,44 +138,23 @@ func (q *queue) serveRx(ctx context.Context) error {
 	}
 }
 
-// rxBatch delivers the frame just read at q.rxArena[rxFirstAt:][:n] and,
-// with tr, every frame already waiting, in one grant copy batch and one
-// notification.
-func (q *queue) rxBatch(ctx context.Context, tr tryReader, n int) error {
-	at := rxFirstAt
-	err := q.rxAdd(ctx, q.rxArena[at:at+n])
-	for err == nil && tr != nil && len(q.rxPkts) < rxBatchMax {
-		at = rxNextAt(at, n)
-		if len(q.rxArena)-at < rxBufSize {
-			break
-		}
-		m, ok, rerr := tr.TryRead(q.rxArena[at : at+rxBufSize])
-		if rerr != nil || !ok {
-			break // an error shows again on the next blocking Read
-		}
-		n = m
-		err = q.rxAdd(ctx, q.rxArena[at:at+n])
+// rxWakeup waits for frames from the TAP and delivers those waiting, read
+// in one batch (BatchReader), in one grant copy batch and one
+// notification. A wakeup asks for twice as many frames as the last one
+// found (rxReadMin to rxReadMax): a batch's reads that find the queue
+// empty cost little, but not nothing.
+func (q *queue) rxWakeup(ctx context.Context) error {
+	bufs := q.rxBufs[:q.rxWant]
+	k, err := readBatch(ctx, q.tap, bufs, q.rxNs)
+	if err != nil {
+		return fmt.Errorf("queue %d: tap: %w", q.id, err)
+	}
+	for i := 0; i < k && err == nil; i++ {
+		err = q.rxAdd(ctx, bufs[i][:q.rxNs[i]])
 	}
 	q.rxFlush()
+	q.rxWant = min(max(2*k, rxReadMin), rxReadMax)
 	return err
-}
-
-// rxNextAt is where the frame after the one read at arena[at:at+n] is
-// read. The kernel's grant copy (gntdev) splits every segment at the pages
-// of its local side and hands Xen 16 ops per hypercall, so a 4 KiB guest
-// slot filled from a frame that does not start on a page costs two copy
-// ops, two page pins and, per 8 slots, one more hypercall. A frame after a
-// large one therefore starts on a page; one after a small frame is packed
-// behind it while a standard frame still fits in the rest of that page
-// (small frames come in bursts; aligning each would shrink the batch).
-func rxNextAt(at, n int) int {
-	end := at + n
-	if n-VnetHdrSize <= rxSmallMax {
-		if room := PageSize - (end+VnetHdrSize)%PageSize; room >= rxSmallMax {
-			return end
-		}
-	}
-	return (end+VnetHdrSize+PageSize-1)/PageSize*PageSize - VnetHdrSize
 }
 
 // rxPacket delivers one frame read from the TAP at once.
