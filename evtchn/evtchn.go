@@ -39,6 +39,26 @@ type Handle interface {
 	Close() error
 }
 
+// UnmaskWaiter is implemented by handles that can unmask a delivered port
+// and wait for the next one in one step cheaper than Unmask then Wait.
+type UnmaskWaiter interface {
+	// UnmaskWait is Unmask(local) then Wait(ctx, ports). local is unmasked
+	// even if ctx has ended.
+	UnmaskWait(ctx context.Context, local Port, ports []Port) (int, error)
+}
+
+// UnmaskWait unmasks local, which the last Wait delivered, and waits for
+// pending ports: h's own UnmaskWait if it has one, else Unmask then Wait.
+func UnmaskWait(ctx context.Context, h Handle, local Port, ports []Port) (int, error) {
+	if uw, ok := h.(UnmaskWaiter); ok {
+		return uw.UnmaskWait(ctx, local, ports)
+	}
+	if err := h.Unmask(local); err != nil {
+		return 0, err
+	}
+	return h.Wait(ctx, ports)
+}
+
 // Poller is implemented by handles whose pending ports can be waited for by
 // polling a file descriptor (from io_uring, say) instead of with Wait: the
 // device's on Linux and the simulator's. Use one or the other on a handle,

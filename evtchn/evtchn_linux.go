@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -72,6 +73,19 @@ type devHandle struct {
 
 	wmu  sync.Mutex
 	wbuf [portSize]byte
+
+	// bound counts the handle's ports. quiet (under rmu) says that
+	// nothing can be pending but quietPort's next event: the handle has
+	// one port, and the last read took its one event, which masked it.
+	// UnmaskWait then unmasks it just before parking, without the read
+	// that would find the device empty.
+	bound     atomic.Int32
+	quiet     bool
+	quietPort Port
+	unmaskFn  func(fd uintptr) bool // h.rawUnmaskRead, bound once
+	unmaskDue bool                  // rawUnmaskRead's first call unmasks
+	ubuf      [portSize]byte
+	reads     int // read(2)s of pending ports made (tests)
 }
 
 // aLongTimeAgo is a read deadline in the past: it wakes a parked Wait.
@@ -90,6 +104,7 @@ func Open() (Handle, error) {
 func newDevHandle(fd int, name string) *devHandle {
 	h := &devHandle{fd: fd, f: os.NewFile(uintptr(fd), name)}
 	h.readFn = h.rawRead
+	h.unmaskFn = h.rawUnmaskRead
 	if rc, err := h.f.SyscallConn(); err == nil {
 		h.rc = rc
 	}
@@ -103,6 +118,7 @@ func newDevHandle(fd int, name string) *devHandle {
 // wake and two context switches per request at queue depth 1). It returns
 // false on EAGAIN, so RawConn.Read parks in the poller.
 func (h *devHandle) rawRead(fd uintptr) bool {
+	h.reads++
 	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&h.rbuf[0])), uintptr(h.rwant))
 	switch e {
 	case unix.EAGAIN:
@@ -113,6 +129,28 @@ func (h *devHandle) rawRead(fd uintptr) bool {
 		h.rn, h.rerr = 0, e
 	}
 	return true
+}
+
+// rawUnmaskRead is rawRead after, on its first call, the unmask of
+// quietPort, with which it parks without reading: the port was masked
+// since the read that delivered it, and the handle has no other, so
+// nothing can be pending before the unmask; an event after it wakes the
+// poller (the device wakes readers when its ring goes from empty to one),
+// and the RawConn's readiness, reset when Read began, is only set by
+// events from now on.
+func (h *devHandle) rawUnmaskRead(fd uintptr) bool {
+	if !h.unmaskDue {
+		return h.rawRead(fd)
+	}
+	h.unmaskDue = false
+	// Written here on fd, which the RawConn keeps open meanwhile, not
+	// with Unmask: Close holds mu while it waits for this Read to end.
+	binary.LittleEndian.PutUint32(h.ubuf[:], uint32(h.quietPort))
+	if _, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&h.ubuf[0])), uintptr(len(h.ubuf))); e != 0 {
+		h.rn, h.rerr = 0, e
+		return true
+	}
+	return false
 }
 
 func (h *devHandle) ioctl(op string, req uintptr, arg unsafe.Pointer) (Port, error) {
@@ -136,6 +174,7 @@ func (h *devHandle) BindInterdomain(remoteDom uint16, remotePort Port) (Port, er
 	if err != nil {
 		return 0, fmt.Errorf("%w (d%d port %d)", err, remoteDom, remotePort)
 	}
+	h.bound.Add(1)
 	return p, nil
 }
 
@@ -146,6 +185,7 @@ func (h *devHandle) BindUnbound(remoteDom uint16) (Port, error) {
 	if err != nil {
 		return 0, fmt.Errorf("%w (for d%d)", err, remoteDom)
 	}
+	h.bound.Add(1)
 	return p, nil
 }
 
@@ -173,7 +213,13 @@ func (h *devHandle) Notify(local Port) error {
 	}
 	return nil
 }
-func (h *devHandle) Unbind(local Port) error { return h.portOp("unbind", ioctlUnbind, local) }
+func (h *devHandle) Unbind(local Port) error {
+	if err := h.portOp("unbind", ioctlUnbind, local); err != nil {
+		return err
+	}
+	h.bound.Add(-1)
+	return nil
+}
 
 // Reset is IOCTL_EVTCHN_RESET.
 func (h *devHandle) Reset() error {
@@ -238,6 +284,41 @@ func (h *devHandle) Wait(ctx context.Context, ports []Port) (int, error) {
 	}
 	h.rmu.Lock()
 	defer h.rmu.Unlock()
+	h.quiet = false
+	return h.waitLocked(ctx, ports)
+}
+
+// UnmaskWait implements UnmaskWaiter. When the handle is quiet (its one
+// port delivered by the last Wait, not unmasked since) it saves a system
+// call: the unmask is made inside the poller's read loop, just before it
+// parks, instead of a read(2) that would find the device empty (under
+// the lab's TCG a PV domain's system call costs a few hundred µs of CPU).
+// Otherwise it is Unmask then Wait.
+func (h *devHandle) UnmaskWait(ctx context.Context, local Port, ports []Port) (int, error) {
+	if len(ports) == 0 {
+		return 0, fmt.Errorf("evtchn: wait with no room for ports: %w", syscall.EINVAL)
+	}
+	h.rmu.Lock()
+	defer h.rmu.Unlock()
+	if !h.quiet || local != h.quietPort || h.bound.Load() != 1 || h.rc == nil {
+		h.quiet = false
+		if err := h.Unmask(local); err != nil {
+			return 0, err
+		}
+		return h.waitLocked(ctx, ports)
+	}
+	h.quiet = false
+	h.unmaskDue = true
+	defer func() {
+		if h.unmaskDue { // returned before parking: unmask all the same
+			h.unmaskDue = false
+			h.Unmask(local)
+		}
+	}()
+	return h.waitLocked(ctx, ports)
+}
+
+func (h *devHandle) waitLocked(ctx context.Context, ports []Port) (int, error) {
 	if h.isClosed() {
 		return 0, ErrClosed
 	}
@@ -267,6 +348,8 @@ func (h *devHandle) Wait(ctx context.Context, ports []Port) (int, error) {
 		}
 		n = h.decode(ports, n)
 		if n > 0 {
+			h.quiet = n == 1 && h.bound.Load() == 1
+			h.quietPort = ports[0]
 			return n, nil
 		}
 	}
@@ -296,6 +379,7 @@ func (h *devHandle) ReadPending(ports []Port) (int, error) {
 	}
 	h.rmu.Lock()
 	defer h.rmu.Unlock()
+	h.quiet = false
 	h.rwant = min(len(ports), maxRead) * portSize
 	if !h.rawRead(uintptr(h.fd)) {
 		return 0, nil // EAGAIN: none pending
@@ -323,7 +407,11 @@ func (h *devHandle) read(want int) (int, error) {
 		return h.f.Read(h.rbuf[:want])
 	}
 	h.rwant, h.rn, h.rerr = want, 0, nil
-	if err := h.rc.Read(h.readFn); err != nil {
+	fn := h.readFn
+	if h.unmaskDue {
+		fn = h.unmaskFn
+	}
+	if err := h.rc.Read(fn); err != nil {
 		if h.isClosed() {
 			// RawConn reports a closed file as internal/poll's
 			// ErrFileClosing, which os.File.Read maps to os.ErrClosed.

@@ -174,3 +174,90 @@ func TestOpenDevice(t *testing.T) {
 	require.NoError(t, h.(Resetter).Reset())
 	require.NoError(t, h.Close())
 }
+
+// devEcho stands in for the device behind a handle's socket: each unmask
+// written to it raises the port again (the guest's next request).
+func devEcho(t *testing.T, peer *os.File) (unmasks chan Port) {
+	unmasks = make(chan Port, 16)
+	go func() {
+		defer close(unmasks)
+		var b [4]byte
+		for {
+			if _, err := peer.Read(b[:]); err != nil {
+				return
+			}
+			p := Port(binary.LittleEndian.Uint32(b[:]))
+			unmasks <- p
+			if _, err := peer.Write(b[:]); err != nil {
+				return
+			}
+		}
+	}()
+	return unmasks
+}
+
+// TestDevUnmaskWait: on a handle with one port, whose last Wait delivered
+// it, UnmaskWait unmasks it and parks without the read(2) that would find
+// the device empty; the event raised after the unmask wakes it. With
+// another port bound it reads first (that one may be pending). A context
+// that ended still gets the port unmasked.
+func TestDevUnmaskWait(t *testing.T) {
+	h, peer := sockHandle(t)
+	dh := h
+	dh.bound.Store(1) // as after one BindInterdomain
+	ctx := context.Background()
+	ports := make([]Port, 4)
+	raise(t, peer, 7)
+	n, err := h.Wait(ctx, ports)
+	require.NoError(t, err)
+	require.Equal(t, []Port{7}, ports[:n])
+	unmasks := devEcho(t, peer)
+
+	cycle := func() {
+		n, err := UnmaskWait(ctx, h, 7, ports)
+		if err != nil || n != 1 || ports[0] != 7 {
+			t.Fatalf("UnmaskWait: %v %v", ports[:n], err)
+		}
+		if p := <-unmasks; p != 7 {
+			t.Fatalf("unmasked %d, want 7", p)
+		}
+	}
+	before := dh.reads
+	for range 3 {
+		cycle()
+	}
+	require.Equal(t, 3, dh.reads-before, "read(2)s in 3 UnmaskWaits (only the one after each wake-up)")
+	if a := testing.AllocsPerRun(50, cycle); !raceEnabled {
+		require.Zero(t, a)
+	}
+
+	// Two ports bound: the other one's event, pending, is read at once.
+	dh.bound.Store(2)
+	raise(t, peer, 9)
+	n, err = UnmaskWait(ctx, h, 7, ports)
+	require.NoError(t, err)
+	require.Equal(t, Port(9), ports[0], "the pending port (got %v)", ports[:n])
+	require.Equal(t, Port(7), <-unmasks)
+	if n == 1 {
+		n, err = h.Wait(ctx, ports) // the echo of 7's unmask
+		require.NoError(t, err)
+		require.Equal(t, []Port{7}, ports[:n])
+	}
+
+	// One port again, delivered: a context that has ended returns at once,
+	// with the port unmasked all the same.
+	dh.bound.Store(1)
+	require.NoError(t, h.Unmask(7))
+	require.Equal(t, Port(7), <-unmasks)
+	n, err = h.Wait(ctx, ports)
+	require.NoError(t, err)
+	require.Equal(t, []Port{7}, ports[:n])
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err = UnmaskWait(done, h, 7, ports)
+	require.ErrorIs(t, err, context.Canceled)
+	require.Equal(t, Port(7), <-unmasks, "unmasked though the context had ended")
+	n, err = h.Wait(ctx, ports)
+	require.NoError(t, err)
+	require.Equal(t, []Port{7}, ports[:n])
+}
