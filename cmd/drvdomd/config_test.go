@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -104,7 +105,8 @@ func TestModuleLoader(t *testing.T) {
 	}
 	// tun.ko is in modules.dep but not on disk; xenfs is built in; nope is nowhere.
 	os.MkdirAll(filepath.Join(sys, "xenfs"), 0o755)
-	l := &moduleLoader{dir: dir, log: quiet, sysfs: sys}
+	l := &moduleLoader{dir: dir, log: quiet, sysfs: sys,
+		params: moduleParams(`console=hvc0 bridge.x=1 drvdom.backend=drvdom loop.max_loop=64 loop.p="a b"`)}
 	f, _ := os.Open(filepath.Join(dir, "modules.dep"))
 	var err error
 	l.deps, err = moddep.Parse(f)
@@ -114,13 +116,14 @@ func TestModuleLoader(t *testing.T) {
 	}
 	type loaded struct {
 		content string
+		params  string
 		flags   int
 	}
 	var got []loaded
 	l.finit = func(fd int, params string, flags int) error {
 		b := make([]byte, 100)
 		n, _ := unix.Pread(fd, b, 0)
-		got = append(got, loaded{string(b[:n]), flags})
+		got = append(got, loaded{string(b[:n]), params, flags})
 		if strings.Contains(string(b[:n]), "llc") {
 			return unix.EEXIST // already loaded: fine
 		}
@@ -131,8 +134,8 @@ func TestModuleLoader(t *testing.T) {
 		t.Errorf("err = %v, want the missing module named", err)
 	}
 	want := []loaded{
-		{"kernel/net/llc/llc.ko", 0}, {"kernel/net/802/stp.ko", 0}, {"kernel/net/bridge/bridge.ko", 0},
-		{"kernel/drivers/block/loop.ko.xz", moduleInitCompressedFile},
+		{"kernel/net/llc/llc.ko", "", 0}, {"kernel/net/802/stp.ko", "", 0}, {"kernel/net/bridge/bridge.ko", "x=1", 0},
+		{"kernel/drivers/block/loop.ko.xz", `max_loop=64 p="a b"`, moduleInitCompressedFile},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("finit calls %v, want %v", got, want)
@@ -147,6 +150,22 @@ func TestModuleLoader(t *testing.T) {
 	got = nil
 	if _, err := l.Load("bridge", "loop"); err != nil || len(got) != 0 {
 		t.Errorf("reload: err %v, calls %v", err, got)
+	}
+}
+
+// TestModuleParams: module parameters on the kernel command line, as
+// modprobe reads them.
+func TestModuleParams(t *testing.T) {
+	got := moduleParams(`BOOT_IMAGE=/vmlinuz console=hvc0 e1000.InterruptThrottleRate=2000 xen-blkback.max_ring_page_order=4 ` +
+		`e1000.debug=3 quiet lab.msg="a b.c=d" .x=1 y.=2 nvme.poll_queues`)
+	want := map[string]string{
+		"e1000":       "InterruptThrottleRate=2000 debug=3",
+		"xen_blkback": "max_ring_page_order=4",
+		"lab":         `msg="a b.c=d"`,
+		"nvme":        "poll_queues",
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("moduleParams = %q, want %q", got, want)
 	}
 }
 

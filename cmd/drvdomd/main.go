@@ -130,6 +130,9 @@ func daemon(ctx context.Context, console io.Writer) int {
 	log.Info("drvdomd starting", "backend", cfg.Backend, "nic", cfg.NIC, "bridge", cfg.Bridge, "kernel", kernelRelease())
 
 	ml := newModuleLoader("/lib/modules", log)
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+		ml.params = moduleParams(string(b))
+	}
 	if n, err := ml.Load(without(cfg.Modules, BackendModules)...); err != nil {
 		log.Warn("some modules did not load; carrying on", "loaded", n, "first_err", err)
 	}

@@ -20,11 +20,64 @@ const moduleInitCompressedFile = 4
 // from /lib/modules/<release>/modules.dep. A module that is missing is one
 // log line, never a hang or an abort.
 type moduleLoader struct {
-	dir   string // /lib/modules/<release>
-	deps  moddep.Deps
-	log   *slog.Logger
-	sysfs string // /sys/module, to see what is loaded or built in
-	finit func(fd int, params string, flags int) error
+	dir    string // /lib/modules/<release>
+	deps   moddep.Deps
+	log    *slog.Logger
+	sysfs  string            // /sys/module, to see what is loaded or built in
+	params map[string]string // module (with _) -> its parameters from the kernel command line
+	finit  func(fd int, params string, flags int) error
+}
+
+// moduleParams returns the module parameters a kernel command line gives
+// ("e1000.InterruptThrottleRate=2000": e1000 -> "InterruptThrottleRate=2000"),
+// as modprobe passes them to a module it loads: the kernel itself applies
+// them only to built-in code. Words in double quotes are one word, as the
+// kernel splits its command line; '-' in a module's name is '_'.
+func moduleParams(cmdline string) map[string]string {
+	params := map[string]string{}
+	for _, w := range cmdlineWords(cmdline) {
+		eq := strings.IndexByte(w, '=')
+		name := w
+		if eq >= 0 {
+			name = w[:eq]
+		}
+		dot := strings.IndexByte(name, '.')
+		if dot <= 0 || dot == len(name)-1 {
+			continue
+		}
+		mod := strings.ReplaceAll(w[:dot], "-", "_")
+		if params[mod] != "" {
+			params[mod] += " "
+		}
+		params[mod] += w[dot+1:]
+	}
+	return params
+}
+
+// cmdlineWords splits a kernel command line at blanks outside double
+// quotes.
+func cmdlineWords(s string) []string {
+	var words []string
+	var w strings.Builder
+	quoted := false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			quoted = !quoted
+			w.WriteRune(r)
+		case !quoted && (r == ' ' || r == '\t' || r == '\n'):
+			if w.Len() > 0 {
+				words = append(words, w.String())
+				w.Reset()
+			}
+		default:
+			w.WriteRune(r)
+		}
+	}
+	if w.Len() > 0 {
+		words = append(words, w.String())
+	}
+	return words
 }
 
 func kernelRelease() string {
@@ -105,8 +158,12 @@ func (l *moduleLoader) loadOne(name string) error {
 	if strings.HasSuffix(p, ".xz") || strings.HasSuffix(p, ".zst") || strings.HasSuffix(p, ".gz") {
 		flags |= moduleInitCompressedFile
 	}
-	if err := l.finit(int(f.Fd()), "", flags); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("module %s: finit_module %s: %w", name, p, err)
+	params := l.params[strings.ReplaceAll(name, "-", "_")]
+	if err := l.finit(int(f.Fd()), params, flags); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("module %s: finit_module %s (parameters %q): %w", name, p, params, err)
+	}
+	if params != "" {
+		l.log.Info("module parameters from the kernel command line", "module", name, "params", params)
 	}
 	return nil
 }
