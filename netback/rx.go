@@ -128,6 +128,7 @@ func (q *queue) initRx() {
 
 // serveRx is the rx goroutine. It owns the TAP queue's reads and the rx ring.
 func (q *queue) serveRx(ctx context.Context) error {
+	told := false
 	for {
 		if err := q.rxWakeup(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -135,7 +136,21 @@ func (q *queue) serveRx(ctx context.Context) error {
 			}
 			return err
 		}
+		if s, ok := q.tap.(batchReadState); ok && !told {
+			if err := s.BatchReadErr(); err != nil {
+				q.log.Info("tap: batched reads refused, one read(2) per frame", "queue", q.id, "err", err)
+			}
+			told = true
+		}
 	}
+}
+
+// batchReadState is implemented by TAP queues whose batched reads can be
+// refused by the kernel (older ones, the lab's 6.1 among them, refuse
+// RWF_NOWAIT on a TAP: EOPNOTSUPP).
+type batchReadState interface {
+	// BatchReadErr is why reads are not batched (nil: they are).
+	BatchReadErr() error
 }
 
 // rxWakeup waits for frames from the TAP and delivers those waiting, read

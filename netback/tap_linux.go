@@ -758,6 +758,9 @@ func (q *linuxTapQueue) ReadBatch(ctx context.Context, bufs [][]byte, ns []int) 
 	}
 }
 
+// BatchReadErr implements batchReadState (the reading goroutine's call).
+func (q *linuxTapQueue) BatchReadErr() error { return q.rRingErr }
+
 // errTapReadRefused: the kernel refused a batch's reads (no RWF_NOWAIT
 // for TAPs, or its io_uring lacks readv): the queue reads one by one.
 var errTapReadRefused = errors.New("netback: tap: batched reads refused")
