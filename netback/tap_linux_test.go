@@ -483,6 +483,34 @@ func TestTapStoreSurvivesCrash(t *testing.T) {
 	})
 }
 
+// connectedTap creates the TAP name on bridge xenbr9, with its carrier on,
+// and the host's end of the link (hostEnd).
+func connectedTap(t *testing.T, name string) (tap Tap, brMAC [6]byte, conn *net.UDPConn, ok bool) {
+	t.Helper()
+	tap, err := LinuxHost{}.CreateTap(name, "xenbr9")
+	if err != nil {
+		t.Errorf("create tap: %v", err)
+		return nil, brMAC, nil, false
+	}
+	fail := func(format string, args ...any) (Tap, [6]byte, *net.UDPConn, bool) {
+		t.Errorf(format, args...)
+		tap.Close()
+		return nil, brMAC, nil, false
+	}
+	if err := tap.SetCarrier(true); err != nil {
+		return fail("carrier on: %v", err)
+	}
+	br, err := netlink.LinkByName("xenbr9")
+	if err != nil {
+		return fail("bridge: %v", err)
+	}
+	if brMAC, conn, ok = hostEnd(t, br); !ok {
+		tap.Close()
+		return nil, brMAC, nil, false
+	}
+	return tap, brMAC, conn, true
+}
+
 // TestRealTapWriteBatch sends 101 frames through a real TAP with one
 // WriteBatch (two io_uring chunks): the 100 good ones reach a socket, in
 // order, and the one the TAP refuses (shorter than an Ethernet header) is
@@ -490,25 +518,11 @@ func TestTapStoreSurvivesCrash(t *testing.T) {
 // closed.
 func TestRealTapWriteBatch(t *testing.T) {
 	inNetns(t, func() {
-		tap, err := LinuxHost{}.CreateTap("vif9.1", "xenbr9")
-		if err != nil {
-			t.Errorf("create tap: %v", err)
-			return
-		}
-		defer tap.Close()
-		if err := tap.SetCarrier(true); err != nil {
-			t.Errorf("carrier on: %v", err)
-			return
-		}
-		br, err := netlink.LinkByName("xenbr9")
-		if err != nil {
-			t.Errorf("bridge: %v", err)
-			return
-		}
-		brMAC, conn, ok := hostEnd(t, br)
+		tap, brMAC, conn, ok := connectedTap(t, "vif9.1")
 		if !ok {
 			return
 		}
+		defer tap.Close()
 		defer conn.Close()
 
 		const n, bad = 101, 50
@@ -589,25 +603,11 @@ func TestRealTapReadBatch(t *testing.T) {
 				return
 			}
 		}
-		tap, err := LinuxHost{}.CreateTap("vif9.2", "xenbr9")
-		if err != nil {
-			t.Errorf("create tap: %v", err)
-			return
-		}
-		defer tap.Close()
-		if err := tap.SetCarrier(true); err != nil {
-			t.Errorf("carrier on: %v", err)
-			return
-		}
-		br, err := netlink.LinkByName("xenbr9")
-		if err != nil {
-			t.Errorf("bridge: %v", err)
-			return
-		}
-		_, conn, ok := hostEnd(t, br)
+		tap, _, conn, ok := connectedTap(t, "vif9.2")
 		if !ok {
 			return
 		}
+		defer tap.Close()
 		defer conn.Close()
 		q := tap.Queue(0).(*linuxTapQueue)
 		send := func(seq byte) bool {
