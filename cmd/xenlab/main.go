@@ -120,6 +120,7 @@ type common struct {
 	drvdomd       string
 	kernelHotplug string
 	drvdomArgs    string
+	guestArgs     string
 	diskTarget    string
 	out           string
 	timeout       time.Duration
@@ -134,6 +135,7 @@ func (c *common) register(fs *flag.FlagSet, defTimeout time.Duration) {
 	fs.StringVar(&c.drvdomd, "drvdomd", "", "drvdomd binary for the shell driver domain (default: built from this repo when needed)")
 	fs.StringVar(&c.kernelHotplug, "kernel-hotplug", lab.HotplugScript, "who does the kernel backends' hotplug in the shell driver domain: script|drvdomd")
 	fs.StringVar(&c.drvdomArgs, "drvdom-args", "", "extra driver domain kernel command line (e.g. drvdom.loglevel=debug)")
+	fs.StringVar(&c.guestArgs, "guest-args", "", "extra guest kernel command line (e.g. xen_blkfront.max_indirect_segments=256)")
 	fs.StringVar(&c.diskTarget, "disk-target", lab.NVMeTarget, "the guest disk's path inside the driver domain")
 	fs.StringVar(&c.out, "out", "", "run directory (default $XDG_CACHE_HOME/drvdom/runs/<time>)")
 	fs.DurationVar(&c.timeout, "timeout", defTimeout, "whole-boot timeout; QEMU is killed after it")
@@ -226,7 +228,7 @@ func (c *common) scenario() (lab.Scenario, error) {
 		return lab.Scenario{}, fmt.Errorf("--kernel-hotplug=%s: want script or drvdomd", c.kernelHotplug)
 	}
 	return lab.Scenario{Backend: c.backend, DrvdomImage: c.drvdomImage, DiskTarget: c.diskTarget,
-		Drvdomd: c.drvdomd, KernelHotplug: c.kernelHotplug, DrvdomArgs: c.drvdomArgs}, nil
+		Drvdomd: c.drvdomd, KernelHotplug: c.kernelHotplug, DrvdomArgs: c.drvdomArgs, GuestArgs: c.guestArgs}, nil
 }
 
 // needDrvdomd builds drvdomd from this repository into dir when the shell

@@ -180,6 +180,13 @@ func TestDomainConfigRender(t *testing.T) {
 	if strings.Contains(g, "driver_domain") || strings.Contains(g, "pci =") {
 		t.Errorf("guest config has driver-domain keys:\n%s", g)
 	}
+	if !strings.Contains(g, `extra = "console=hvc0 lab.role=guest lab.ip=169.254.0.2"`) {
+		t.Errorf("guest kernel command line:\n%s", g)
+	}
+	ga := Scenario{Backend: BackendDrvdom, GuestArgs: " xen_blkfront.max_indirect_segments=256 "}.GuestConfig().Render()
+	if !strings.Contains(ga, `extra = "console=hvc0 lab.role=guest lab.ip=169.254.0.2 xen_blkfront.max_indirect_segments=256"`) {
+		t.Errorf("guest args not on the guest's command line:\n%s", ga)
+	}
 }
 
 func TestDom0Script(t *testing.T) {

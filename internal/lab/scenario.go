@@ -89,6 +89,9 @@ type Scenario struct {
 	// DrvdomArgs is appended to the driver domain's kernel command line
 	// (e.g. "drvdom.loglevel=debug").
 	DrvdomArgs string
+	// GuestArgs is appended to the guest's kernel command line (e.g.
+	// "xen_blkfront.max_indirect_segments=256").
+	GuestArgs string
 	// Dom0Phase, if set, is dom0's shell code run once the guest is ready
 	// (after E2E's detach/attach, if any) and before dom0 waits for the
 	// guest script's end: fault injection and the like. It runs in dom0.sh
@@ -167,7 +170,7 @@ func (s Scenario) hotplugArg() string {
 func (s Scenario) GuestConfig() DomainConfig {
 	c := DomainConfig{
 		Name: GuestName, Kernel: "/tmp/img/vmlinux", Ramdisk: "/tmp/img/guest.img",
-		Extra:    "console=hvc0 lab.role=guest lab.ip=" + GuestIP,
+		Extra:    strings.Join(strings.Fields("console=hvc0 lab.role=guest lab.ip="+GuestIP+" "+s.GuestArgs), " "),
 		MemoryMB: GuestMemMB, VCPUs: 1,
 		Disks: []string{DiskSpec(GuestVdev, DrvdomName, s.target())},
 		VIFs:  []string{VIFSpec(DrvdomName, Bridge, GuestMAC)},
