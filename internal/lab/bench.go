@@ -94,6 +94,9 @@ type BenchBoot struct {
 	Index   int    `json:"boot"` // 1-based, in boot order
 	Rep     int    `json:"rep"`  // 1-based repetition
 	Backend string `json:"backend"`
+	// Makeup: a boot added after the plan for rows it left short
+	// (RunBench, BenchMakeup).
+	Makeup bool `json:"makeup,omitempty"`
 }
 
 // PlanBench returns the boots of reps repetitions over backends: one boot
@@ -127,6 +130,52 @@ func PlanBench(backends []string, reps int) ([]BenchBoot, error) {
 		}
 	}
 	return out, nil
+}
+
+// BenchMakeup picks the backend mode of a make-up boot: the one whose
+// rows (device limit and guest block rows on both backings, network rows,
+// in that mode's boots) lack the most figures against reps, a tie going to
+// a mode other than last (the mode of the boot before, so make-up boots
+// alternate too). short names that mode's rows and their figures ("nvme
+// 1m-read-qd4 guest 1/3"). "" when no row of any mode is short.
+func BenchMakeup(samples []BenchSample, backends []string, reps int, last string) (backend string, short []string) {
+	type cell struct{ path, backing, workload string }
+	var cells []cell
+	for _, path := range []string{PathDevice, PathGuest} {
+		for _, bk := range Backings {
+			for _, w := range BlockWorkloads {
+				cells = append(cells, cell{path, bk, w.Name})
+			}
+		}
+	}
+	for _, w := range NetWorkloads {
+		cells = append(cells, cell{PathNet, "", w.Name})
+	}
+	best := 0
+	for _, be := range backends {
+		n := map[cell]int{}
+		for _, s := range samples {
+			if s.OK && s.Backend == be {
+				n[cell{s.Path, s.Backing, s.Workload}]++
+			}
+		}
+		lack := 0
+		var rows []string
+		for _, c := range cells {
+			if k := n[c]; k < reps {
+				lack += reps - k
+				name := c.workload + " " + c.path
+				if c.backing != "" {
+					name = c.backing + " " + name
+				}
+				rows = append(rows, fmt.Sprintf("%s %d/%d", name, k, reps))
+			}
+		}
+		if lack > best || (lack == best && lack > 0 && backend == last) {
+			best, backend, short = lack, be, rows
+		}
+	}
+	return backend, short
 }
 
 // BenchFileName is the lab_put name (and CHECK name, without ".json") of

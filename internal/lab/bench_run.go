@@ -24,6 +24,12 @@ type BenchOptions struct {
 	Echo     io.Writer     // serial console copy, if set
 	Drvdomd  string        // drvdomd binary for the drvdom mode
 	Stall    time.Duration // stop a boot whose consoles are silent this long; 0: BenchStall
+	// Makeup is the most boots added after the plan for rows left with
+	// fewer than Reps figures.
+	Makeup int
+
+	// bootFn runs one boot (tests); nil: a lab boot.
+	bootFn func(ctx context.Context, boot BenchBoot, dir string) (BenchBootLog, []BenchSample, error)
 }
 
 // BenchStall is the default silence after which a bench boot is stopped:
@@ -193,7 +199,11 @@ func describeCPU(s BenchSample) string {
 // RunBench boots the plan, one boot after the other, and collects every
 // sample. A boot that fails leaves failed samples and the matrix goes on;
 // the results are rewritten after every boot so an interrupted run keeps
-// what it measured. It stops early only when ctx ends.
+// what it measured. Then, while rows of a backend mode have fewer than
+// o.Reps figures (a boot whose guest was never created, a row disturbed by
+// the passed-through NVMe's interrupt storms), it boots that mode again, at
+// most o.Makeup times (BenchMakeup picks the mode). It stops early only
+// when ctx ends.
 func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*BenchResult, error) {
 	if p == nil {
 		p = NewProgress(nil)
@@ -205,96 +215,31 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 	if err := CheckBenchRuntime(o.Runtime); err != nil {
 		return nil, err
 	}
+	if o.Makeup < 0 {
+		return nil, fmt.Errorf("bench: make-up boots %d: want 0 or more", o.Makeup)
+	}
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
-	timeout := o.Timeout
-	if timeout == 0 {
-		timeout = BenchBootTimeout(o.Runtime)
-	}
-	stall := o.Stall
-	if stall == 0 {
-		stall = BenchStall
+	boot1 := o.bootFn
+	if boot1 == nil {
+		boot1 = func(ctx context.Context, boot BenchBoot, dir string) (BenchBootLog, []BenchSample, error) {
+			return runBenchBoot(ctx, a, o, p, boot, dir)
+		}
 	}
 	res := &BenchResult{Out: o.Out, Plan: plan}
-	for _, boot := range plan {
-		if ctx.Err() != nil {
-			break
-		}
-		dir := filepath.Join(o.Out, fmt.Sprintf("boot-%02d-rep%d-%s", boot.Index, boot.Rep, boot.Backend))
-		p.Printf("bench boot %d/%d: rep %d/%d, backend=%s, %s", boot.Index, len(plan), boot.Rep, o.Reps, boot.Backend, dir)
-		drvdomd := ""
-		if boot.Backend == BackendDrvdom {
-			drvdomd = o.Drvdomd
-		}
-		s := BenchScenario(boot, o.Runtime, drvdomd)
-		blog := BenchBootLog{Boot: boot.Index, Backend: boot.Backend, Dir: dir, LoadStart: hostLoad()}
-		bstart := time.Now()
-		var rep *Report
+	one := func(boot BenchBoot, total string) error {
+		dir := filepath.Join(o.Out, benchBootDir(boot))
+		p.Printf("bench boot %d/%s: rep %d/%d, backend=%s, %s", boot.Index, total, boot.Rep, o.Reps, boot.Backend, dir)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return res, fmt.Errorf("bench: %w", err)
+			return fmt.Errorf("bench: %w", err)
 		}
-		if err := PrepareBench(s, a, dir, o.Runtime); err != nil {
-			p.Printf("bench boot %d: prepare: %v", boot.Index, err)
-			rep = &Report{Out: dir, FailedDomain: "host", FailedWhy: "prepare: " + err.Error()}
-		} else {
-			bctx, stopBoot := context.WithCancel(ctx)
-			followed, watched := make(chan struct{}), make(chan struct{})
-			logs := domainLogs(dir)
-			stalled := false
-			go func() { // owned here: stopped and waited for right after Run
-				defer close(followed)
-				followBenchChecks(bctx, []string{logs[DrvdomName], logs[GuestName]}, 2*time.Second, func(_ string, c Check) {
-					st := "ok"
-					if !c.Pass {
-						st = "FAILED"
-					}
-					p.Printf("  row %-40s %s %s", c.Name, st, c.Detail)
-				})
-			}()
-			go func() { // owned here: ends with bctx or after stopping a stalled boot
-				defer close(watched)
-				watchStall(bctx, []string{filepath.Join(dir, "serial.log"), logs["dom0"], logs[DrvdomName], logs[GuestName]},
-					5*time.Second, stall, func() {
-						stalled = true
-						p.Printf("bench boot %d: no console output for %s: stopping it", boot.Index, stall)
-						stopBoot()
-					})
-			}()
-			r, runErr := Run(bctx, a, RunOptions{Out: dir, Timeout: timeout, Echo: o.Echo}, p)
-			stopBoot()
-			<-followed
-			<-watched
-			if !o.Keep {
-				Cleanup(dir)
-			}
-			rep = Collect(dir, r)
-			benchBootFiles(dir, rep)
-			rep.Backend = boot.Backend
-			if strings.Contains(rep.FailedWhy, "xl create failed") {
-				rep.FailedWhy += xlError(filepath.Join(dir, "xl-create-"+rep.FailedDomain+".log"))
-			}
-			switch {
-			case stalled && rep.FailedDomain == "":
-				rep.FailedDomain, rep.FailedWhy = "host", fmt.Sprintf("boot stalled: no console output for %s%s", stall, lastStamp(r))
-			case runErr != nil && rep.FailedDomain == "":
-				rep.FailedDomain, rep.FailedWhy = "host", runErr.Error()+lastStamp(r)
-			}
-			if runErr != nil {
-				p.Printf("bench boot %d: %v", boot.Index, runErr)
-			}
-		}
-		blog.ElapsedS, blog.LoadEnd = time.Since(bstart).Seconds(), hostLoad()
-		if rep.FailedDomain != "" {
-			blog.Error = rep.FailedDomain + ": " + rep.FailedWhy
-		}
-		blog.DrvdomdRSSMaxKB, blog.DrvdomdHWMKB, blog.DrvdomdProcs = DrvdomdMemory(rep.Files)
-		samples := BenchSamples(boot, rep)
-		if w, ok := BenchNVMeWatchOf(rep); ok {
-			blog.NVMeWatched, blog.NVMeResets = true, w.Resets
+		blog, samples, err := boot1(ctx, boot, dir)
+		if err != nil {
+			return err
 		}
 		res.Boots = append(res.Boots, blog)
-		p.Printf("bench boot %d/%d: %.0fs, host load %s -> %s", boot.Index, len(plan), blog.ElapsedS, blog.LoadStart, blog.LoadEnd)
+		p.Printf("bench boot %d/%s: %.0fs, host load %s -> %s", boot.Index, total, blog.ElapsedS, blog.LoadStart, blog.LoadEnd)
 		for _, r := range blog.NVMeResets {
 			p.Printf("  NVMe controller reset by the watchdog (%s) at %.0fs: %d interrupts for %d I/Os in 1 s", r.Why, r.UptimeS, r.Interrupts, r.IOs)
 		}
@@ -309,9 +254,35 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 			}
 			p.Printf("  %-6s %-6s %-5s %-18s %s", boot.Backend, s.Path, bk, s.Workload, describeSample(s))
 		}
-		p.Printf("bench boot %d/%d: %d of %d rows measured", boot.Index, len(plan), ok, len(samples))
+		p.Printf("bench boot %d/%s: %d of %d rows measured", boot.Index, total, ok, len(samples))
 		res.Samples = append(res.Samples, samples...)
-		if err := WriteBenchOutputs(o.Out, o, res); err != nil {
+		return WriteBenchOutputs(o.Out, o, res)
+	}
+	total := fmt.Sprint(len(plan))
+	for _, boot := range plan {
+		if ctx.Err() != nil {
+			break
+		}
+		if err := one(boot, total); err != nil {
+			return res, err
+		}
+	}
+	for extra := 1; extra <= o.Makeup && ctx.Err() == nil; extra++ {
+		last := res.Plan[len(res.Plan)-1].Backend
+		be, short := BenchMakeup(res.Samples, o.Backends, o.Reps, last)
+		if be == "" {
+			break
+		}
+		reps := 0
+		for _, b := range res.Plan {
+			if b.Backend == be {
+				reps++
+			}
+		}
+		boot := BenchBoot{Index: len(res.Plan) + 1, Rep: reps + 1, Backend: be, Makeup: true}
+		res.Plan = append(res.Plan, boot)
+		p.Printf("bench: make-up boot %d of at most %d, backend=%s: %s", extra, o.Makeup, be, strings.Join(short, ", "))
+		if err := one(boot, fmt.Sprintf("%s+%d", total, extra)); err != nil {
 			return res, err
 		}
 	}
@@ -319,6 +290,96 @@ func RunBench(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress) (*
 		return res, err
 	}
 	return res, ctx.Err()
+}
+
+// benchBootDir names a boot's run directory.
+func benchBootDir(b BenchBoot) string {
+	if b.Makeup {
+		return fmt.Sprintf("boot-%02d-makeup-%s", b.Index, b.Backend)
+	}
+	return fmt.Sprintf("boot-%02d-rep%d-%s", b.Index, b.Rep, b.Backend)
+}
+
+// runBenchBoot is one boot of the matrix in the lab: its samples, and what
+// bench.json keeps of it. The error is only for a run directory it cannot
+// write; a failed boot is failed samples.
+func runBenchBoot(ctx context.Context, a *Artifacts, o BenchOptions, p *Progress, boot BenchBoot, dir string) (BenchBootLog, []BenchSample, error) {
+	timeout := o.Timeout
+	if timeout == 0 {
+		timeout = BenchBootTimeout(o.Runtime)
+	}
+	stall := o.Stall
+	if stall == 0 {
+		stall = BenchStall
+	}
+	drvdomd := ""
+	if boot.Backend == BackendDrvdom {
+		drvdomd = o.Drvdomd
+	}
+	s := BenchScenario(boot, o.Runtime, drvdomd)
+	blog := BenchBootLog{Boot: boot.Index, Backend: boot.Backend, Dir: dir, LoadStart: hostLoad()}
+	bstart := time.Now()
+	var rep *Report
+	if err := PrepareBench(s, a, dir, o.Runtime); err != nil {
+		p.Printf("bench boot %d: prepare: %v", boot.Index, err)
+		rep = &Report{Out: dir, FailedDomain: "host", FailedWhy: "prepare: " + err.Error()}
+	} else {
+		bctx, stopBoot := context.WithCancel(ctx)
+		followed, watched := make(chan struct{}), make(chan struct{})
+		logs := domainLogs(dir)
+		stalled := false
+		go func() { // owned here: stopped and waited for right after Run
+			defer close(followed)
+			followBenchChecks(bctx, []string{logs[DrvdomName], logs[GuestName]}, 2*time.Second, func(_ string, c Check) {
+				st := "ok"
+				if !c.Pass {
+					st = "FAILED"
+				}
+				p.Printf("  row %-40s %s %s", c.Name, st, c.Detail)
+			})
+		}()
+		go func() { // owned here: ends with bctx or after stopping a stalled boot
+			defer close(watched)
+			watchStall(bctx, []string{filepath.Join(dir, "serial.log"), logs["dom0"], logs[DrvdomName], logs[GuestName]},
+				5*time.Second, stall, func() {
+					stalled = true
+					p.Printf("bench boot %d: no console output for %s: stopping it", boot.Index, stall)
+					stopBoot()
+				})
+		}()
+		r, runErr := Run(bctx, a, RunOptions{Out: dir, Timeout: timeout, Echo: o.Echo}, p)
+		stopBoot()
+		<-followed
+		<-watched
+		if !o.Keep {
+			Cleanup(dir)
+		}
+		rep = Collect(dir, r)
+		benchBootFiles(dir, rep)
+		rep.Backend = boot.Backend
+		if strings.Contains(rep.FailedWhy, "xl create failed") {
+			rep.FailedWhy += xlError(filepath.Join(dir, "xl-create-"+rep.FailedDomain+".log"))
+		}
+		switch {
+		case stalled && rep.FailedDomain == "":
+			rep.FailedDomain, rep.FailedWhy = "host", fmt.Sprintf("boot stalled: no console output for %s%s", stall, lastStamp(r))
+		case runErr != nil && rep.FailedDomain == "":
+			rep.FailedDomain, rep.FailedWhy = "host", runErr.Error()+lastStamp(r)
+		}
+		if runErr != nil {
+			p.Printf("bench boot %d: %v", boot.Index, runErr)
+		}
+	}
+	blog.ElapsedS, blog.LoadEnd = time.Since(bstart).Seconds(), hostLoad()
+	if rep.FailedDomain != "" {
+		blog.Error = rep.FailedDomain + ": " + rep.FailedWhy
+	}
+	blog.DrvdomdRSSMaxKB, blog.DrvdomdHWMKB, blog.DrvdomdProcs = DrvdomdMemory(rep.Files)
+	samples := BenchSamples(boot, rep)
+	if w, ok := BenchNVMeWatchOf(rep); ok {
+		blog.NVMeWatched, blog.NVMeResets = true, w.Resets
+	}
+	return blog, samples, nil
 }
 
 // BenchMain is `xenlab bench [flags]`: build the lab (build), build
@@ -338,6 +399,7 @@ func BenchMain(ctx context.Context, p *Progress, args []string, stdout io.Writer
 	fs.BoolVar(&o.Keep, "keep", false, "keep each boot's disk image and ramdisks")
 	fs.StringVar(&o.Drvdomd, "drvdomd", "", "drvdomd binary for the drvdom mode (default: built from this repo)")
 	fs.DurationVar(&o.Stall, "stall", BenchStall, "stop a boot whose consoles stay silent this long (a TCG hang)")
+	fs.IntVar(&o.Makeup, "makeup", 2, "boots added, at most, after the plan for a backend mode whose rows have fewer than --reps figures (a guest never created, rows lost to the NVMe's interrupt storms)")
 	verbose := fs.Bool("v", false, "copy the serial console to stderr")
 	recollect := fs.String("recollect", "", "boot nothing: read the finished run in this directory again (its boots' consoles and files) and write bench.json/md/svg into --out")
 	// --runtime 5 means 5 s: accept a plain number.
@@ -373,6 +435,9 @@ func BenchMain(ctx context.Context, p *Progress, args []string, stdout io.Writer
 	if err := CheckBenchRuntime(o.Runtime); err != nil {
 		return 2, err
 	}
+	if o.Makeup < 0 {
+		return 2, fmt.Errorf("bench: --makeup %d: want 0 or more", o.Makeup)
+	}
 	if *verbose {
 		o.Echo = os.Stderr
 	}
@@ -401,7 +466,7 @@ func BenchMain(ctx context.Context, p *Progress, args []string, stdout io.Writer
 	}
 	plan, _ := PlanBench(o.Backends, o.Reps)
 	est := BenchBootTimeout(o.Runtime) / 2
-	p.Printf("bench: %d boots (%s), runtime %s, ≈%s each; results in %s", len(plan), planString(plan), o.Runtime, est.Round(time.Minute), o.Out)
+	p.Printf("bench: %d boots (%s) and up to %d make-up boots, runtime %s, ≈%s each; results in %s", len(plan), planString(plan), o.Makeup, o.Runtime, est.Round(time.Minute), o.Out)
 	res, runErr := RunBench(ctx, a, o, p)
 	if res != nil {
 		fmt.Fprintf(stdout, "bench results: %s/{bench.json,bench.md,bench.svg}\n\n", o.Out)

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,9 +25,9 @@ func TestPlanBenchAlternatesModesAcrossReps(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []BenchBoot{
-		{1, 1, BackendKernel}, {2, 1, BackendDrvdom},
-		{3, 2, BackendDrvdom}, {4, 2, BackendKernel},
-		{5, 3, BackendKernel}, {6, 3, BackendDrvdom},
+		{1, 1, BackendKernel, false}, {2, 1, BackendDrvdom, false},
+		{3, 2, BackendDrvdom, false}, {4, 2, BackendKernel, false},
+		{5, 3, BackendKernel, false}, {6, 3, BackendDrvdom, false},
 	}
 	if len(plan) != len(want) {
 		t.Fatalf("plan %v: want %d boots", plan, len(want))
@@ -507,7 +508,7 @@ func TestWriteBenchOutputs(t *testing.T) {
 
 func TestBenchMainFlags(t *testing.T) {
 	built := false
-	for _, args := range [][]string{{"--reps", "0"}, {"--backends", "kernel,xen"}, {"--runtime", "61"}, {"--nope"}} {
+	for _, args := range [][]string{{"--reps", "0"}, {"--backends", "kernel,xen"}, {"--runtime", "61"}, {"--nope"}, {"--makeup", "-1"}} {
 		code, err := BenchMain(t.Context(), NewProgress(nil), args, io.Discard, func(ctx context.Context) (*Artifacts, error) {
 			built = true
 			return nil, errors.New("no lab here")
@@ -722,5 +723,161 @@ func TestHostLoad(t *testing.T) {
 	}
 	if f := strings.Fields(hostLoad()); len(f) != 3 {
 		t.Errorf("hostLoad() = %q", hostLoad())
+	}
+}
+
+// benchBootSamples is every sample of one boot of be, measured, except the
+// rows lost names (BenchFileName's check names, "" for none).
+func benchBootSamples(boot BenchBoot, lost ...string) []BenchSample {
+	var out []BenchSample
+	add := func(path, bk, w string) {
+		s := BenchSample{Boot: boot.Index, Rep: boot.Rep, Backend: boot.Backend, Path: path, Backing: bk, Workload: w, OK: true, IOPS: 100, MBps: 1, Gbps: 0.1}
+		for _, l := range lost {
+			if l == benchCheckName(BenchFileName(path, bk, w)) {
+				s = BenchSample{Boot: boot.Index, Rep: boot.Rep, Backend: boot.Backend, Path: path, Backing: bk, Workload: w, Error: "disturbed: storm"}
+			}
+		}
+		out = append(out, s)
+	}
+	for _, path := range []string{PathDevice, PathGuest} {
+		for _, bk := range Backings {
+			for _, w := range BlockWorkloads {
+				add(path, bk, w.Name)
+			}
+		}
+	}
+	for _, w := range NetWorkloads {
+		add(PathNet, "", w.Name)
+	}
+	return out
+}
+
+func TestBenchMakeupPicksTheShortestMode(t *testing.T) {
+	be := []string{BackendKernel, BackendDrvdom}
+	plan, _ := PlanBench(be, 3)
+	var all []BenchSample
+	for _, b := range plan {
+		all = append(all, benchBootSamples(b)...)
+	}
+	if got, short := BenchMakeup(all, be, 3, BackendDrvdom); got != "" || short != nil {
+		t.Errorf("complete matrix: make-up %q %v", got, short)
+	}
+	// A kernel boot whose guest never started: its guest and net rows fail.
+	var lost []string
+	for _, w := range BlockWorkloads {
+		for _, bk := range Backings {
+			lost = append(lost, benchCheckName(BenchFileName(PathGuest, bk, w.Name)))
+		}
+	}
+	for _, w := range NetWorkloads {
+		lost = append(lost, benchCheckName(BenchFileName(PathNet, "", w.Name)))
+	}
+	var ss []BenchSample
+	for _, b := range plan {
+		switch {
+		case b.Index == 1:
+			ss = append(ss, benchBootSamples(b, lost...)...)
+		case b.Backend == BackendDrvdom && b.Rep == 2:
+			ss = append(ss, benchBootSamples(b, "bench-guest-nvme-1m-read-qd4")...)
+		default:
+			ss = append(ss, benchBootSamples(b)...)
+		}
+	}
+	got, short := BenchMakeup(ss, be, 3, BackendDrvdom)
+	if got != BackendKernel || len(short) != len(lost) || !slices.Contains(short, "nvme 4k-randread-qd1 guest 2/3") || !slices.Contains(short, "dom0-to-guest-P4 net 2/3") {
+		t.Errorf("make-up %q, short rows %q", got, short)
+	}
+	// One row short on each side: the mode not booted last.
+	ss = append(ss, benchBootSamples(BenchBoot{Index: 7, Rep: 4, Backend: BackendKernel, Makeup: true}, "bench-guest-tmpfs-4k-randread-qd1")...)
+	for _, last := range be {
+		got, short := BenchMakeup(ss, be, 3, last)
+		if got == last || len(short) != 1 {
+			t.Errorf("tie after %s: make-up %q %q", last, got, short)
+		}
+	}
+	if got, _ := BenchMakeup(ss, be, 2, BackendKernel); got != "" {
+		t.Errorf("reps 2: make-up %q, want none", got)
+	}
+}
+
+func TestRunBenchMakeupBoots(t *testing.T) {
+	// Boot 1 (kernel) loses two rows, boot 2 (drvdom) an NVMe row; the
+	// first make-up boot (kernel: two rows short against one) loses one of
+	// them again, so one row is short on each side and the second goes to
+	// drvdom (not booted last), the third to the kernel; then nothing is
+	// short and the budget's other two are not used.
+	var booted []BenchBoot
+	fake := func(ctx context.Context, b BenchBoot, dir string) (BenchBootLog, []BenchSample, error) {
+		booted = append(booted, b)
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("boot %d: run directory: %v", b.Index, err)
+		}
+		var lost []string
+		switch b.Index {
+		case 1, 3:
+			lost = []string{"bench-guest-tmpfs-1m-write-qd4", "bench-net-guest-to-dom0-P1"}
+		case 2:
+			lost = []string{"bench-guest-nvme-4k-randread-qd32"}
+		}
+		if b.Index == 3 && b.Makeup {
+			lost = lost[:1]
+		}
+		return BenchBootLog{Boot: b.Index, Backend: b.Backend, Dir: dir}, benchBootSamples(b, lost...), nil
+	}
+	out := t.TempDir()
+	o := BenchOptions{Out: out, Backends: []string{BackendKernel, BackendDrvdom}, Reps: 1, Runtime: 10 * time.Second, Makeup: 5, bootFn: fake}
+	var log strings.Builder
+	res, err := RunBench(t.Context(), nil, o, NewProgress(&log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []BenchBoot{
+		{1, 1, BackendKernel, false}, {2, 1, BackendDrvdom, false},
+		{3, 2, BackendKernel, true}, {4, 2, BackendDrvdom, true}, {5, 3, BackendKernel, true},
+	}
+	if !slices.Equal(booted, want) || !slices.Equal(res.Plan, want) {
+		t.Errorf("booted %v, plan %v; want %v", booted, res.Plan, want)
+	}
+	for _, d := range []string{"boot-01-rep1-kernel", "boot-03-makeup-kernel", "boot-04-makeup-drvdom"} {
+		if _, err := os.Stat(filepath.Join(out, d)); err != nil {
+			t.Errorf("run directory: %v", err)
+		}
+	}
+	for _, r := range res.Rows {
+		for be, st := range r.Guest {
+			if st.N < 1 {
+				t.Errorf("%s %s: n=%d after make-up boots", r.Label(), be, st.N)
+			}
+		}
+	}
+	if !strings.Contains(log.String(), "make-up boot 1 of at most 5, backend=kernel: tmpfs 1m-write-qd4 guest 0/1, guest-to-dom0-P1 net 0/1") ||
+		!strings.Contains(log.String(), "bench boot 5/2+3:") {
+		t.Errorf("progress lacks the make-up boots:\n%s", log.String())
+	}
+	var doc benchJSON
+	b, _ := os.ReadFile(filepath.Join(out, "bench.json"))
+	if err := json.Unmarshal(b, &doc); err != nil || len(doc.Plan) != 5 || !doc.Plan[4].Makeup || len(doc.Boots) != 5 {
+		t.Errorf("bench.json: plan %v, %d boots, %v", doc.Plan, len(doc.Boots), err)
+	}
+
+	// The budget bounds them; none when nothing is short.
+	booted = nil
+	o.Out, o.Makeup = t.TempDir(), 1
+	if res, err = RunBench(t.Context(), nil, o, nil); err != nil || len(booted) != 3 || len(res.Plan) != 3 {
+		t.Errorf("budget 1: %d boots, %v", len(booted), err)
+	}
+	booted = nil
+	o.Out, o.Makeup, o.Backends = t.TempDir(), 3, []string{BackendDrvdom}
+	fake2 := func(ctx context.Context, b BenchBoot, dir string) (BenchBootLog, []BenchSample, error) {
+		booted = append(booted, b)
+		return BenchBootLog{Boot: b.Index}, benchBootSamples(b), nil
+	}
+	o.bootFn = fake2
+	if _, err = RunBench(t.Context(), nil, o, nil); err != nil || len(booted) != 1 {
+		t.Errorf("complete run: %d boots, %v", len(booted), err)
+	}
+	o.Makeup = -1
+	if _, err = RunBench(t.Context(), nil, o, nil); err == nil {
+		t.Error("negative make-up budget accepted")
 	}
 }
