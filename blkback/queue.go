@@ -44,6 +44,7 @@ type slot struct {
 	m      grant.Mapping // this request's non-persistent mapping, if any
 	io     IO
 	uid    uint64 // io_uring user_data
+	fix    int32  // io_uring: 1 + the registered bounce buffer it holds, 0 none
 	bytes  uint64
 	status int16
 }

@@ -139,7 +139,7 @@ func pattern(n int, seed uint64) []byte {
 	return b
 }
 
-// modes are the three ways data pages reach the backend.
+// modes are the ways data pages reach the backend, with its engines.
 var modes = []struct {
 	name       string
 	persistent bool // the frontend offers feature-persistent
@@ -152,6 +152,9 @@ var modes = []struct {
 	{"persistent+uring", true, func(d *blkback.Driver) { d.Engine = blkback.EngineURing }},
 	{"persistent+uring-rings", true, func(d *blkback.Driver) { d.Engine, d.RingThreads = blkback.EngineURing, true }},
 	{"grant-copy+uring", true, func(d *blkback.Driver) { d.GrantCopy, d.Engine = true, blkback.EngineURing }},
+	// Four bounce buffers: a full ring also takes the frontend's pages.
+	{"persistent+uring-fixed", true, func(d *blkback.Driver) { d.Engine, d.FixedBuffers = blkback.EngineURing, 4 }},
+	{"map+uring-fixed", false, func(d *blkback.Driver) { d.Engine, d.FixedBuffers = blkback.EngineURing, 4 }},
 }
 
 var abis = []struct {

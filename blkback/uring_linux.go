@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -73,6 +74,7 @@ type uringExec struct {
 	side   *poolExec
 	ops    sync.WaitGroup // submitted, not reaped
 	done   chan struct{}
+	fixed  *fixedBufs // Driver.FixedBuffers: registered bounce buffers, or nil
 }
 
 func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error) {
@@ -93,6 +95,12 @@ func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error)
 		s.uid = uint64(i)
 	}
 	x := &uringExec{dev: dev, u: u, fd: fd, slots: slots, queues: queues, side: newPoolExec(dev, 2, len(slots)), done: make(chan struct{})}
+	if n := dev.drv.FixedBuffers; n > 0 && dev.pool == nil {
+		if x.fixed, err = newFixedBufs(u, n); err != nil {
+			dev.log.Warn("blkback: no registered bounce buffers, transfers go to the frontend's pages", "err", err)
+			x.fixed = nil
+		}
+	}
 	go func() {
 		defer close(x.done)
 		if err := u.Reap(x.completed, x.pushAll); err != nil {
@@ -104,10 +112,125 @@ func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error)
 
 func (x *uringExec) submit(s *slot) {
 	x.ops.Add(1) // before the queue: another ring's flush may submit it
+	if x.fixed != nil && x.queueFixed(s) {
+		return
+	}
 	if !queueSlot(x.u, x.fd, s, s.uid, x.side) {
 		x.ops.Done()
 	}
 }
+
+// queueFixed queues s's read or write through one of x.fixed's registered
+// buffers (a write's data copied into it here) and reports whether it did:
+// not for other operations, transfers larger than a buffer, or when every
+// buffer is in use (s then goes to the frontend's pages as usual).
+func (x *uringExec) queueFixed(s *slot) bool {
+	var op uint8
+	switch {
+	case s.req.Operation == OpDiscard || len(s.bufs) == 0 || s.bytes > fixedBufSize:
+		return false
+	case s.op == OpRead:
+		op = uring.OpReadFixed
+	case s.op == OpWrite:
+		op = uring.OpWriteFixed
+	default:
+		return false
+	}
+	i, ok := x.fixed.get()
+	if !ok {
+		return false
+	}
+	b := x.fixed.bufs[i][:s.bytes]
+	if op == uring.OpWriteFixed {
+		gather(b, s.bufs)
+	}
+	s.fix = int32(i) + 1
+	s.io.Off = int64(s.req.Sector) * SectorSize
+	st := &s.q.dev.stats
+	st.InFlight.Add(1)
+	st.Bounced.Add(1)
+	if err := x.u.QueueFixed(op, x.fd, uintptr(unsafe.Pointer(&b[0])), uint32(len(b)), uint64(s.io.Off), uint16(i), s.uid); err != nil {
+		st.InFlight.Add(-1)
+		st.Bounced.Add(^uint64(0))
+		s.fix = 0
+		x.fixed.put(i)
+		return false
+	}
+	return true
+}
+
+// gather copies bufs, in order, into b (len(b) is their total).
+func gather(b []byte, bufs [][]byte) {
+	n := 0
+	for _, p := range bufs {
+		n += copy(b[n:], p)
+	}
+}
+
+// scatter copies b, in order, into bufs.
+func scatter(bufs [][]byte, b []byte) {
+	n := 0
+	for _, p := range bufs {
+		n += copy(p, b[n:])
+	}
+}
+
+// fixedBufSize is the size of one registered bounce buffer: the largest
+// request of a Linux blkfront with its default 32 indirect segments.
+const fixedBufSize = 32 * PageSize
+
+// fixedBufs are a device's bounce buffers registered with its io_uring
+// (Driver.FixedBuffers). A transfer to or from the frontend's pages makes
+// the kernel pin each of them (get_user_pages) for every request, which
+// in the lab's PV driver domain costs more than the transfer's copy
+// through a buffer the kernel pinned once (gntdev mappings themselves
+// cannot be registered: EOPNOTSUPP).
+type fixedBufs struct {
+	mem   []byte
+	free  func() error
+	bufs  [][]byte
+	mu    sync.Mutex
+	avail []int
+}
+
+func newFixedBufs(u *uring.Ring, n int) (*fixedBufs, error) {
+	n = min(n, 1<<14) // IORING_MAX_REG_BUFFERS
+	mem, free, err := allocPages(n * fixedBufSize / PageSize)
+	if err != nil {
+		return nil, fmt.Errorf("%d bounce buffers: %w", n, err)
+	}
+	f := &fixedBufs{mem: mem, free: free, bufs: make([][]byte, n), avail: make([]int, n)}
+	for i := range f.bufs {
+		f.bufs[i] = mem[i*fixedBufSize : (i+1)*fixedBufSize : (i+1)*fixedBufSize]
+		f.avail[i] = n - 1 - i
+	}
+	if err := u.RegisterBuffers(f.bufs); err != nil {
+		free()
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *fixedBufs) get() (int, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.avail) == 0 {
+		return 0, false
+	}
+	i := f.avail[len(f.avail)-1]
+	f.avail = f.avail[:len(f.avail)-1]
+	return i, true
+}
+
+func (f *fixedBufs) put(i int) {
+	f.mu.Lock()
+	f.avail = append(f.avail, i)
+	f.mu.Unlock()
+}
+
+// close frees the buffers; the ring they are registered with must be
+// closed first.
+func (f *fixedBufs) close() error { return f.free() }
 
 // queueSlot queues s's read or write on u with user as its user_data and
 // reports whether it did: flushes, discards, transfers without data, and
@@ -147,7 +270,16 @@ func (x *uringExec) completed(user uint64, res int32) bool {
 		x.dev.log.Error("blkback: io_uring completion for an unknown request", "user", user)
 		return true
 	}
-	transferDone(x.slots[user], res) // published by pushAll after the batch
+	s := x.slots[user]
+	if s.fix != 0 {
+		i := int(s.fix - 1)
+		if s.op == OpRead && res >= 0 && uint64(res) == s.bytes {
+			scatter(s.bufs, x.fixed.bufs[i][:s.bytes])
+		}
+		s.fix = 0
+		x.fixed.put(i)
+	}
+	transferDone(s, res) // published by pushAll after the batch
 	x.ops.Done()
 	return true
 }
@@ -196,4 +328,7 @@ func (x *uringExec) stop() {
 	<-x.done
 	x.side.stop()
 	x.u.Close()
+	if x.fixed != nil {
+		x.fixed.close()
+	}
 }

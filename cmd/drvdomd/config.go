@@ -48,6 +48,10 @@ type Config struct {
 	// of its own (blkrings=threads; default shared: one reaper per
 	// device; see blkback.Driver.RingThreads).
 	BlkRingThreads bool
+	// BlkFixed is the number of 128 KiB bounce buffers per vbd registered
+	// with its io_uring (blkfixed=N, 0..4096; default 0: transfers go to
+	// the frontend's pages; see blkback.Driver.FixedBuffers).
+	BlkFixed int
 }
 
 // BaseModules are loaded in every mode; BackendModules only in kernel mode
@@ -139,6 +143,12 @@ func (c *Config) Set(key, val string) error {
 		return setChoice(&c.BlkGrantCopy, key, val, blkGrants)
 	case "blkrings":
 		return setChoice(&c.BlkRingThreads, key, val, blkRings)
+	case "blkfixed":
+		n, err := strconv.Atoi(val)
+		if err != nil || n < 0 || n > 4096 {
+			return fmt.Errorf("blkfixed=%q: want 0..4096 buffers", val)
+		}
+		c.BlkFixed = n
 	case "cpuprofile":
 		dir, err := parseCPUProfileDir(val)
 		if err != nil {

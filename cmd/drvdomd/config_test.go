@@ -50,7 +50,15 @@ func TestConfigSources(t *testing.T) {
 	if slices.Contains(XenstoreKeys, "faults") {
 		t.Error("faults must not be settable from xenstore")
 	}
-	for _, bad := range [][2]string{{"backend", "qemu"}, {"domid", "65535"}, {"nic", "a/b"}, {"waitnic", "-1"}, {"watchdog", "maybe"}, {"faults", "perhaps"}} {
+	if c.BlkFixed != 0 {
+		t.Errorf("blkfixed %d by default", c.BlkFixed)
+	}
+	c.ApplyCmdline("quiet drvdom.blkfixed=32", quiet)
+	if c.BlkFixed != 32 || slices.Contains(XenstoreKeys, "blkfixed") {
+		t.Errorf("drvdom.blkfixed=32: %d (or settable from xenstore)", c.BlkFixed)
+	}
+	for _, bad := range [][2]string{{"backend", "qemu"}, {"domid", "65535"}, {"nic", "a/b"}, {"waitnic", "-1"}, {"watchdog", "maybe"}, {"faults", "perhaps"},
+		{"blkfixed", "-1"}, {"blkfixed", "4097"}, {"blkfixed", "many"}} {
 		if err := c.Set(bad[0], bad[1]); err == nil {
 			t.Errorf("Set(%q, %q) accepted", bad[0], bad[1])
 		}

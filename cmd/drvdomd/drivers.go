@@ -65,7 +65,7 @@ func buildDrivers(env driverEnv) ([]xenbus.Driver, func(), error) {
 		// Crash-only: each ring's journal lives in the domain's tmpfs, so a
 		// restarted worker replays what the dead one left unanswered.
 		&blkback.Driver{Grants: blkMapper, Events: events, Log: env.Log.With("drv", "vbd"), JournalDir: journal.DefaultDir, GrantCopy: env.Cfg.BlkGrantCopy,
-			RingThreads: env.Cfg.BlkRingThreads},
+			RingThreads: env.Cfg.BlkRingThreads, FixedBuffers: env.Cfg.BlkFixed},
 		&netback.Driver{Host: netback.LinuxHost{Store: env.TapStore}, Mapper: netMapper, Events: events, Log: env.Log.With("drv", "vif")},
 	}
 	return drivers, cleanup, nil

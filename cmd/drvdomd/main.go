@@ -59,8 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case "config":
 			log := slog.New(slog.NewTextHandler(stderr, nil))
 			cfg := loadConfig(log)
-			fmt.Fprintf(stdout, "backend=%s\nnic=%s\nbridge=%s\nmodules=%s\nloglevel=%s\nwatchdog=%v\nwaitnic=%d\nfaults=%v\nscratch=%s\ncpuprofile=%s\ncpuprofile-window=%v\nblkgrants=%s\nblkrings=%s\n",
-				cfg.Backend, cfg.NIC, cfg.Bridge, strings.Join(cfg.Modules, ","), cfg.LogLevel, cfg.Watchdog, cfg.WaitNIC, cfg.Faults, scratchString(cfg.Scratch), cmp.Or(cfg.CPUProfile, "none"), cfg.CPUProfileWindow, blkGrants.name(cfg.BlkGrantCopy), blkRings.name(cfg.BlkRingThreads))
+			fmt.Fprintf(stdout, "backend=%s\nnic=%s\nbridge=%s\nmodules=%s\nloglevel=%s\nwatchdog=%v\nwaitnic=%d\nfaults=%v\nscratch=%s\ncpuprofile=%s\ncpuprofile-window=%v\nblkgrants=%s\nblkrings=%s\nblkfixed=%d\n",
+				cfg.Backend, cfg.NIC, cfg.Bridge, strings.Join(cfg.Modules, ","), cfg.LogLevel, cfg.Watchdog, cfg.WaitNIC, cfg.Faults, scratchString(cfg.Scratch), cmp.Or(cfg.CPUProfile, "none"), cfg.CPUProfileWindow, blkGrants.name(cfg.BlkGrantCopy), blkRings.name(cfg.BlkRingThreads), cfg.BlkFixed)
 			return 0
 		case "-h", "-help", "--help", "help":
 			fmt.Fprintln(stdout, "usage: drvdomd [selftest|config|worker]   (no argument: run the driver domain)")

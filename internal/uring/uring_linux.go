@@ -51,6 +51,7 @@ const (
 	sqeOffLen      = 24
 	sqeOffOpFlags  = 28
 	sqeOffUserData = 32
+	sqeOffBufIndex = 40 // u16, READ_FIXED/WRITE_FIXED: the registered buffer
 	cqeSize        = 16
 	cqeOffUserData = 0
 	cqeOffRes      = 8
@@ -59,6 +60,11 @@ const (
 	OpReadv   = 1
 	OpWritev  = 2
 	OpPollAdd = 6 // poll32_events in the op-flags word
+	// OpReadFixed and OpWriteFixed transfer to or from a buffer registered
+	// with RegisterBuffers (QueueFixed): the kernel pinned its pages once,
+	// so a transfer skips pinning them.
+	OpReadFixed  = 4
+	OpWriteFixed = 5
 
 	PollIn = 0x1 // POLLIN
 
@@ -71,6 +77,7 @@ const (
 	geteventsArgTs   = 16
 
 	uringRegisterEventfd = 4 // IORING_REGISTER_EVENTFD
+	uringRegisterBuffers = 0 // IORING_REGISTER_BUFFERS
 )
 
 // uring is a minimal io_uring: submissions from any goroutine (serialised),
@@ -197,6 +204,40 @@ func registerEventfd(ringFD int) *os.File {
 	return os.NewFile(uintptr(efd), "io_uring-eventfd") // non-blocking: served by the netpoller
 }
 
+// RegisterBuffers registers bufs with the ring (IORING_REGISTER_BUFFERS,
+// once per ring): QueueFixed then transfers to or from bufs[i] by index.
+// The kernel pins their pages until the ring is closed, so they must stay
+// mapped that long. Kernels refuse some memory (EOPNOTSUPP for gntdev
+// mappings, say).
+func (u *Ring) RegisterBuffers(bufs [][]byte) error {
+	if len(bufs) == 0 || len(bufs) > 1<<16 {
+		return fmt.Errorf("io_uring: register %d buffers: %w", len(bufs), unix.EINVAL)
+	}
+	iov := make([]unix.Iovec, len(bufs))
+	for i, b := range bufs {
+		if len(b) == 0 {
+			return fmt.Errorf("io_uring: register buffer %d: empty: %w", i, unix.EINVAL)
+		}
+		iov[i].Base = &b[0]
+		iov[i].SetLen(len(b))
+	}
+	_, _, e := unix.Syscall6(unix.SYS_IO_URING_REGISTER, uintptr(u.fd), uringRegisterBuffers, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), 0, 0)
+	runtime.KeepAlive(iov)
+	if e != 0 {
+		return fmt.Errorf("io_uring: register %d buffers: %w", len(bufs), e)
+	}
+	return nil
+}
+
+// QueueFixed adds one OpReadFixed or OpWriteFixed SQE: n bytes at addr,
+// inside the buffer registered at index buf, at file offset off.
+func (u *Ring) QueueFixed(op uint8, fd int, addr uintptr, n uint32, off uint64, buf uint16, user uint64) error {
+	if op != OpReadFixed && op != OpWriteFixed {
+		return fmt.Errorf("io_uring: op %d is not a fixed-buffer transfer: %w", op, unix.EINVAL)
+	}
+	return u.queue(op, fd, addr, n, off, 0, buf, user)
+}
+
 // queue adds one SQE; flush hands every queued SQE to the kernel. iov
 // points at n iovecs that must stay valid until the completion.
 func (u *Ring) Queue(op uint8, fd int, iov *unix.Iovec, n int, off int64, user uint64) error {
@@ -208,7 +249,13 @@ func (u *Ring) QueuePoll(fd int, events uint32, user uint64) error {
 	return u.QueueSQE(OpPollAdd, fd, 0, 0, 0, events, user)
 }
 
+// QueueSQE adds one SQE of op with its op-flags word (RWF_NOWAIT for a
+// readv, poll events for a poll).
 func (u *Ring) QueueSQE(op uint8, fd int, addr uintptr, n uint32, off uint64, opFlags uint32, user uint64) error {
+	return u.queue(op, fd, addr, n, off, opFlags, 0, user)
+}
+
+func (u *Ring) queue(op uint8, fd int, addr uintptr, n uint32, off uint64, opFlags uint32, buf uint16, user uint64) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	tail := *u.sqTail // only we write it
@@ -225,6 +272,7 @@ func (u *Ring) QueueSQE(op uint8, fd int, addr uintptr, n uint32, off uint64, op
 	*(*uint32)(unsafe.Pointer(&sqe[sqeOffLen])) = n
 	*(*uint32)(unsafe.Pointer(&sqe[sqeOffOpFlags])) = opFlags
 	*(*uint64)(unsafe.Pointer(&sqe[sqeOffUserData])) = user
+	*(*uint16)(unsafe.Pointer(&sqe[sqeOffBufIndex])) = buf
 	u.sqArray[idx] = idx
 	atomic.StoreUint32(u.sqTail, tail+1) // release: the SQE before the tail
 	u.pending++
