@@ -137,9 +137,11 @@ func (q *queue) serveRx(ctx context.Context) error {
 			}
 			return err
 		}
-		if s, ok := q.tap.(batchReadState); ok && !told {
-			if err := s.BatchReadErr(); err != nil {
-				q.log.Info("tap: batched reads refused, one read(2) per frame", "queue", q.id, "err", err)
+		if !told {
+			if s, ok := q.tap.(batchReadState); ok {
+				if err := s.BatchReadErr(); err != nil {
+					q.log.Info("tap: batched reads refused, one read(2) per frame", "queue", q.id, "err", err)
+				}
 			}
 			told = true
 		}

@@ -598,6 +598,21 @@ func (q *linuxTapQueue) Write(b []byte) (int, error) {
 	return q.wN, nil
 }
 
+// lazyRing makes *r, an io_uring of the queue's with entries entries, the
+// first time a batch needs it, and reports whether this call tried (the
+// caller then makes the ring's other state); a refusal stays in *errp (and
+// *r nil: the queue goes one frame per system call).
+func (q *linuxTapQueue) lazyRing(r **uring.Ring, errp *error, entries uint32) bool {
+	if *r != nil || *errp != nil || q.rcErr != nil {
+		return false
+	}
+	*r, *errp = uring.New(entries, false)
+	if *errp != nil {
+		*r = nil
+	}
+	return true
+}
+
 // tapBatchEntries is the size of a queue's WriteBatch io_uring: larger
 // batches go in chunks of this many frames.
 const tapBatchEntries = 64
@@ -609,11 +624,7 @@ const tapBatchEntries = 64
 // TCG that costs more than the frame itself (the tx profile of stop 18:
 // TAP writes 40-54% of drvdomd's CPU at about 6 frames per batch).
 func (q *linuxTapQueue) WriteBatch(frames [][]byte, errs []error) {
-	if q.batch == nil && q.batchErr == nil && q.rcErr == nil {
-		q.batch, q.batchErr = uring.New(tapBatchEntries, false)
-		if q.batchErr != nil {
-			q.batch = nil
-		}
+	if q.lazyRing(&q.batch, &q.batchErr, tapBatchEntries) {
 		q.batchIov = make([]unix.Iovec, tapBatchEntries)
 		q.batchFn = q.writeChunk
 	}
@@ -714,11 +725,7 @@ func (q *linuxTapQueue) ReadBatch(ctx context.Context, bufs [][]byte, ns []int) 
 	if len(bufs) == 0 {
 		return 0, nil
 	}
-	if q.rRing == nil && q.rRingErr == nil && q.rcErr == nil {
-		q.rRing, q.rRingErr = uring.New(tapReadEntries, false)
-		if q.rRingErr != nil {
-			q.rRing = nil
-		}
+	if q.lazyRing(&q.rRing, &q.rRingErr, tapReadEntries) {
 		q.rIov = make([]unix.Iovec, tapReadEntries)
 		q.rFn = q.readChunk
 	}
