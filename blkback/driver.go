@@ -62,11 +62,13 @@ type Driver struct {
 	// is not the default.
 	RingThreads bool
 	// FixedBuffers is the number of 128 KiB bounce buffers per device
-	// registered with its io_uring (shared reaper engine, mapped grants):
-	// reads and writes of up to 128 KiB go through one, with a copy from
-	// or to the frontend's pages, instead of having the kernel pin those
-	// pages for every transfer. 0: none (the default). Larger requests,
-	// and requests finding every buffer busy, use the frontend's pages.
+	// registered with its io_uring (shared reaper engine, mapped grants,
+	// an O_DIRECT backing):
+	// reads and writes of 32 KiB to 128 KiB go through one, with a copy
+	// from or to the frontend's pages, instead of having the kernel pin
+	// those pages for every transfer (fixedMinBytes has the lab's
+	// figures). 0: none. Other requests, and requests finding every
+	// buffer busy, use the frontend's pages.
 	FixedBuffers int
 	// JournalDir keeps each ring's crash-only journal (a memory file per
 	// ring; put it on tmpfs, e.g. /run/drvdom/journal). Empty: no journal,

@@ -82,7 +82,7 @@ func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error)
 	if !ok {
 		return nil, fmt.Errorf("backing has no file descriptor for io_uring")
 	}
-	fd, _ := rf.uringFD()
+	fd, direct := rf.uringFD()
 	entries := uint32(1)
 	for int(entries) < len(slots)+1 {
 		entries <<= 1
@@ -95,7 +95,10 @@ func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error)
 		s.uid = uint64(i)
 	}
 	x := &uringExec{dev: dev, u: u, fd: fd, slots: slots, queues: queues, side: newPoolExec(dev, 2, len(slots)), done: make(chan struct{})}
-	if n := dev.drv.FixedBuffers; n > 0 && dev.pool == nil {
+	// Bounce buffers only for O_DIRECT: a buffered transfer copies
+	// between the page cache and the frontend's pages without pinning
+	// them, and a bounce buffer would add a copy.
+	if n := dev.drv.FixedBuffers; n > 0 && dev.pool == nil && direct {
 		if x.fixed, err = newFixedBufs(u, n); err != nil {
 			dev.log.Warn("blkback: no registered bounce buffers, transfers go to the frontend's pages", "err", err)
 			x.fixed = nil
@@ -122,12 +125,13 @@ func (x *uringExec) submit(s *slot) {
 
 // queueFixed queues s's read or write through one of x.fixed's registered
 // buffers (a write's data copied into it here) and reports whether it did:
-// not for other operations, transfers larger than a buffer, or when every
-// buffer is in use (s then goes to the frontend's pages as usual).
+// not for other operations, transfers smaller than fixedMinBytes or larger
+// than a buffer, or when every buffer is in use (s then goes to the
+// frontend's pages as usual).
 func (x *uringExec) queueFixed(s *slot) bool {
 	var op uint8
 	switch {
-	case s.req.Operation == OpDiscard || len(s.bufs) == 0 || s.bytes > fixedBufSize:
+	case s.req.Operation == OpDiscard || len(s.bufs) == 0 || s.bytes > fixedBufSize || s.bytes < fixedMinBytes:
 		return false
 	case s.op == OpRead:
 		op = uring.OpReadFixed
@@ -178,6 +182,15 @@ func scatter(bufs [][]byte, b []byte) {
 // fixedBufSize is the size of one registered bounce buffer: the largest
 // request of a Linux blkfront with its default 32 indirect segments.
 const fixedBufSize = 32 * PageSize
+
+// fixedMinBytes is the smallest transfer that goes through a bounce
+// buffer. The pinning a buffer saves is per page, and in the lab (two
+// alternated pairs of boots, 32 buffers) 1 MiB reads and writes, in
+// 128 KiB requests, took 25-60% less drvdomd CPU per MiB through them
+// (throughput +19-133%), while 4 KiB random reads at QD32 went 596/552
+// -> 475/453 IOPS at 1.00/1.14 -> 1.28/1.31 ms of CPU each: small
+// requests keep the frontend's pages.
+const fixedMinBytes = 8 * PageSize
 
 // fixedBufs are a device's bounce buffers registered with its io_uring
 // (Driver.FixedBuffers). A transfer to or from the frontend's pages makes

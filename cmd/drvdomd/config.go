@@ -49,10 +49,15 @@ type Config struct {
 	// device; see blkback.Driver.RingThreads).
 	BlkRingThreads bool
 	// BlkFixed is the number of 128 KiB bounce buffers per vbd registered
-	// with its io_uring (blkfixed=N, 0..4096; default 0: transfers go to
-	// the frontend's pages; see blkback.Driver.FixedBuffers).
+	// with its io_uring (blkfixed=N, 0..4096; default DefaultBlkFixed;
+	// 0: transfers go to the frontend's pages; see
+	// blkback.Driver.FixedBuffers).
 	BlkFixed int
 }
+
+// DefaultBlkFixed bounce buffers per vbd (4 MiB) cover a guest's 1 MiB
+// reads or writes at QD4 in blkfront's 128 KiB requests.
+const DefaultBlkFixed = 32
 
 // BaseModules are loaded in every mode; BackendModules only in kernel mode
 // (in drvdom mode the kernel's backends would race drvdomd for the devices).
@@ -75,6 +80,7 @@ func DefaultConfig() Config {
 		LogLevel: slog.LevelInfo,
 		Watchdog: true,
 		WaitNIC:  10,
+		BlkFixed: DefaultBlkFixed,
 
 		CPUProfileWindow: DefaultCPUProfileWindow,
 	}

@@ -50,12 +50,12 @@ func TestConfigSources(t *testing.T) {
 	if slices.Contains(XenstoreKeys, "faults") {
 		t.Error("faults must not be settable from xenstore")
 	}
-	if c.BlkFixed != 0 {
-		t.Errorf("blkfixed %d by default", c.BlkFixed)
+	if c.BlkFixed != DefaultBlkFixed {
+		t.Errorf("blkfixed %d by default, want %d", c.BlkFixed, DefaultBlkFixed)
 	}
-	c.ApplyCmdline("quiet drvdom.blkfixed=32", quiet)
-	if c.BlkFixed != 32 || slices.Contains(XenstoreKeys, "blkfixed") {
-		t.Errorf("drvdom.blkfixed=32: %d (or settable from xenstore)", c.BlkFixed)
+	c.ApplyCmdline("quiet drvdom.blkfixed=0", quiet)
+	if c.BlkFixed != 0 || slices.Contains(XenstoreKeys, "blkfixed") {
+		t.Errorf("drvdom.blkfixed=0: %d (or settable from xenstore)", c.BlkFixed)
 	}
 	for _, bad := range [][2]string{{"backend", "qemu"}, {"domid", "65535"}, {"nic", "a/b"}, {"waitnic", "-1"}, {"watchdog", "maybe"}, {"faults", "perhaps"},
 		{"blkfixed", "-1"}, {"blkfixed", "4097"}, {"blkfixed", "many"}} {
