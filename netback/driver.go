@@ -194,13 +194,7 @@ func (v *Vif) Connect(ctx context.Context) error {
 		}
 		if c.events, err = v.drv.Events(); err != nil {
 			err = fmt.Errorf("%s: queue %d: open event channels: %w", v.dev.Name(), i, err)
-		} else if c.split {
-			if c.rxEvents, err = v.drv.Events(); err != nil {
-				c.events.Close()
-				err = fmt.Errorf("%s: queue %d: open rx event channels: %w", v.dev.Name(), i, err)
-			}
-		}
-		if err == nil {
+		} else {
 			var q *queue
 			if q, err = newQueue(*c); err != nil {
 				err = fmt.Errorf("%s: %w", v.dev.Name(), err)

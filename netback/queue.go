@@ -26,23 +26,18 @@ type queueConfig struct {
 	rate   *rateLimit
 	mcast  *mcastList
 	mapper grant.Mapper
-	events evtchn.Handle // this queue's own handle: the tx port (the only one when not split)
-	// rxEvents is a second handle of the queue's, for the rx port of split
-	// event channels (nil when not split): the rx goroutine owns it, so the
-	// tx handle has one port, whose unmask its waits can do (UnmaskWait).
-	rxEvents evtchn.Handle
-	tap      TapQueue
-	log      *slog.Logger
-	stats    *counters
+	events evtchn.Handle // this queue's own handle
+	tap    TapQueue
+	log    *slog.Logger
+	stats  *counters
 	// rxDrain: how long a packet waits for rx buffers (0: default).
 	rxDrain time.Duration
 }
 
 // queue serves one tx/rx ring pair with two goroutines: the tx goroutine
-// owns the event channel handle of the tx port (it waits, unmasks, services
-// the tx ring and, when the one port is both, wakes the rx goroutine), the
-// rx goroutine owns the TAP queue's reads, the rx ring and the rx port's
-// handle of split event channels. Both stop when the serving context ends.
+// owns the event channel handle (it waits, unmasks, services the tx ring
+// and wakes the rx goroutine), the rx goroutine owns the TAP queue's reads
+// and the rx ring. Both stop when the serving context ends.
 type queue struct {
 	queueConfig
 	txMap, rxMap grant.Mapping
@@ -91,13 +86,8 @@ func newQueue(cfg queueConfig) (q *queue, err error) {
 		return q, fmt.Errorf("queue %d: bind event channel %d: %w", cfg.id, cfg.txPort, err)
 	}
 	q.localRx = q.localTx
-	rxEvents := cfg.events
 	if cfg.split {
-		if cfg.rxEvents == nil {
-			return q, fmt.Errorf("queue %d: split event channels without an rx handle", cfg.id)
-		}
-		rxEvents = cfg.rxEvents
-		if q.localRx, err = rxEvents.BindInterdomain(cfg.front, cfg.rxPort); err != nil {
+		if q.localRx, err = cfg.events.BindInterdomain(cfg.front, cfg.rxPort); err != nil {
 			return q, fmt.Errorf("queue %d: bind rx event channel %d: %w", cfg.id, cfg.rxPort, err)
 		}
 	}
@@ -113,7 +103,7 @@ func newQueue(cfg queueConfig) (q *queue, err error) {
 		return q, fmt.Errorf("queue %d: notify event channel %d: %w", cfg.id, cfg.txPort, err)
 	}
 	if q.localRx != q.localTx {
-		if err := rxEvents.Notify(q.localRx); err != nil {
+		if err := q.events.Notify(q.localRx); err != nil {
 			return q, fmt.Errorf("queue %d: notify rx event channel %d: %w", cfg.id, cfg.rxPort, err)
 		}
 	}
@@ -126,9 +116,6 @@ func (q *queue) release() error {
 	var errs []error
 	if q.events != nil {
 		errs = append(errs, q.events.Close()) // unbinds every port of the handle
-	}
-	if q.rxEvents != nil {
-		errs = append(errs, q.rxEvents.Close())
 	}
 	if q.txMap != nil {
 		errs = append(errs, q.txMap.Unmap())
@@ -162,14 +149,6 @@ func (q *queue) serve(ctx context.Context) error {
 	run(q.serveTx) // the caller's goroutine is the pair's other half
 	wg.Wait()
 	return first
-}
-
-// rxHandle is the handle of the rx port.
-func (q *queue) rxHandle() evtchn.Handle {
-	if q.rxEvents != nil {
-		return q.rxEvents
-	}
-	return q.events
 }
 
 // wakeRx pokes the rx goroutine without blocking.

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"drvdom/evtchn"
 	"drvdom/grant"
 )
 
@@ -307,7 +306,7 @@ func (q *queue) rxFlush() {
 	q.stats.rxBatches.Add(1)
 	if q.rx.PushResponses() {
 		q.stats.rxNotify.Add(1)
-		if err := q.rxHandle().Notify(q.localRx); err != nil {
+		if err := q.events.Notify(q.localRx); err != nil {
 			q.log.Warn("notify rx", "queue", q.id, "err", err)
 		}
 	}
@@ -326,7 +325,6 @@ func (q *queue) rxFlush() {
 // senders) forever.
 func (q *queue) waitRxSlots(ctx context.Context, n int) error {
 	var stall *time.Timer
-	var stallAt time.Time
 	defer func() {
 		if stall != nil {
 			stall.Stop()
@@ -354,15 +352,6 @@ func (q *queue) waitRxSlots(ctx context.Context, n int) error {
 		if again > avail {
 			continue
 		}
-		if q.rxEvents != nil {
-			if stallAt.IsZero() {
-				stallAt = time.Now().Add(q.rxDrainTimeout()) // slow path only
-			}
-			if err := q.waitRxEvent(ctx, stallAt); err != nil {
-				return err
-			}
-			continue
-		}
 		if stall == nil {
 			stall = time.NewTimer(q.rxDrainTimeout()) // slow path only
 		}
@@ -374,29 +363,6 @@ func (q *queue) waitRxSlots(ctx context.Context, n int) error {
 			return ctx.Err()
 		}
 	}
-}
-
-// waitRxEvent waits on the rx port's own handle (split event channels)
-// until the guest notifies it, or until stallAt (errRxStalled).
-func (q *queue) waitRxEvent(ctx context.Context, stallAt time.Time) error {
-	wctx, cancel := context.WithDeadline(ctx, stallAt)
-	defer cancel()
-	var ports [1]evtchn.Port
-	n, err := q.rxEvents.Wait(wctx, ports[:])
-	switch {
-	case ctx.Err() != nil:
-		return ctx.Err()
-	case err != nil && wctx.Err() != nil:
-		return errRxStalled
-	case err != nil:
-		return fmt.Errorf("queue %d: rx: wait for events: %w", q.id, err)
-	}
-	for _, p := range ports[:n] {
-		if err := q.rxEvents.Unmask(p); err != nil {
-			return fmt.Errorf("queue %d: rx: unmask %d: %w", q.id, p, err)
-		}
-	}
-	return nil
 }
 
 var errRxStalled = errors.New("netback: guest posts no rx buffers")

@@ -2,18 +2,13 @@ package netback_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
-	"fmt"
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"drvdom/evtchn"
 	"drvdom/internal/xensim/netfront"
 	"drvdom/netback"
 )
@@ -282,26 +277,19 @@ func TestSimReconnect(t *testing.T) {
 	}
 }
 
-// TestSimRxWaitsForBuffers: a packet waits for the guest's rx buffers,
-// woken by the rx port's event: through the tx goroutine with one event
-// channel, on the rx port's own handle with split ones.
 func TestSimRxWaitsForBuffers(t *testing.T) {
-	for _, split := range []bool{false, true} {
-		t.Run(fmt.Sprint("split=", split), func(t *testing.T) {
-			e := newEnv(t, nil)
-			v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2, Split: split})
-			fr := netback.BuildFrame(netback.FrameOpts{Payload: 10000})
-			inject(t, v.tap, 0, netback.VnetHdr{}, fr)
-			select {
-			case <-v.f.RecvChan(0):
-				t.Fatal("a 3-slot packet was delivered into 2 buffers")
-			case <-time.After(50 * time.Millisecond):
-			}
-			v.f.PostRx(0, 0)
-			if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, fr) {
-				t.Fatal("frame differs")
-			}
-		})
+	e := newEnv(t, nil)
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2})
+	fr := netback.BuildFrame(netback.FrameOpts{Payload: 10000})
+	inject(t, v.tap, 0, netback.VnetHdr{}, fr)
+	select {
+	case <-v.f.RecvChan(0):
+		t.Fatal("a 3-slot packet was delivered into 2 buffers")
+	case <-time.After(50 * time.Millisecond):
+	}
+	v.f.PostRx(0, 0)
+	if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, fr) {
+		t.Fatal("frame differs")
 	}
 }
 
@@ -532,116 +520,15 @@ func TestSimBackendRestart(t *testing.T) {
 // TestSimRxDrainTimeout: a packet the guest has no buffers for is dropped
 // after the drain timeout, and the queue goes on with the next one.
 func TestSimRxDrainTimeout(t *testing.T) {
-	for _, split := range []bool{false, true} {
-		t.Run(fmt.Sprint("split=", split), func(t *testing.T) {
-			e := newEnv(t, func(d *netback.Driver) { d.RxDrainTimeout = 30 * time.Millisecond })
-			v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2, Split: split})
-			inject(t, v.tap, 0, netback.VnetHdr{}, netback.BuildFrame(netback.FrameOpts{Payload: 10000}))
-			small := netback.BuildFrame(netback.FrameOpts{Payload: 100, Seed: 3})
-			inject(t, v.tap, 0, netback.VnetHdr{}, small)
-			if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, small) {
-				t.Fatal("frame after the stalled one differs")
-			}
-			e.drvStats(t, v, func(s netback.Stats) bool { return s.RxDropped == 1 && s.RxPackets == 1 })
-		})
+	e := newEnv(t, func(d *netback.Driver) { d.RxDrainTimeout = 30 * time.Millisecond })
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2})
+	inject(t, v.tap, 0, netback.VnetHdr{}, netback.BuildFrame(netback.FrameOpts{Payload: 10000}))
+	small := netback.BuildFrame(netback.FrameOpts{Payload: 100, Seed: 3})
+	inject(t, v.tap, 0, netback.VnetHdr{}, small)
+	if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, small) {
+		t.Fatal("frame after the stalled one differs")
 	}
-}
-
-// countingHandle counts what a queue does with one of its event channel
-// handles.
-type countingHandle struct {
-	evtchn.Handle
-	bound, unmasks, unmaskWaits atomic.Int32
-}
-
-func (h *countingHandle) BindInterdomain(dom uint16, remote evtchn.Port) (evtchn.Port, error) {
-	p, err := h.Handle.BindInterdomain(dom, remote)
-	if err == nil {
-		h.bound.Add(1)
-	}
-	return p, err
-}
-
-func (h *countingHandle) Unmask(p evtchn.Port) error {
-	h.unmasks.Add(1)
-	return h.Handle.Unmask(p)
-}
-
-func (h *countingHandle) UnmaskWait(ctx context.Context, local evtchn.Port, ports []evtchn.Port) (int, error) {
-	h.unmaskWaits.Add(1)
-	if err := h.Handle.Unmask(local); err != nil {
-		return 0, err
-	}
-	return h.Handle.Wait(ctx, ports)
-}
-
-// TestSimTxUnmaskWait: the tx goroutine unmasks the tx port only as its
-// next wait begins (UnmaskWait, one system call fewer per wakeup on the
-// Linux device), which needs the port alone on its handle: with split
-// event channels the rx port gets a handle of its own, whose events reach
-// the rx goroutine (packets waiting for rx buffers).
-func TestSimTxUnmaskWait(t *testing.T) {
-	for _, split := range []bool{false, true} {
-		t.Run(fmt.Sprint("split=", split), func(t *testing.T) {
-			var mu sync.Mutex
-			var hs []*countingHandle
-			e := newEnv(t, func(d *netback.Driver) {
-				events := d.Events
-				d.Events = func() (evtchn.Handle, error) {
-					h, err := events()
-					if err != nil {
-						return nil, err
-					}
-					c := &countingHandle{Handle: h}
-					mu.Lock()
-					hs = append(hs, c)
-					mu.Unlock()
-					return c, nil
-				}
-			})
-			v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2, Split: split})
-			ctx := ctxT(t)
-			const n = 20
-			for i := range n {
-				fr := netback.BuildFrame(netback.FrameOpts{Payload: 100 + i, Seed: byte(i)})
-				if err := v.f.Send(ctx, 0, netfront.Packet{Frame: fr}, 0); err != nil {
-					t.Fatal(err)
-				}
-				if _, got := recvHost(t, v.tap, 0); !bytes.Equal(got, fr) {
-					t.Fatalf("frame %d differs", i)
-				}
-			}
-			// rx: a packet that waits for buffers, then gets them.
-			fr := netback.BuildFrame(netback.FrameOpts{Payload: 10000})
-			inject(t, v.tap, 0, netback.VnetHdr{}, fr)
-			time.Sleep(30 * time.Millisecond)
-			v.f.PostRx(0, 0)
-			if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, fr) {
-				t.Fatal("rx frame differs")
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			want := 1
-			if split {
-				want = 2
-			}
-			if len(hs) != want {
-				t.Fatalf("%d handles opened, want %d", len(hs), want)
-			}
-			tx := hs[0]
-			if tx.bound.Load() != 1 || tx.unmaskWaits.Load() < n/2 {
-				t.Errorf("tx handle: %d ports, %d UnmaskWaits for %d frames sent one at a time", tx.bound.Load(), tx.unmaskWaits.Load(), n)
-			}
-			if split {
-				if tx.unmasks.Load() != 0 {
-					t.Errorf("tx handle: %d plain unmasks, want none", tx.unmasks.Load())
-				}
-				if rx := hs[1]; rx.bound.Load() != 1 || rx.unmasks.Load() < 1 || rx.unmaskWaits.Load() != 0 {
-					t.Errorf("rx handle: %d ports, %d unmasks, %d UnmaskWaits", rx.bound.Load(), rx.unmasks.Load(), rx.unmaskWaits.Load())
-				}
-			}
-		})
-	}
+	e.drvStats(t, v, func(s netback.Stats) bool { return s.RxDropped == 1 && s.RxPackets == 1 })
 }
 
 // TestSimRxChecksumForGuestsWithoutOffload: partial checksums are finished

@@ -65,20 +65,8 @@ func (q *queue) initTx() {
 	q.sendErrs = make([]error, txMaxSegs)
 }
 
-// serveTx is the tx goroutine. It owns the queue's event channel handle
-// (the tx port's). The tx port stays masked while txWork services the
-// ring, and is unmasked as the next wait begins (evtchn.UnmaskWait, which
-// on the Linux device costs no read(2) that finds nothing): the guest's
-// notifications meanwhile are for requests txWork takes anyway, and one
-// that comes after its last look fires at the unmask.
+// serveTx is the tx goroutine. It owns the queue's event channel handle.
 func (q *queue) serveTx(ctx context.Context) error {
-	var masked evtchn.Port
-	held := false // masked is delivered and not unmasked yet
-	defer func() {
-		if held {
-			q.events.Unmask(masked) // a later process's waits need it
-		}
-	}()
 	for {
 		if err := q.txWork(); err != nil {
 			return err
@@ -87,14 +75,7 @@ func (q *queue) serveTx(ctx context.Context) error {
 		if q.waitRate > 0 {
 			wctx, cancel = context.WithTimeout(ctx, q.waitRate)
 		}
-		var n int
-		var err error
-		if held {
-			held = false // unmasked by UnmaskWait, even when it fails
-			n, err = evtchn.UnmaskWait(wctx, q.events, masked, q.ports[:])
-		} else {
-			n, err = q.events.Wait(wctx, q.ports[:])
-		}
+		n, err := q.events.Wait(wctx, q.ports[:])
 		if cancel != nil {
 			cancel()
 		}
@@ -108,15 +89,11 @@ func (q *queue) serveTx(ctx context.Context) error {
 			return fmt.Errorf("queue %d: wait for events: %w", q.id, err)
 		}
 		for _, p := range q.ports[:n] {
-			if p == q.localRx {
-				q.wakeRx() // not split: the one port is both
-			}
-			if p == q.localTx && !held {
-				masked, held = p, true
-				continue
-			}
 			if err := q.events.Unmask(p); err != nil {
 				return fmt.Errorf("queue %d: unmask %d: %w", q.id, p, err)
+			}
+			if p == q.localRx {
+				q.wakeRx()
 			}
 		}
 	}
