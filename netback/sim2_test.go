@@ -3,6 +3,7 @@ package netback_test
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"runtime"
 	"strconv"
 	"strings"
@@ -277,19 +278,26 @@ func TestSimReconnect(t *testing.T) {
 	}
 }
 
+// TestSimRxWaitsForBuffers: a packet waits for the guest's rx buffers,
+// woken by the rx port's event (the only port, or the rx one of split
+// event channels).
 func TestSimRxWaitsForBuffers(t *testing.T) {
-	e := newEnv(t, nil)
-	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2})
-	fr := netback.BuildFrame(netback.FrameOpts{Payload: 10000})
-	inject(t, v.tap, 0, netback.VnetHdr{}, fr)
-	select {
-	case <-v.f.RecvChan(0):
-		t.Fatal("a 3-slot packet was delivered into 2 buffers")
-	case <-time.After(50 * time.Millisecond):
-	}
-	v.f.PostRx(0, 0)
-	if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, fr) {
-		t.Fatal("frame differs")
+	for _, split := range []bool{false, true} {
+		t.Run(fmt.Sprint("split=", split), func(t *testing.T) {
+			e := newEnv(t, nil)
+			v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2, Split: split})
+			fr := netback.BuildFrame(netback.FrameOpts{Payload: 10000})
+			inject(t, v.tap, 0, netback.VnetHdr{}, fr)
+			select {
+			case <-v.f.RecvChan(0):
+				t.Fatal("a 3-slot packet was delivered into 2 buffers")
+			case <-time.After(50 * time.Millisecond):
+			}
+			v.f.PostRx(0, 0)
+			if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, fr) {
+				t.Fatal("frame differs")
+			}
+		})
 	}
 }
 
@@ -520,15 +528,19 @@ func TestSimBackendRestart(t *testing.T) {
 // TestSimRxDrainTimeout: a packet the guest has no buffers for is dropped
 // after the drain timeout, and the queue goes on with the next one.
 func TestSimRxDrainTimeout(t *testing.T) {
-	e := newEnv(t, func(d *netback.Driver) { d.RxDrainTimeout = 30 * time.Millisecond })
-	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2})
-	inject(t, v.tap, 0, netback.VnetHdr{}, netback.BuildFrame(netback.FrameOpts{Payload: 10000}))
-	small := netback.BuildFrame(netback.FrameOpts{Payload: 100, Seed: 3})
-	inject(t, v.tap, 0, netback.VnetHdr{}, small)
-	if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, small) {
-		t.Fatal("frame after the stalled one differs")
+	for _, split := range []bool{false, true} {
+		t.Run(fmt.Sprint("split=", split), func(t *testing.T) {
+			e := newEnv(t, func(d *netback.Driver) { d.RxDrainTimeout = 30 * time.Millisecond })
+			v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{RxBuffers: 2, Split: split})
+			inject(t, v.tap, 0, netback.VnetHdr{}, netback.BuildFrame(netback.FrameOpts{Payload: 10000}))
+			small := netback.BuildFrame(netback.FrameOpts{Payload: 100, Seed: 3})
+			inject(t, v.tap, 0, netback.VnetHdr{}, small)
+			if p := recvGuest(t, v.f, 0); !bytes.Equal(p.Frame, small) {
+				t.Fatal("frame after the stalled one differs")
+			}
+			e.drvStats(t, v, func(s netback.Stats) bool { return s.RxDropped == 1 && s.RxPackets == 1 })
+		})
 	}
-	e.drvStats(t, v, func(s netback.Stats) bool { return s.RxDropped == 1 && s.RxPackets == 1 })
 }
 
 // TestSimRxChecksumForGuestsWithoutOffload: partial checksums are finished
