@@ -283,25 +283,29 @@ func (x *uringExec) completed(user uint64, res int32) bool {
 		x.dev.log.Error("blkback: io_uring completion for an unknown request", "user", user)
 		return true
 	}
-	s := x.slots[user]
-	if s.fix != 0 {
-		i := int(s.fix - 1)
-		if s.op == OpRead && res >= 0 && uint64(res) == s.bytes {
-			scatter(s.bufs, x.fixed.bufs[i][:s.bytes])
-		}
-		s.fix = 0
-		x.fixed.put(i)
-	}
-	transferDone(s, res) // published by pushAll after the batch
+	transferDone(x.slots[user], res, x.fixed) // published by pushAll after the batch
 	x.ops.Done()
 	return true
 }
 
 // transferDone completes s, whose io_uring transfer returned res, without
-// publishing the response (the engine pushes a batch at a time).
-func transferDone(s *slot, res int32) {
+// publishing the response (the engine pushes a batch at a time); a read
+// through a bounce buffer of fixed is copied to the frontend's pages, and
+// the buffer freed. Nothing of s but s.q is read before the decrement of
+// InFlight: the submitter's increment, after it filled s, is what orders
+// its writes before these reads for the race detector (the kernel's
+// completion, which orders them on the machine, is invisible to it).
+func transferDone(s *slot, res int32, fixed *fixedBufs) {
 	d := s.q.dev
 	d.stats.InFlight.Add(-1)
+	if s.fix != 0 {
+		i := int(s.fix - 1)
+		if s.op == OpRead && res >= 0 && uint64(res) == s.bytes {
+			scatter(s.bufs, fixed.bufs[i][:s.bytes])
+		}
+		s.fix = 0
+		fixed.put(i)
+	}
 	var err error
 	switch {
 	case res >= 0 && uint64(res) == s.bytes:

@@ -241,7 +241,7 @@ func (l *ringLoop) completed(user uint64, res int32) {
 		return
 	}
 	l.inring--
-	transferDone(&q.slots[user], res) // published by wait after the batch
+	transferDone(&q.slots[user], res, nil) // published by wait after the batch
 }
 
 // finish reaps what the ring still has in io_uring.
