@@ -115,52 +115,9 @@ func newURingExec(dev *Device, queues []*queue, slots []*slot) (executor, error)
 
 func (x *uringExec) submit(s *slot) {
 	x.ops.Add(1) // before the queue: another ring's flush may submit it
-	if x.fixed != nil && x.queueFixed(s) {
-		return
-	}
-	if !queueSlot(x.u, x.fd, s, s.uid, x.side) {
+	if !queueSlot(x.u, x.fd, s, s.uid, x.side, x.fixed) {
 		x.ops.Done()
 	}
-}
-
-// queueFixed queues s's read or write through one of x.fixed's registered
-// buffers (a write's data copied into it here) and reports whether it did:
-// not for other operations, transfers smaller than fixedMinBytes or larger
-// than a buffer, or when every buffer is in use (s then goes to the
-// frontend's pages as usual).
-func (x *uringExec) queueFixed(s *slot) bool {
-	var op uint8
-	switch {
-	case s.req.Operation == OpDiscard || len(s.bufs) == 0 || s.bytes > fixedBufSize || s.bytes < fixedMinBytes:
-		return false
-	case s.op == OpRead:
-		op = uring.OpReadFixed
-	case s.op == OpWrite:
-		op = uring.OpWriteFixed
-	default:
-		return false
-	}
-	i, ok := x.fixed.get()
-	if !ok {
-		return false
-	}
-	b := x.fixed.bufs[i][:s.bytes]
-	if op == uring.OpWriteFixed {
-		gather(b, s.bufs)
-	}
-	s.fix = int32(i) + 1
-	s.io.Off = int64(s.req.Sector) * SectorSize
-	st := &s.q.dev.stats
-	st.InFlight.Add(1)
-	st.Bounced.Add(1)
-	if err := x.u.QueueFixed(op, x.fd, uintptr(unsafe.Pointer(&b[0])), uint32(len(b)), uint64(s.io.Off), uint16(i), s.uid); err != nil {
-		st.InFlight.Add(-1)
-		st.Bounced.Add(^uint64(0))
-		s.fix = 0
-		x.fixed.put(i)
-		return false
-	}
-	return true
 }
 
 // gather copies bufs, in order, into b (len(b) is their total).
@@ -199,7 +156,6 @@ const fixedMinBytes = 8 * PageSize
 // through a buffer the kernel pinned once (gntdev mappings themselves
 // cannot be registered: EOPNOTSUPP).
 type fixedBufs struct {
-	mem   []byte
 	free  func() error
 	bufs  [][]byte
 	mu    sync.Mutex
@@ -212,7 +168,7 @@ func newFixedBufs(u *uring.Ring, n int) (*fixedBufs, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%d bounce buffers: %w", n, err)
 	}
-	f := &fixedBufs{mem: mem, free: free, bufs: make([][]byte, n), avail: make([]int, n)}
+	f := &fixedBufs{free: free, bufs: make([][]byte, n), avail: make([]int, n)}
 	for i := range f.bufs {
 		f.bufs[i] = mem[i*fixedBufSize : (i+1)*fixedBufSize : (i+1)*fixedBufSize]
 		f.avail[i] = n - 1 - i
@@ -224,21 +180,37 @@ func newFixedBufs(u *uring.Ring, n int) (*fixedBufs, error) {
 	return f, nil
 }
 
-func (f *fixedBufs) get() (int, bool) {
+// hold gives s a buffer (s.fix) and copies a write's data into it, if f
+// is not nil, s's transfer is from fixedMinBytes to fixedBufSize and a
+// buffer is free; it reports whether s holds one.
+func (f *fixedBufs) hold(s *slot) bool {
+	if f == nil || s.bytes < fixedMinBytes || s.bytes > fixedBufSize {
+		return false
+	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if len(f.avail) == 0 {
-		return 0, false
+		f.mu.Unlock()
+		return false
 	}
 	i := f.avail[len(f.avail)-1]
 	f.avail = f.avail[:len(f.avail)-1]
-	return i, true
+	f.mu.Unlock()
+	s.fix = int32(i) + 1
+	if s.op == OpWrite {
+		gather(f.held(s), s.bufs)
+	}
+	return true
 }
 
-func (f *fixedBufs) put(i int) {
+// held is the part of s's buffer its transfer uses.
+func (f *fixedBufs) held(s *slot) []byte { return f.bufs[s.fix-1][:s.bytes] }
+
+// release frees s's buffer.
+func (f *fixedBufs) release(s *slot) {
 	f.mu.Lock()
-	f.avail = append(f.avail, i)
+	f.avail = append(f.avail, int(s.fix-1))
 	f.mu.Unlock()
+	s.fix = 0
 }
 
 // close frees the buffers; the ring they are registered with must be
@@ -247,29 +219,55 @@ func (f *fixedBufs) close() error { return f.free() }
 
 // queueSlot queues s's read or write on u with user as its user_data and
 // reports whether it did: flushes, discards, transfers without data, and
-// any the ring has no room for, go to side instead.
-func queueSlot(u *uring.Ring, fd int, s *slot, user uint64, side *poolExec) bool {
-	var op uint8
+// any the ring has no room for, go to side instead. With fixed (nil: none)
+// a transfer fixed.hold takes goes through its registered buffer.
+func queueSlot(u *uring.Ring, fd int, s *slot, user uint64, side *poolExec, fixed *fixedBufs) bool {
+	var op, fop uint8
 	switch {
 	case s.req.Operation == OpDiscard || len(s.bufs) == 0:
 	case s.op == OpRead:
-		op = uring.OpReadv
+		op, fop = uring.OpReadv, uring.OpReadFixed
 	case s.op == OpWrite:
-		op = uring.OpWritev
+		op, fop = uring.OpWritev, uring.OpWriteFixed
 	}
 	if op == uring.OpNop {
 		side.submit(s)
 		return false
 	}
-	s.io.Bufs, s.io.Off = s.bufs, int64(s.req.Sector)*SectorSize
-	iov, n := s.io.fillIovecs()
+	s.io.Off = int64(s.req.Sector) * SectorSize
+	bounced := fixed.hold(s)
+	var iov *unix.Iovec
+	var n int
+	var b []byte
+	var buf uint16
+	if bounced {
+		b, buf = fixed.held(s), uint16(s.fix-1)
+	} else {
+		s.io.Bufs = s.bufs
+		iov, n = s.io.fillIovecs()
+	}
+	off := s.io.Off
 	st := &s.q.dev.stats
+	// After every access to s until its completion: transferDone's
+	// decrement orders them before the reaper's for the race detector.
 	st.InFlight.Add(1)
-	if err := u.Queue(op, fd, iov, n, s.io.Off, user); err != nil {
+	var err error
+	if bounced {
+		err = u.QueueFixed(fop, fd, uintptr(unsafe.Pointer(&b[0])), uint32(len(b)), uint64(off), buf, user)
+	} else {
+		err = u.Queue(op, fd, iov, n, off, user)
+	}
+	if err != nil {
 		st.InFlight.Add(-1)
+		if bounced {
+			fixed.release(s)
+		}
 		s.q.log.Warn("blkback: io_uring submit, running on a worker", "err", err)
 		side.submit(s)
 		return false
+	}
+	if bounced {
+		st.Bounced.Add(1)
 	}
 	return true
 }
@@ -299,12 +297,10 @@ func transferDone(s *slot, res int32, fixed *fixedBufs) {
 	d := s.q.dev
 	d.stats.InFlight.Add(-1)
 	if s.fix != 0 {
-		i := int(s.fix - 1)
 		if s.op == OpRead && res >= 0 && uint64(res) == s.bytes {
-			scatter(s.bufs, fixed.bufs[i][:s.bytes])
+			scatter(s.bufs, fixed.held(s))
 		}
-		s.fix = 0
-		fixed.put(i)
+		fixed.release(s)
 	}
 	var err error
 	switch {

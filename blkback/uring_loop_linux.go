@@ -255,7 +255,7 @@ func (l *ringLoop) finish() error {
 }
 
 func (l *ringLoop) submit(s *slot) {
-	if queueSlot(l.u, l.fd, s, uint64(s.idx), l.side) {
+	if queueSlot(l.u, l.fd, s, uint64(s.idx), l.side, nil) {
 		l.inring++
 	}
 }
