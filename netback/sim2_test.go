@@ -766,3 +766,45 @@ func TestSimGuestDestroyed(t *testing.T) {
 		t.Fatal("other vif frame differs")
 	}
 }
+
+// TestSimTxAnsweredBeforeTapWrite: the guest gets its tx responses once the
+// frames are copied out of its pages, before the TAP takes them: with the
+// TAP queue full (the in-memory TAP holds 256 frames and then waits up to a
+// second for room before dropping), the next frame is answered OKAY while
+// its write still waits, and reaches the host once the host reads.
+func TestSimTxAnsweredBeforeTapWrite(t *testing.T) {
+	e := newEnv(t, nil)
+	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{})
+	ctx := ctxT(t)
+	const depth = 256 // netback's memQueueDepth
+	frames := make([][]byte, depth+1)
+	for i := range frames {
+		frames[i] = netback.BuildFrame(netback.FrameOpts{Payload: 100, Seed: byte(i)})
+	}
+	for _, fr := range frames[:depth] {
+		if err := v.f.Send(ctx, 0, netfront.Packet{Frame: fr}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := v.f.WaitTxIdle(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The TAP is full now: the next write waits for the host.
+	if err := v.f.Send(ctx, 0, netfront.Packet{Frame: frames[depth]}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.f.WaitTxIdle(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if c := v.f.Counters(0); c.TxOkay != depth+1 || c.TxError+c.TxDropped+c.TxBad != 0 {
+		t.Fatalf("responses %+v, want %d OKAY", c, depth+1)
+	}
+	// Answered before the write: the write is still waiting for room, so
+	// reading makes it go through instead of the in-memory TAP's drop.
+	for i, fr := range frames {
+		if _, got := recvHost(t, v.tap, 0); !bytes.Equal(got, fr) {
+			t.Fatalf("frame %d differs", i)
+		}
+	}
+	e.drvStats(t, v, func(s netback.Stats) bool { return s.TxPackets == depth+1 && s.TxDropped == 0 })
+}

@@ -11,7 +11,7 @@ import (
 
 // Guest -> host. The tx goroutine: event channel wake, tx ring, chain
 // validation (chain.go), batched grant copy into a local arena, virtio-net
-// header (vnet.go), TAP write, one response per slot, notify.
+// header (vnet.go), one response per slot, notify, TAP write.
 
 const (
 	// txArenaSize holds a batch of copied packets, each with room for its
@@ -259,9 +259,15 @@ func txCrossings(start int, reqs []TxRequest) int {
 	return x
 }
 
-// flushTx copies the batch's packets out of the guest, sends them to the
-// TAP (with one system call for the lot when the TAP queue is a
-// BatchWriter), writes every queued response in ring order and notifies.
+// flushTx copies the batch's packets out of the guest, answers every
+// queued slot in ring order and notifies, then sends the frames to the TAP
+// (with one system call for the lot when the TAP queue is a BatchWriter).
+// The responses go before the TAP write: once copied, a frame no longer
+// needs the guest's pages, and a guest's TCP holds only a couple of
+// unanswered GSO frames per socket (TCP small queues), so answering before
+// the write (the longest step of the batch: the bridge and the NIC's
+// driver run inside it) lets it send sooner. A frame the TAP then refuses
+// is counted as dropped, like one the host's stack drops later.
 func (q *queue) flushTx() {
 	if len(q.rsps) == 0 {
 		return
@@ -277,23 +283,6 @@ func (q *queue) flushTx() {
 		if p.status, frame = q.preparePacket(p, batchErr); p.status == RspOkay {
 			q.frames = append(q.frames, frame)
 		}
-	}
-	errs := q.sendErrs[:len(q.frames)]
-	if bw, ok := q.tap.(BatchWriter); ok && len(q.frames) > 1 {
-		bw.WriteBatch(q.frames, errs)
-	} else {
-		for i, f := range q.frames {
-			_, errs[i] = q.tap.Write(f)
-		}
-	}
-	sent := 0
-	for i := range q.pkts {
-		p := &q.pkts[i]
-		if p.status == RspOkay {
-			p.status = q.packetSent(p, errs[sent])
-			errs[sent] = nil
-			sent++
-		}
 		for j := p.rspStart; j < p.rspEnd; j++ {
 			if !q.rsps[j].extra {
 				q.rsps[j].status = p.status
@@ -308,6 +297,23 @@ func (q *queue) flushTx() {
 		q.stats.txNotify.Add(1)
 		if err := q.events.Notify(q.localTx); err != nil {
 			q.log.Warn("notify tx", "queue", q.id, "err", err)
+		}
+	}
+	errs := q.sendErrs[:len(q.frames)]
+	if bw, ok := q.tap.(BatchWriter); ok && len(q.frames) > 1 {
+		bw.WriteBatch(q.frames, errs)
+	} else {
+		for i, f := range q.frames {
+			_, errs[i] = q.tap.Write(f)
+		}
+	}
+	sent := 0
+	for i := range q.pkts {
+		p := &q.pkts[i]
+		if p.status == RspOkay {
+			q.packetSent(p, errs[sent])
+			errs[sent] = nil
+			sent++
 		}
 	}
 	q.segs = q.segs[:0]
@@ -343,17 +349,15 @@ func (q *queue) preparePacket(p *txPkt, batchErr error) (int16, []byte) {
 	return RspOkay, buf
 }
 
-// packetSent counts a frame the TAP took (err nil) or refused, and returns
-// the status for its slots.
-func (q *queue) packetSent(p *txPkt, err error) int16 {
+// packetSent counts a frame the TAP took (err nil) or refused.
+func (q *queue) packetSent(p *txPkt, err error) {
 	if err != nil {
 		q.stats.txDropped.Add(1)
-		return RspDropped
+		return
 	}
 	q.stats.txPackets.Add(1)
 	q.stats.txBytes.Add(uint64(p.n))
 	if p.hasGSO {
 		q.stats.txGSO.Add(1)
 	}
-	return RspOkay
 }
