@@ -769,14 +769,14 @@ func TestSimGuestDestroyed(t *testing.T) {
 
 // TestSimTxAnsweredBeforeTapWrite: the guest gets its tx responses once the
 // frames are copied out of its pages, before the TAP takes them: with the
-// TAP queue full (the in-memory TAP holds 256 frames and then waits up to a
-// second for room before dropping), the next frame is answered OKAY while
+// TAP queue full (the in-memory TAP holds MemQueueDepth frames and then
+// waits up to a second for room before dropping), the next frame is answered OKAY while
 // its write still waits, and reaches the host once the host reads.
 func TestSimTxAnsweredBeforeTapWrite(t *testing.T) {
 	e := newEnv(t, nil)
 	v := e.attach(t, 2, 0, netfront.Nic{}, netfront.Config{})
 	ctx := ctxT(t)
-	const depth = 256 // netback's memQueueDepth
+	const depth = netback.MemQueueDepth
 	frames := make([][]byte, depth+1)
 	for i := range frames {
 		frames[i] = netback.BuildFrame(netback.FrameOpts{Payload: 100, Seed: byte(i)})
