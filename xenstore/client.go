@@ -196,7 +196,6 @@ func (c *Client) dispatch(h Header, p []byte) error {
 		c.mu.Unlock()
 		return nil
 	}
-	c.release() // every request gets exactly one reply
 	c.mu.Lock()
 	cl := c.pending[h.ReqID]
 	if cl != nil {
@@ -214,6 +213,10 @@ func (c *Client) dispatch(h Header, p []byte) error {
 		}
 	}
 	c.mu.Unlock()
+	// Every request gets exactly one reply, which frees the slot; only
+	// now, once a transaction this reply started is in staleTx, so the
+	// request the slot lets through ends it first.
+	c.release()
 	if cl == nil {
 		// A reply to a request whose caller gave up (context cancelled).
 		c.log.Debug("xenstore: discarding reply nobody waits for", "type", h.Type, "req_id", h.ReqID)
