@@ -391,6 +391,11 @@ type BenchSample struct {
 	DDBusy     float64 `json:"dd_cpu_busy,omitempty"`
 	DrvdomdCPU float64 `json:"drvdomd_cpu,omitempty"`
 	Dom0Busy   float64 `json:"dom0_cpu_busy,omitempty"`
+	// Network rows: the data frames the guest's NIC sent (guest->dom0) or
+	// received (dom0->guest) per second of the row and their mean size (a
+	// GSO frame counts once; 0: not known). Gbit/s is their product.
+	FramesPerS float64 `json:"frames_s,omitempty"`
+	FrameBytes float64 `json:"frame_bytes,omitempty"`
 }
 
 // benchFio is the part of fio's JSON a bench sample needs.
@@ -518,6 +523,9 @@ func BenchSamples(boot BenchBoot, rep *Report) []BenchSample {
 				return errors.New("iperf3: nothing received")
 			}
 			s.Gbps = r.ReceivedBps / 1e9
+			if st, ok := benchFile(rep.Files, BenchNetStatName(w.Name)); ok {
+				s.FramesPerS, s.FrameBytes, _ = netFrames(st, w.Reverse, r.ReceivedS)
+			}
 			return nil
 		})
 	}

@@ -140,6 +140,7 @@ func WriteBenchOutputs(out string, o BenchOptions, res *BenchResult) error {
 	WriteBenchMarkdown(&md, res.Rows, o.Backends)
 	WriteBenchAfter(&md, res.Samples)
 	WriteBenchCPU(&md, res.Rows, res.Samples, o.Backends)
+	WriteBenchFrames(&md, res.Rows, res.Samples, o.Backends)
 	WriteBenchNVMeWatch(&md, res.Boots, res.Samples)
 	WriteBenchMemory(&md, res.Boots)
 	if err := WriteBenchSVG(&svg, res.Rows, o.Backends); err != nil {

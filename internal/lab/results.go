@@ -191,6 +191,7 @@ func ParseFio(b []byte) (FioResult, error) {
 type IperfResult struct {
 	SentBps     float64 // bits/s
 	ReceivedBps float64
+	ReceivedS   float64 // seconds the receiver's sum covers
 }
 
 // ParseIperf3 parses iperf3 -J output; an "error" in it is returned as one.
@@ -207,7 +208,8 @@ func ParseIperf3(b []byte) (IperfResult, error) {
 				Bps float64 `json:"bits_per_second"`
 			} `json:"sum_sent"`
 			SumReceived struct {
-				Bps float64 `json:"bits_per_second"`
+				Bps     float64 `json:"bits_per_second"`
+				Seconds float64 `json:"seconds"`
 			} `json:"sum_received"`
 		} `json:"end"`
 	}
@@ -217,7 +219,7 @@ func ParseIperf3(b []byte) (IperfResult, error) {
 	if doc.Error != "" {
 		return r, fmt.Errorf("iperf3: %s", doc.Error)
 	}
-	r.SentBps, r.ReceivedBps = doc.End.SumSent.Bps, doc.End.SumReceived.Bps
+	r.SentBps, r.ReceivedBps, r.ReceivedS = doc.End.SumSent.Bps, doc.End.SumReceived.Bps, doc.End.SumReceived.Seconds
 	return r, nil
 }
 
