@@ -465,3 +465,37 @@ func FuzzQueueRx(f *testing.F) {
 		r.postRx()
 	})
 }
+
+// TestRxWakeupTakesAFullBatch: frames waiting on the TAP are delivered up
+// to rxReadMax per wakeup in one grant copy batch with at most one
+// notification, so a guest whose TAP queue has backed up is interrupted
+// once per rxReadMax frames (its GRO then merges them, and it ACKs less).
+func TestRxWakeupTakesAFullBatch(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	pkt := make([]byte, VnetHdrSize+1514)
+	copy(pkt[VnetHdrSize:], BuildFrame(FrameOpts{Payload: 1460}))
+	r.postRx()
+	n := rxReadMax + rxReadMax/2
+	for i := 0; i < n; i++ {
+		if err := r.tap.Inject(ctx, pkt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.q.rxWant = rxReadMax // as after a wakeup that found the queue busy
+	before := r.q.stats.snapshot()
+	if got := r.rxBatch(t); got != rxReadMax {
+		t.Fatalf("first wakeup delivered %d of %d waiting, want %d", got, n, rxReadMax)
+	}
+	s := r.q.stats.snapshot()
+	if b, no := s.RxBatches-before.RxBatches, s.RxNotify-before.RxNotify; b != 1 || no > 1 {
+		t.Errorf("%d frames took %d copy batches and %d notifications, want 1 and at most 1", rxReadMax, b, no)
+	}
+	r.postRx()
+	if got := r.rxBatch(t); got != n-rxReadMax {
+		t.Fatalf("second wakeup delivered %d, want the other %d", got, n-rxReadMax)
+	}
+	if rxReadMax < 64 {
+		t.Errorf("rxReadMax %d: a backed-up TAP queue interrupts the guest every %d frames (want 64 or more)", rxReadMax, rxReadMax)
+	}
+}

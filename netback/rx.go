@@ -35,10 +35,17 @@ const (
 	rxFirstAt = PageSize - VnetHdrSize
 	// rxStride is the distance between two frame buffers of the arena.
 	rxStride = (rxBufSize + PageSize - 1) / PageSize * PageSize
-	// rxReadMax is the most frames one wakeup reads (and the arena's
-	// buffers: 1.1 MiB per queue, of which a stream of small frames
-	// touches a page per buffer); rxReadMin the fewest it asks for.
-	rxReadMax = 16
+	// rxReadMax is the most frames one wakeup reads, copies in one grant
+	// copy batch and announces with one notification (and the arena's
+	// buffers: 4.4 MiB per queue, of which a stream of small frames
+	// touches two pages per buffer); rxReadMin the fewest it asks for.
+	// With 16, dom0->guest with four streams filled every wakeup (15.8
+	// frames per batch in the lab); with 64 a batch took 59, the guest's
+	// GRO merged more per interrupt and it sent an ACK (a TAP write here)
+	// per 6.6-8.0 frames instead of per 3.8-3.9, and drvdomd spent
+	// 0.42-0.52 instead of 0.55-0.66 ms of CPU per dom0->guest frame
+	// (2+2 alternated boots).
+	rxReadMax = 64
 	rxReadMin = 4
 	// rxArenaSize holds rxReadMax frame buffers.
 	rxArenaSize = rxFirstAt + rxReadMax*rxStride

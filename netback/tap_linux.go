@@ -709,8 +709,8 @@ func (q *linuxTapQueue) writeChunk(fd uintptr) {
 }
 
 // tapReadEntries is the size of a queue's ReadBatch io_uring: the most
-// frames one ReadBatch reads.
-const tapReadEntries = 16
+// frames one ReadBatch reads, as many as a wakeup asks for.
+const tapReadEntries = rxReadMax
 
 // ReadBatch implements BatchReader: one io_uring_enter submits a readv per
 // buffer, each with RWF_NOWAIT, so the TAP completes every one inside the
