@@ -183,6 +183,9 @@ func TestSuperviseReattachesAfterRestart(t *testing.T) {
 	if got := xl.Calls()[2]; got != "block-attach 2 vdev=xvdb,format=raw,access=ro,backend=drvdom,target=/tmp/disk.img" {
 		t.Errorf("second restart: %s", got)
 	}
+	// The count follows the xl call it counts.
+	waitUntil(t, "the second re-attach counted", func() bool { return sv.Reattached.Load() >= 4 })
+	time.Sleep(50 * time.Millisecond) // nothing counted twice
 	if sv.Reattached.Load() != 4 {
 		t.Errorf("Reattached %d", sv.Reattached.Load())
 	}

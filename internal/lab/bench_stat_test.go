@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -38,7 +39,7 @@ func TestBenchDDStatSamplesDrvdomd(t *testing.T) {
 	}
 	defer func() { proc.Process.Kill(); proc.Wait() }()
 	script := hostLibSh() + benchDDStatSh + "bench_ddstat 1 2\n"
-	var out bytes.Buffer
+	var out lockedBuffer
 	cmd := exec.CommandContext(ctx, bash, "-c", script)
 	cmd.Env = append(os.Environ(), "DDSTAT_DIR="+dir)
 	cmd.Stdout = &out
@@ -46,13 +47,17 @@ func TestBenchDDStatSamplesDrvdomd(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(4500 * time.Millisecond) // 4 snapshots: two files
+	// 4 snapshots a second apart make two files; a loaded host (the race
+	// detector, a lab boot) once took longer than the 4.5 s this waited.
+	for !bytes.Contains(out.Bytes(), []byte("@@LAB EOF "+benchStatPrefix+"2.txt@@")) && ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+	}
 	cmd.Process.Kill()
 	cmd.Wait()
 	files := ExtractFiles(out.Bytes())
 	f1, f2 := files[benchStatPrefix+"1.txt"], files[benchStatPrefix+"2.txt"]
 	if f1 == nil || f2 == nil {
-		t.Fatalf("files sent: %v\n%s", len(files), out.String())
+		t.Fatalf("files sent: %v\n%s", len(files), string(out.Bytes()))
 	}
 	snaps := append(ParseDDStat(f1), ParseDDStat(f2)...)
 	if len(snaps) != 4 {
@@ -272,4 +277,23 @@ func TestBenchLockedPutDoesNotInterleave(t *testing.T) {
 	if got := string(files["b.txt"]); strings.Count(got, "a") != 0 || strings.Count(got, "b") != 20000*199 {
 		t.Errorf("b.txt arrived with %d bytes, %d a's", len(got), strings.Count(got, "a"))
 	}
+}
+
+// lockedBuffer is a bytes.Buffer a command writes while the test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// Bytes returns a copy of what was written so far.
+func (l *lockedBuffer) Bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Clone(l.b.Bytes())
 }

@@ -603,19 +603,22 @@ func TestWatchStall(t *testing.T) {
 	}
 
 	// A file that keeps growing holds it off; ctx ending returns without firing.
+	// The stall is 100 times the writer's period: a writer held off by a
+	// loaded machine (the race detector, a lab boot beside the tests) for
+	// 80 ms once made a stall of 80 ms fire.
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	fired = 0
 	go func() {
 		defer close(done)
-		watchStall(ctx, []string{quiet, live}, 5*time.Millisecond, 80*time.Millisecond, func() { fired++ })
+		watchStall(ctx, []string{quiet, live}, 5*time.Millisecond, time.Second, func() { fired++ })
 	}()
 	f, err := os.Create(live)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	for i := 0; i < 30; i++ { // 300 ms of output, well past the 80 ms stall
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); { // past the 1 s stall
 		f.WriteString("line\n")
 		time.Sleep(10 * time.Millisecond)
 	}
