@@ -42,9 +42,9 @@ const (
 	// With 16, dom0->guest with four streams filled every wakeup (15.8
 	// frames per batch in the lab); with 64 a batch took 59, the guest's
 	// GRO merged more per interrupt and it sent an ACK (a TAP write here)
-	// per 6.6-8.0 frames instead of per 3.8-3.9, and drvdomd spent
-	// 0.42-0.52 instead of 0.55-0.66 ms of CPU per dom0->guest frame
-	// (2+2 alternated boots).
+	// per 4.3-8.0 frames instead of per 3.8-3.9, and drvdomd spent
+	// 0.42-0.62 instead of 0.55-0.73 ms of CPU per dom0->guest frame
+	// (four boots each).
 	rxReadMax = 64
 	rxReadMin = 4
 	// rxArenaSize holds rxReadMax frame buffers.
