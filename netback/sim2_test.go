@@ -176,7 +176,17 @@ func TestSimHostileVifIsolated(t *testing.T) {
 func TestSimTeardown(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx := ctxT(t)
-	time.Sleep(20 * time.Millisecond)
+	// The baseline is the idle backend: each xenstored connection served
+	// (the server starts a connection's writer goroutine when it first
+	// reads from it: any answer says so) and the Manager watching. A 20 ms
+	// sleep left that to the scheduler, and on a loaded machine a writer
+	// started after the baseline would have counted as a leak.
+	e.d0.Directory(ctx, "/local/domain")
+	for deadline := time.Now().Add(20 * time.Second); e.host.Store.WatchCount() == 0; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the Manager never set its watch")
+		}
+	}
 	base := runtime.NumGoroutine()
 	for round := 0; round < 2; round++ {
 		v := e.attach(t, 2, 5, netfront.Nic{}, netfront.Config{Queues: 2, Split: round == 1})
