@@ -349,10 +349,15 @@ func TestHotplugVBDRemovalWaitsForToolstack(t *testing.T) {
 	<-w.Events()
 	// The loop device goes at once (the kernel backend let it go) ...
 	e.waitDetached(1)
-	// ... the state node stays for the toolstack to read ...
+	// ... the state node stays for the toolstack to read ... A read
+	// answered less than the grace after closed saw the node if it was
+	// there, however late it was sent: timed from before the read, a
+	// reader held off by a loaded machine past the grace saw a correct
+	// removal as early.
 	for time.Since(closed) < grace/2 {
-		if got := e.read(bp + "/state"); got != "6" {
-			t.Fatalf("%v after Closed: state %q, want 6 still there", time.Since(closed), got)
+		got := e.read(bp + "/state")
+		if el := time.Since(closed); got != "6" && el < grace {
+			t.Fatalf("%v after Closed: state %q, want 6 still there", el, got)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

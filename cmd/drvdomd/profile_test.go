@@ -20,35 +20,39 @@ import (
 	"time"
 )
 
-// runProfiler runs p for d (polling p.Dir meanwhile with poll, if not nil)
-// and returns once Run returned after its context ended.
-func runProfiler(t *testing.T, p *cpuProfiler, d time.Duration, poll func()) {
+// runProfiler runs p until done (called every 20 ms) holds, then ends
+// Run's context; it returns once Run returned, with how long it ran at
+// most. It waits for what the test needs rather than for a time: a loaded
+// machine (-race, parallel packages) starts Run late and stretches its
+// windows (1.5 s for one whole 1 s window once was a bet). A run in which
+// done never holds fails after a minute.
+func runProfiler(t *testing.T, p *cpuProfiler, what string, done func() bool) time.Duration {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := make(chan struct{})
+	ended := make(chan struct{})
+	start := time.Now()
 	go func() {
-		defer close(done)
+		defer close(ended)
 		p.Run(ctx)
 	}()
-	end := time.After(d)
-loop:
-	for {
-		select {
-		case <-end:
-			break loop
-		case <-time.After(20 * time.Millisecond):
-			if poll != nil {
-				poll()
-			}
+	ok := true
+	for deadline := time.Now().Add(time.Minute); !done(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			ok = false
+			break
 		}
 	}
 	cancel()
 	select {
-	case <-done:
+	case <-ended:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return after its context ended")
 	}
+	if !ok {
+		t.Fatalf("cpu profiler: no %s within a minute", what)
+	}
+	return time.Since(start)
 }
 
 var profileName = regexp.MustCompile(`^cpu-([0-9]+)-([0-9]+)\.pprof$`)
@@ -135,7 +139,7 @@ func TestCPUProfilerWritesCompleteWindows(t *testing.T) {
 	pid := os.Getpid()
 	p := &cpuProfiler{Dir: dir, Window: time.Second, Keep: CPUProfileKeep, Pid: pid, Log: quiet}
 	seen := map[string]bool{}
-	runProfiler(t, p, 2500*time.Millisecond, func() {
+	ran := runProfiler(t, p, "two whole windows", func() bool {
 		burn(5 * time.Millisecond)
 		ents, _ := os.ReadDir(dir)
 		for _, e := range ents {
@@ -145,15 +149,17 @@ func TestCPUProfilerWritesCompleteWindows(t *testing.T) {
 				seen[e.Name()] = true
 			}
 		}
+		return len(seen) >= 2
 	})
 	mine, other := profiles(t, dir, pid)
 	if len(other) != 0 {
 		t.Errorf("other files left in %s: %q (a temporary file?)", dir, other)
 	}
-	// Two whole windows and the partial one written at the end; a slow
-	// machine may miss one.
-	if len(mine) < 2 || len(mine) > 4 {
-		t.Fatalf("%d profiles after 2.5 s of 1 s windows: %q", len(mine), mine)
+	// The two whole windows seen and the partial one written at the end
+	// (more whole ones if the poll was late), and no more windows of at
+	// least a second than the run's length holds.
+	if len(mine) < 3 || len(mine) > int(ran/p.Window)+1 {
+		t.Fatalf("%d profiles after %v of 1 s windows: %q", len(mine), ran.Round(time.Millisecond), mine)
 	}
 	for i, name := range mine {
 		checkProfile(t, filepath.Join(dir, name))
@@ -185,7 +191,17 @@ func TestCPUProfilerKeepsTheNewest(t *testing.T) {
 		}
 	}
 	p := &cpuProfiler{Dir: dir, Window: time.Second, Keep: 2, Pid: pid, Log: quiet}
-	runProfiler(t, p, 1500*time.Millisecond, nil) // one whole window, one partial
+	// One whole window of this run (more if the poll was late), then the
+	// partial one at the end: the 2 newest.
+	runProfiler(t, p, "whole window", func() bool {
+		mine, _ := profiles(t, dir, pid)
+		for _, n := range mine {
+			if !slices.Contains(old, n) {
+				return true
+			}
+		}
+		return false
+	})
 	mine, other := profiles(t, dir, pid)
 	if len(mine) != 2 {
 		t.Fatalf("kept %q, want the 2 newest", mine)
@@ -234,7 +250,7 @@ func TestCPUProfilerFailuresLoggedOnce(t *testing.T) {
 		var logs lockedBuffer
 		dir := filepath.Join(file, "prof") // under a regular file: MkdirAll fails
 		p := &cpuProfiler{Dir: dir, Window: 20 * time.Millisecond, Keep: 2, Pid: os.Getpid(), Log: slog.New(slog.NewTextHandler(&logs, nil))}
-		runProfiler(t, p, 200*time.Millisecond, nil) // about 10 windows
+		runProfiler(t, p, "failure logged", failedThenWindows(&logs))
 		if n := strings.Count(logs.String(), "cpu profiling failed"); n != 1 {
 			t.Errorf("%d failures logged, want 1:\n%s", n, logs.String())
 		}
@@ -252,7 +268,7 @@ func TestCPUProfilerFailuresLoggedOnce(t *testing.T) {
 		var logs lockedBuffer
 		dir := t.TempDir()
 		p := &cpuProfiler{Dir: dir, Window: 20 * time.Millisecond, Keep: 2, Pid: os.Getpid(), Log: slog.New(slog.NewTextHandler(&logs, nil))}
-		runProfiler(t, p, 200*time.Millisecond, nil)
+		runProfiler(t, p, "failure logged", failedThenWindows(&logs))
 		if n := strings.Count(logs.String(), "cpu profiling failed"); n != 1 {
 			t.Errorf("%d failures logged, want 1:\n%s", n, logs.String())
 		}
@@ -260,6 +276,19 @@ func TestCPUProfilerFailuresLoggedOnce(t *testing.T) {
 			t.Errorf("files left: %v %v", ents, err)
 		}
 	})
+}
+
+// failedThenWindows is runProfiler's done for a profiler that fails: the
+// first failure logged and about 10 windows of 20 ms after it, which must
+// not log it again.
+func failedThenWindows(logs *lockedBuffer) func() bool {
+	var first time.Time
+	return func() bool {
+		if first.IsZero() && strings.Contains(logs.String(), "cpu profiling failed") {
+			first = time.Now()
+		}
+		return !first.IsZero() && time.Since(first) >= 200*time.Millisecond
+	}
 }
 
 func TestParseCPUProfileWindowErrors(t *testing.T) {

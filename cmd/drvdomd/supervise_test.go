@@ -338,10 +338,10 @@ func TestSupervisorSilentWorkerUnhealthy(t *testing.T) {
 	s := newSup(fakeCommand("silent", nil))
 	s.StopGrace = 50 * time.Millisecond // it ignores nothing, but SIGTERM kills it anyway
 	cancel, done := runSup(t, s)
-	time.Sleep(300 * time.Millisecond)
-	if err := s.Health.Check(); err == nil {
-		t.Error("a worker that never beats is healthy")
-	}
+	// Waited for, not slept for: 300 ms did not promise a loaded machine
+	// had started the supervisor and its worker.
+	waitFor(t, "the silent worker started", func() bool { return s.Starts() >= 1 })
+	waitFor(t, "a worker that never beats unhealthy", func() bool { return s.Health.Check() != nil })
 	cancel()
 	<-done
 }

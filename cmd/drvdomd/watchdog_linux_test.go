@@ -45,7 +45,12 @@ func TestFeedWatchdog(t *testing.T) {
 			defer close(done)
 			feedWatchdog(ctx, p, 5*time.Millisecond, nil, &disarm, quiet)
 		}()
-		time.Sleep(40 * time.Millisecond)
+		// Keepalives every 5 ms: wait for three rather than sleep for
+		// them (a loaded machine stretches the ticks; 40 ms was a bet).
+		waitFor(t, "three keepalives", func() bool {
+			b, _ := os.ReadFile(p)
+			return len(b) >= 3
+		})
 		disarm.Store(clean)
 		cancel()
 		<-done
