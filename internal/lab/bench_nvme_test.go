@@ -56,6 +56,22 @@ func TestBenchNVMeWatchFlagsAStorm(t *testing.T) {
 		}
 	}
 	defer stop()
+	// bash is paced by a 1 s read timeout, the test by its sleeps: a loaded
+	// machine (the race detector, a lab boot) delays bash's start and
+	// stretches its seconds. So the healthy seconds start once the
+	// watchdog counts (its first line), and the end is waited for rather
+	// than slept for: a line after the storm's (the marker is printed
+	// before it) and the healthy I/O, bounded by ctx.
+	logPath := filepath.Join(dir, "nvmewatch.txt")
+	for {
+		if b, _ := os.ReadFile(logPath); bytes.HasPrefix(b, []byte("W ")) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the watchdog never logged a second")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	irqs, ios := 100, 100
 	for range 3 { // healthy: 400 I/Os and 400 interrupts a second
 		time.Sleep(time.Second)
@@ -70,7 +86,19 @@ func TestBenchNVMeWatchFlagsAStorm(t *testing.T) {
 		irqs, ios = irqs+20000, ios+3
 		write(irqs, ios)
 	}
-	time.Sleep(1500 * time.Millisecond)
+	for ctx.Err() == nil {
+		b, _ := os.ReadFile(logPath)
+		w := ParseNVMeWatch(b)
+		var logged int64
+		for _, s := range w.Seconds {
+			logged += s.IOs
+		}
+		r := bytes.LastIndex(b, []byte("\nR "))
+		if r >= 0 && bytes.Contains(b[r+1:], []byte("\nW ")) && logged >= 400 && len(w.Seconds) >= 4 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	stop()
 	if _, err := os.Stat(reset); err == nil {
 		t.Fatal("the watchdog reset the controller without NVW_DO_RESET=1")

@@ -674,10 +674,16 @@ func TestLockLabIsFirstComeFirstServed(t *testing.T) {
 			unlock()
 		}()
 	}
+	// Each waiter's ticket is in the queue before the next one starts, and
+	// both are before the holder lets go: waited for, not slept for (on a
+	// loaded machine "first" could take its ticket after "second" did).
+	tickets := func(n int) func() bool {
+		return func() bool { ents, _ := os.ReadDir(LockPath + ".q"); return len(ents) == n }
+	}
 	start("first")
-	time.Sleep(100 * time.Millisecond)
+	require.Eventually(t, tickets(1), 10*time.Second, time.Millisecond, "first waiter's ticket")
 	start("second")
-	time.Sleep(500 * time.Millisecond)
+	require.Eventually(t, tickets(2), 10*time.Second, time.Millisecond, "second waiter's ticket")
 	hold()
 	require.Equal(t, "first", <-order)
 	require.Equal(t, "second", <-order)
