@@ -174,10 +174,14 @@ func TestWaitBackend(t *testing.T) {
 	require.NoError(t, dom0.Write(ctx, back+"/state", "1"))
 
 	// done sees the state now and after each change, until it is done.
+	// Each change is written once done saw the one before: written 10 ms
+	// apart, two could land before a loaded machine let WaitBackend look,
+	// and done would see only the last.
 	var seen []int
+	saw := make(chan int, 3)
 	go func() {
 		for _, s := range []string{"2", "4"} {
-			time.Sleep(10 * time.Millisecond)
+			<-saw
 			if err := dom0.Write(ctx, back+"/state", s); err != nil {
 				t.Errorf("write state: %v", err)
 			}
@@ -186,6 +190,7 @@ func TestWaitBackend(t *testing.T) {
 	s, err := WaitBackend(ctx, dom0, back, "w", func(s int) (bool, error) {
 		if len(seen) == 0 || seen[len(seen)-1] != s {
 			seen = append(seen, s)
+			saw <- s
 		}
 		return s == 4, nil
 	})
