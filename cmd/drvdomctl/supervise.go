@@ -39,6 +39,7 @@ type supStore interface {
 	Read(ctx context.Context, path string) (string, error)
 	Directory(ctx context.Context, path string) ([]string, error)
 	Rm(ctx context.Context, path string) error
+	Transaction(ctx context.Context, fn func(tx *xenstore.Tx) error) error
 }
 
 // toolstack runs xl.
@@ -201,30 +202,36 @@ func (sv *Supervisor) snapshot(ctx context.Context, dd int) error {
 }
 
 // readSpec reads a device's spec from a backend directory (or libxl's copy
-// of it): the same key names.
+// of it): the same key names, in one transaction, so a directory removed
+// meanwhile (the driver domain destroyed) gives the spec whole or not at
+// all, never a vif without its bridge.
 func (sv *Supervisor) readSpec(ctx context.Context, k devKey, dir string) (devSpec, error) {
-	rd := func(key string) string {
-		v, _ := sv.Store.Read(ctx, dir+"/"+key)
-		return strings.TrimSpace(v)
-	}
-	s := devSpec{devKey: k}
-	switch k.Kind {
-	case "vbd":
-		s.Target, s.Access, s.Vdev = rd("params"), rd("mode"), rd("dev")
-		s.CDROM = rd("device-type") == "cdrom"
-		if s.Target == "" {
-			s.Target = rd("target")
+	var s devSpec
+	err := sv.Store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		rd := func(key string) string {
+			v, _ := tx.Read(ctx, dir+"/"+key)
+			return strings.TrimSpace(v)
 		}
-		if s.Target == "" || s.Vdev == "" {
-			return s, fmt.Errorf("%s: no params/dev: %w", dir, xenstore.ErrNotExist)
+		s = devSpec{devKey: k}
+		switch k.Kind {
+		case "vbd":
+			s.Target, s.Access, s.Vdev = rd("params"), rd("mode"), rd("dev")
+			s.CDROM = rd("device-type") == "cdrom"
+			if s.Target == "" {
+				s.Target = rd("target")
+			}
+			if s.Target == "" || s.Vdev == "" {
+				return fmt.Errorf("%s: no params/dev: %w", dir, xenstore.ErrNotExist)
+			}
+		case "vif":
+			s.MAC, s.Bridge, s.IP, s.Rate = rd("mac"), rd("bridge"), rd("ip"), rd("rate")
+			if s.MAC == "" {
+				return fmt.Errorf("%s: no mac: %w", dir, xenstore.ErrNotExist)
+			}
 		}
-	case "vif":
-		s.MAC, s.Bridge, s.IP, s.Rate = rd("mac"), rd("bridge"), rd("ip"), rd("rate")
-		if s.MAC == "" {
-			return s, fmt.Errorf("%s: no mac: %w", dir, xenstore.ErrNotExist)
-		}
-	}
-	return s, nil
+		return nil
+	})
+	return s, err
 }
 
 // step looks at the driver domain once; it re-attaches when the domain
