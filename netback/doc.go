@@ -6,7 +6,7 @@
 //
 // A packet's path, one file per layer: doc.go (this), proto.go (wire
 // layouts), chain.go (tx chain rules), tx.go (event channel wake, tx ring,
-// batched grant copy, per-slot responses, then the TAP write), vnet.go (virtio-net
+// batched grant copy, TAP write, then per-slot responses), vnet.go (virtio-net
 // header and checksum/GSO mapping), rx.go (TAP read, rx ring, responses in
 // the slots of the requests they consume, multicast filter), queue.go (a
 // ring pair and its two goroutines), driver.go (xenbus lifecycle), host.go /
@@ -44,8 +44,7 @@
 // guest.
 //
 // Restarts are crash-only: a new process resumes each ring from its shared
-// rsp_prod, so a guest that stayed Connected loses nothing it was not told
-// of (a tx packet is answered once copied, before its TAP write: one the old
-// process answered but did not write is lost as on a wire, and none goes
-// out twice).
+// rsp_prod, so a guest that stayed Connected loses nothing (a tx packet is
+// answered after its TAP write, so one the old process wrote but never
+// answered may go out twice).
 package netback

@@ -1,6 +1,7 @@
 package netback
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -11,6 +12,10 @@ import (
 // set of queues of frames (virtio-net header + Ethernet frame) in channels.
 // Safe for concurrent use.
 type MemHost struct {
+	// WriteWait is how long a TAP queue's Write waits for room when the
+	// host has not read its frames before dropping one (0: a second).
+	WriteWait time.Duration
+
 	mu      sync.Mutex
 	taps    map[string]*MemTap
 	bridges map[string][]string // bridge -> enslaved taps
@@ -253,7 +258,7 @@ func (q *MemTapQueue) Write(b []byte) (int, error) {
 		return len(b), nil
 	default:
 	}
-	t := time.NewTimer(time.Second)
+	t := time.NewTimer(cmp.Or(q.tap.host.WriteWait, time.Second))
 	defer t.Stop()
 	select {
 	case q.toHost <- f:
