@@ -271,11 +271,12 @@ func txCrossings(start int, reqs []TxRequest) int {
 // interrupts makes it delay the event channel's EOI, geometrically up to a
 // second (the lateeoi protection of XSA-332), during which the guest sees
 // no tx completion at all. A single TCP stream, whose socket waits for its
-// completions (TCP small queues), then stalls for up to a second at a time:
-// answering before the TAP write (stop 21) gave a guest's first stream
-// 0.001-0.010 Gbit/s in five lab boots, with seconds of nothing, against
-// 0.021-0.102 through the kernel's netback; answering after it, 0.023 and
-// 0.086 in two. A frame the TAP refuses is answered DROPPED.
+// completions (TCP small queues), then stalls for up to a second at a time.
+// A guest's first stream after boot, answered before the TAP write (stop
+// 21): 0.001-0.010 Gbit/s in six lab boots, five of them with whole seconds
+// of nothing; answered after it: 0.004-0.086 in four, one such second in
+// one (the kernel's netback 0.021-0.102). A frame the TAP refuses is
+// answered DROPPED.
 func (q *queue) flushTx() {
 	if len(q.rsps) == 0 {
 		return
