@@ -93,7 +93,6 @@ func (s *listingStore) snapshotted(t *testing.T) {
 	waitUntil(t, "a snapshot", func() bool { return s.lists.Load() >= from+3 })
 }
 
-
 func writeAll(t *testing.T, c *xenstore.Client, kv map[string]string) {
 	t.Helper()
 	for k, v := range kv {
