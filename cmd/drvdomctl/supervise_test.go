@@ -68,11 +68,10 @@ func (x *fakeXL) Calls() []string {
 }
 
 // listingStore is the supervisor's store, counting its listings of
-// /local/domain. A step
-// lists it twice while the driver domain is there (findDomain, then
-// snapshot): of three listings begun after a count was read, one is a
-// snapshot's that ended before the next began, so a whole snapshot was
-// taken after that count.
+// /local/domain. A step lists it twice while the driver domain is there
+// (findDomain, then snapshot): of three listings begun after a count was
+// read, one is a snapshot's that ended before the next began, so a whole
+// snapshot was taken after that count.
 type listingStore struct {
 	*xenstore.Client
 	lists atomic.Int64
