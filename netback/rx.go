@@ -37,15 +37,16 @@ const (
 	rxStride = (rxBufSize + PageSize - 1) / PageSize * PageSize
 	// rxReadMax is the most frames one wakeup reads, copies in one grant
 	// copy batch and announces with one notification (and the arena's
-	// buffers: 4.4 MiB per queue, of which a stream of small frames
+	// buffers: 1.1 MiB per queue, of which a stream of small frames
 	// touches two pages per buffer); rxReadMin the fewest it asks for.
-	// With 16, dom0->guest with four streams filled every wakeup (15.8
-	// frames per batch in the lab); with 64 a batch took 59, the guest's
-	// GRO merged more per interrupt and it sent an ACK (a TAP write here)
-	// per 4.3-8.0 frames instead of per 3.8-3.9, and drvdomd spent
-	// 0.42-0.62 instead of 0.55-0.73 ms of CPU per dom0->guest frame
-	// (four boots each).
-	rxReadMax = 64
+	// 64 was tried (stop 22): dom0->guest the guest took more frames per
+	// interrupt, ACKed less and drvdomd spent 0.42-0.62 instead of
+	// 0.55-0.73 ms per frame, but guest->dom0 fell to 0.005-0.008 Gbit/s
+	// in the bench (kernel 0.018-0.074): on a kernel that reads a TAP one
+	// read(2) per frame, the first of 64 ACKs waits for the other reads
+	// before the guest sees it, and the guest's TCP, measuring a longer
+	// round trip, sent 4 KB frames (the kernel's netback got 57 KB).
+	rxReadMax = 16
 	rxReadMin = 4
 	// rxArenaSize holds rxReadMax frame buffers.
 	rxArenaSize = rxFirstAt + rxReadMax*rxStride
