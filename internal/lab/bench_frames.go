@@ -3,7 +3,6 @@ package lab
 import (
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 )
 
@@ -21,43 +20,25 @@ import (
 // guest's transmitted frames for guest->dom0, its received ones for
 // dom0->guest (reverse). ok is false when the file lacks two snapshots.
 func netFrames(netstat []byte, reverse bool, secs float64) (perS, bytes float64, ok bool) {
-	var devs [][]uint64
+	var devs []DevCounters
 	for _, line := range strings.Split(string(netstat), "\n") {
-		name, rest, found := strings.Cut(line, ":")
-		if !found || strings.TrimSpace(name) != "eth0" {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) < 10 {
-			continue
-		}
-		v := make([]uint64, 10)
-		good := true
-		for i := range v {
-			n, err := strconv.ParseUint(f[i], 10, 64)
-			if err != nil {
-				good = false
-				break
-			}
-			v[i] = n
-		}
-		if good {
-			devs = append(devs, v)
+		if name, c, ok := parseNetDev(line); ok && name == "eth0" {
+			devs = append(devs, c)
 		}
 	}
 	if len(devs) < 2 || secs <= 0 {
 		return 0, 0, false
 	}
 	a, b := devs[0], devs[len(devs)-1]
-	bi, pi := 8, 9 // tx bytes, packets
+	pa, pb, ba, bb := a.TxPackets, b.TxPackets, a.TxBytes, b.TxBytes
 	if reverse {
-		bi, pi = 0, 1 // rx
+		pa, pb, ba, bb = a.RxPackets, b.RxPackets, a.RxBytes, b.RxBytes
 	}
-	if b[pi] <= a[pi] || b[bi] < a[bi] {
+	if pb <= pa || bb < ba {
 		return 0, 0, false
 	}
-	frames := float64(b[pi] - a[pi])
-	return frames / secs, float64(b[bi]-a[bi]) / frames, true
+	frames := float64(pb - pa)
+	return frames / secs, float64(bb-ba) / frames, true
 }
 
 // WriteBenchFrames appends, per network row, each backend's median frames

@@ -130,6 +130,28 @@ func parseUints(fs []string) []uint64 {
 	return out
 }
 
+// parseNetDev parses one line of /proc/net/dev ("name: rxbytes rxpackets
+// errs drop fifo frame compressed multicast txbytes txpackets errs drop
+// ..."); ok is false for a line without a name or with a counter that is
+// not a number.
+func parseNetDev(line string) (name string, c DevCounters, ok bool) {
+	name, nums, found := strings.Cut(line, ":")
+	f := strings.Fields(nums)
+	if !found || len(f) < 12 {
+		return "", c, false
+	}
+	var v [12]uint64
+	for i := range v {
+		n, err := strconv.ParseUint(f[i], 10, 64)
+		if err != nil {
+			return "", c, false
+		}
+		v[i] = n
+	}
+	c = DevCounters{RxBytes: v[0], RxPackets: v[1], RxDrop: v[3], TxBytes: v[8], TxPackets: v[9], TxDrop: v[11]}
+	return strings.TrimSpace(name), c, true
+}
+
 // ParseDDStat parses one bench-ddstat file into its snapshots (lines it
 // cannot read are skipped: the file is a diagnostic, not a measurement).
 func ParseDDStat(b []byte) []DDSnap {
@@ -164,20 +186,13 @@ func ParseDDStat(b []byte) []DDSnap {
 				cur.Epoch, _ = strconv.ParseInt(f[1], 10, 64)
 			}
 		case "D":
-			// D name: rxbytes rxpackets errs drop fifo frame compressed multicast txbytes txpackets errs drop ...
+			// D followed by a /proc/net/dev line.
 			if cur == nil {
 				continue
 			}
-			rest := strings.Join(f[1:], " ")
-			name, nums, ok := strings.Cut(rest, ":")
-			if !ok {
-				continue
+			if name, c, ok := parseNetDev(strings.Join(f[1:], " ")); ok {
+				cur.Devs[name] = c
 			}
-			v := parseUints(strings.Fields(nums))
-			if len(v) < 12 {
-				continue
-			}
-			cur.Devs[strings.TrimSpace(name)] = DevCounters{RxBytes: v[0], RxPackets: v[1], RxDrop: v[3], TxBytes: v[8], TxPackets: v[9], TxDrop: v[11]}
 		case "P":
 			if cur == nil || len(f) < 6 {
 				continue
